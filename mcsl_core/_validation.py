@@ -1,0 +1,94 @@
+"""Input checks shared by every subpackage.
+
+Each check raises ``ValueError`` naming the argument and, for arrays, the first
+offending index (DESIGN.md, "Bad input"). Nothing is clipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "as_float64",
+    "check_finite",
+    "check_range",
+    "check_nonneg_int",
+    "first_bad_index",
+]
+
+
+def first_bad_index(bad: np.ndarray) -> tuple[int, ...] | None:
+    """Index (a tuple, C order) of the first True in ``bad``, or None."""
+    bad = np.asarray(bad, dtype=bool)
+    if not bad.any():
+        return None
+    if bad.ndim == 0:
+        return ()
+    flat = int(np.flatnonzero(bad.ravel())[0])
+    return tuple(int(i) for i in np.unravel_index(flat, bad.shape))
+
+
+def _where(idx: tuple[int, ...]) -> str:
+    return "" if idx == () else f" at index {idx if len(idx) > 1 else idx[0]}"
+
+
+def as_float64(name: str, x) -> np.ndarray:
+    """``x`` as a C-contiguous float64 array; a clear error when it is not numeric."""
+    try:
+        arr = np.ascontiguousarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric, got {x!r}") from exc
+    return arr
+
+
+def check_finite(name: str, x) -> np.ndarray:
+    """Float64 copy of ``x``; raises when any entry is NaN or infinite."""
+    arr = as_float64(name, x)
+    idx = first_bad_index(~np.isfinite(arr))
+    if idx is not None:
+        raise ValueError(f"{name} must be finite; got {arr[idx].item()!r}{_where(idx)}")
+    return arr
+
+
+def check_range(
+    name: str,
+    x,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> np.ndarray:
+    """Finite float64 array with every entry in the interval (bounds optional)."""
+    arr = check_finite(name, x)
+    bad = np.zeros(arr.shape, dtype=bool)
+    if lo is not None:
+        bad |= (arr <= lo) if lo_open else (arr < lo)
+    if hi is not None:
+        bad |= (arr >= hi) if hi_open else (arr > hi)
+    idx = first_bad_index(bad)
+    if idx is not None:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
+        raise ValueError(
+            f"{name} must lie in {left}{lo_s}, {hi_s}{right}; got {arr[idx].item()!r}{_where(idx)}"
+        )
+    return arr
+
+
+def check_nonneg_int(name: str, x) -> np.ndarray:
+    """int64 array of non-negative integers (integral floats are accepted)."""
+    arr = np.asarray(x)
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be integer-valued, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        idx = first_bad_index(~np.isfinite(arr) | (arr != np.round(arr)))
+        if idx is not None:
+            raise ValueError(f"{name} must be integer-valued; got {arr[idx].item()!r}{_where(idx)}")
+    out = arr.astype(np.int64)
+    idx = first_bad_index(out < 0)
+    if idx is not None:
+        raise ValueError(f"{name} must be >= 0; got {out[idx].item()!r}{_where(idx)}")
+    return np.ascontiguousarray(out)

@@ -1,0 +1,38 @@
+"""Shared test configuration: one tolerance table, keyed by dtype (STYLE.md 8)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+#: Tolerances for comparing a kernel with its reference, by the kernel's dtype.
+TOL: dict[type, dict[str, float]] = {
+    np.float64: dict(rtol=1e-10, atol=1e-12),
+    np.float32: dict(rtol=2e-5, atol=1e-6),
+}
+
+
+def tol(dtype) -> dict[str, float]:
+    """``rtol``/``atol`` for ``numpy.testing.assert_allclose`` at this dtype."""
+    return TOL[np.dtype(dtype).type]
+
+
+#: The real FEMNIST subset beside the project (never committed; tests skip without it).
+FEMNIST_DIR = Path(
+    os.environ.get("MCSL_FEMNIST_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "femnist_leaf")
+)
+
+
+@pytest.fixture
+def femnist_dir() -> Path:
+    if not (FEMNIST_DIR / "train").is_dir():
+        pytest.skip(f"FEMNIST LEAF subset not found at {FEMNIST_DIR}")
+    return FEMNIST_DIR
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261125)

@@ -1,0 +1,77 @@
+"""The shared plumbing: input checks, atomic writes, the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mcsl_core import _validation as V
+from mcsl_core._io import atomic_write_text, write_csv
+from mcsl_core.cli import main
+
+
+def test_first_bad_index_is_c_order():
+    bad = np.zeros((3, 4), bool)
+    bad[2, 0] = bad[1, 3] = True
+    assert V.first_bad_index(bad) == (1, 3)
+    assert V.first_bad_index(np.zeros(5, bool)) is None
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, match",
+    [
+        ([0.5, np.nan], {}, r"eps must be finite; got nan at index 1"),
+        ([[0.1, 0.2], [1.5, 0.3]], dict(lo=0, hi=1), r"eps must lie in \[0, 1\]; got 1.5 at index \(1, 0\)"),
+        (0.0, dict(lo=0, lo_open=True), r"eps must lie in \(0, inf\]; got 0.0"),
+        ("abc", {}, r"eps must be numeric"),
+    ],
+)
+def test_check_range_names_field_and_index(x, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        V.check_range("eps", x, **kwargs)
+
+
+def test_check_range_passes_and_returns_float64():
+    out = V.check_range("x", [1, 2], lo=0)
+    assert out.dtype == np.float64 and out.flags.c_contiguous
+
+
+def test_check_nonneg_int():
+    np.testing.assert_array_equal(V.check_nonneg_int("n", [0, 3.0]), [0, 3])
+    with pytest.raises(ValueError, match=r"n must be >= 0; got -1 at index 1"):
+        V.check_nonneg_int("n", [2, -1])
+    with pytest.raises(ValueError, match="integer-valued"):
+        V.check_nonneg_int("n", [0.5])
+    with pytest.raises(ValueError, match="integer-valued"):
+        V.check_nonneg_int("n", [True])
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    p = tmp_path / "a" / "b.txt"
+    atomic_write_text(p, "old")
+    atomic_write_text(p, "new")
+    assert p.read_text() == "new"
+    assert [q.name for q in p.parent.iterdir()] == ["b.txt"]  # no temporary left behind
+    write_csv(tmp_path / "t.csv", ["a", "b"], [(1, 2.5)])
+    assert (tmp_path / "t.csv").read_text() == "a,b\n1,2.5\n"
+
+
+def test_cli_user_error_is_one_line_without_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcsl_core", "ledger", "verify", "/nonexistent/ledger.sqlite"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "mcsl: error: no ledger at /nonexistent/ledger.sqlite"
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_rejects_unknown_figure(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "fig99"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
