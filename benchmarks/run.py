@@ -62,7 +62,7 @@ def compare(names: list[str]) -> int:
         if not baseline.exists():
             print(f"no committed baseline for {suite}; run `record` first")
             return 2
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
             storage = Path(tmp) / "storage" / "baseline"
             storage.mkdir(parents=True)
             shutil.copy(baseline, storage / "0001_baseline.json")
@@ -70,7 +70,7 @@ def compare(names: list[str]) -> int:
                 pytest_cmd(
                     suite,
                     f"--benchmark-storage=file://{Path(tmp) / 'storage'}",
-                    "--benchmark-compare=0001",
+                    "--benchmark-compare=*/0001",
                     f"--benchmark-compare-fail={THRESHOLD}",
                 ),
                 cwd=ROOT,
