@@ -1,0 +1,111 @@
+"""Plain NumPy broadcasting backend of the data-submission game (SPEC.md section 2).
+
+The same closed forms as the numba kernel, written as whole-array NumPy
+expressions: the ``backend="numpy"`` path and the benchmark's NumPy anchor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["coeffs", "solve_arrays", "gap_arrays"]
+
+
+def coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta):
+    """(ok, a, b, M, p, q): g = a v + b s, M = R + r(theta), v*(s) = p s + q (eq. (4));
+    ``ok`` is eta*xi > 1. p = q = 0 where eps = 0 (the device's box optimum is v = 0)."""
+    k = eta * xi
+    ok = k > 1.0
+    km1 = np.where(ok, k - 1.0, 1.0)
+    a = eps / v_bar
+    b = (1.0 - eps) / s_bar
+    M = R + alpha_s * theta + beta_s
+    epos = eps > 0.0
+    a_safe = np.where(epos, a, 1.0)
+    p = np.where(epos, -b / (2.0 * a_safe) + 1.0 / (2.0 * km1), 0.0)
+    q = np.where(epos, -c_d / (2.0 * km1), 0.0)
+    return ok, a, b, M, p, q
+
+
+def _s_free(a, b, M, p, q):
+    c2 = (1.0 + p) * (a * p + b)
+    c2_safe = np.where(c2 != 0.0, c2, 1.0)
+    s = np.where(c2 != 0.0, ((M - q) * (a * p + b) - (1.0 + p) * a * q) / (2.0 * c2_safe), np.nan)
+    return s, c2
+
+
+def _f_con(s, a, b, M, p, q, v_bar):
+    v = np.minimum(np.maximum(p * s + q, 0.0), v_bar)
+    return (M - v - s) * (a * v + b * s), v
+
+
+def _best_con(a, b, M, p, q, v_bar, s_bar, extra=None):
+    """Vectorised twin of the numba kernel's exact piecewise-quadratic maximisation."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_nz = p != 0.0
+        p_safe = np.where(p_nz, p, 1.0)
+        b_pos = b > 0.0
+        b_safe = np.where(b_pos, b, 1.0)
+        cands = [
+            s_bar,
+            np.where(p_nz, -q / p_safe, np.nan),
+            np.where(p_nz, (v_bar - q) / p_safe, np.nan),
+            np.where(b_pos, 0.5 * M, np.nan),
+            np.where(b_pos, (b * (M - v_bar) - a * v_bar) / (2.0 * b_safe), np.nan),
+            _s_free(a, b, M, p, q)[0],
+        ]
+    if extra is not None:
+        cands.append(extra)
+    zero = np.zeros(np.broadcast_shapes(np.shape(a), np.shape(M), np.shape(p), np.shape(s_bar)))
+    best_s = zero
+    best_f, best_v = _f_con(zero, a, b, M, p, q, v_bar)
+    for c in cands:
+        finite = np.isfinite(c)
+        c = np.clip(np.where(finite, c, 0.0), 0.0, s_bar)
+        f, v = _f_con(c, a, b, M, p, q, v_bar)
+        take = finite & (f > best_f)
+        best_s = np.where(take, c, best_s)
+        best_f = np.where(take, f, best_f)
+        best_v = np.where(take, v, best_v)
+    return best_s, best_v, best_f
+
+
+def solve_arrays(fields, constrained: bool):
+    """(s, v, g, U_s, U_d, valid, accepted) as broadcast NumPy arrays."""
+    R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T = fields
+    ok, a, b, M, p, q = coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    if constrained:
+        s, v, _ = _best_con(a, b, M, p, q, v_bar, s_bar)
+        valid = ok
+    else:
+        s, c2 = _s_free(a, b, M, p, q)
+        v = p * s + q
+        valid = ok & (eps > 0.0) & (c2 > 0.0)
+    g = a * v + b * s
+    us = T * (M - v - s) * g
+    ud = T * (v + s - c_d - eta * xi * v) * g
+    shape = np.broadcast_shapes(*(np.shape(f) for f in fields))
+    valid = np.broadcast_to(valid, shape)
+    out = [np.where(valid, np.broadcast_to(x, shape), np.nan) for x in (s, v, g, us, ud)]
+    accepted = valid & (out[3] >= 0.0)
+    return (*out, np.array(valid), accepted)
+
+
+def gap_arrays(fields, theta_hat, constrained: bool):
+    """U_s(s*(theta)) - U_s(s*(theta_hat)) under the true theta, NaN where invalid."""
+    R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T = fields
+    ok, a, b, M, p, q = coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    M_hat = R + alpha_s * theta_hat + beta_s
+    if constrained:
+        s_hat, _, _ = _best_con(a, b, M_hat, p, q, v_bar, s_bar)
+        _, _, f_best = _best_con(a, b, M, p, q, v_bar, s_bar, extra=s_hat)
+        f_hat, _ = _f_con(s_hat, a, b, M, p, q, v_bar)
+        gap = T * (f_best - f_hat)
+        valid = ok
+    else:
+        s_true, c2 = _s_free(a, b, M, p, q)
+        s_hat, _ = _s_free(a, b, M_hat, p, q)
+        gap = T * c2 * (s_hat - s_true) ** 2
+        valid = ok & (eps > 0.0) & (c2 > 0.0)
+    shape = np.broadcast_shapes(*(np.shape(f) for f in fields), np.shape(theta_hat))
+    return np.where(np.broadcast_to(valid, shape), np.broadcast_to(gap, shape), np.nan)
