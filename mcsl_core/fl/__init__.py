@@ -1,0 +1,87 @@
+"""Federated learning for MCS (procedure 3, learning side; SPEC.md 3, paper IV-C, V-B).
+
+Data (:func:`load_leaf`, :func:`synthetic_fedprox`, :func:`assign_to_servers`),
+Flax models (:func:`femnist_cnn`, :func:`logistic`, :func:`mlp`), one round of
+local training with stacked client updates (:func:`federated_round`),
+aggregators working on stacked update pytrees (:func:`fedavg`, :func:`median`,
+:func:`trimmed_mean`, :func:`krum`, :func:`dp_fedavg`), and the full loop
+(:func:`run_fedavg`). Everything runs in float32; JAX x64 is never enabled.
+"""
+
+from mcsl_core.fl._aggregate import (
+    clip_updates,
+    dp_fedavg,
+    fedavg,
+    flatten_updates,
+    krum,
+    krum_select,
+    median,
+    trimmed_mean,
+)
+from mcsl_core.fl._data import (
+    FederatedData,
+    PackedClients,
+    assign_to_servers,
+    bucket_steps,
+    load_leaf,
+    sample_devices,
+    synthetic_fedprox,
+)
+from mcsl_core.fl._models import FemnistCNN, Logistic, MLP, femnist_cnn, logistic, mlp, num_params
+from mcsl_core.fl._train import (
+    AGGREGATORS,
+    STRATEGIES,
+    EvalResult,
+    FLConfig,
+    FLHistory,
+    FLResult,
+    RoundUpdates,
+    aggregate,
+    choose_strategy,
+    evaluate,
+    federated_round,
+    init_params,
+    run_fedavg,
+    select_clients,
+    server_update,
+)
+
+__all__ = [
+    "AGGREGATORS",
+    "STRATEGIES",
+    "EvalResult",
+    "FLConfig",
+    "FLHistory",
+    "FLResult",
+    "FederatedData",
+    "FemnistCNN",
+    "Logistic",
+    "MLP",
+    "PackedClients",
+    "RoundUpdates",
+    "aggregate",
+    "assign_to_servers",
+    "bucket_steps",
+    "choose_strategy",
+    "clip_updates",
+    "dp_fedavg",
+    "evaluate",
+    "federated_round",
+    "fedavg",
+    "femnist_cnn",
+    "flatten_updates",
+    "init_params",
+    "krum",
+    "krum_select",
+    "load_leaf",
+    "logistic",
+    "median",
+    "mlp",
+    "num_params",
+    "run_fedavg",
+    "sample_devices",
+    "select_clients",
+    "server_update",
+    "synthetic_fedprox",
+    "trimmed_mean",
+]
