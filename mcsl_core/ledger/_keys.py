@@ -1,0 +1,170 @@
+"""Identities: Ed25519 key pairs of consortium nodes, edge servers and requestors.
+
+Private keys leave memory only encrypted (``BestAvailableEncryption``, a
+passphrase is mandatory). A :class:`Member` is the public half that the chain's
+membership registry records: role, name and raw 32-byte public key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from mcsl_core._io import atomic_write_bytes
+from mcsl_core.ledger._encoding import check_text
+
+__all__ = ["ROLES", "Identity", "Member", "verify_signature", "public_key_from_bytes"]
+
+#: Roles a chain member can hold (SPEC.md: consortium nodes, edge servers, requestors).
+ROLES: tuple[str, ...] = ("node", "edge_server", "requestor")
+
+_FILE_FORMAT = "mcsl-identity/1"
+
+
+def check_role(name: str, role) -> str:
+    if role not in ROLES:
+        raise ValueError(f"{name} must be one of {ROLES}, got {role!r}")
+    return role
+
+
+class Member(NamedTuple):
+    """Public record of a chain member (what the membership registry stores)."""
+
+    role: str  # one of ROLES
+    name: str  # unique member id on the chain
+    public_key: bytes  # shape=[32], raw Ed25519 public key
+
+
+def public_key_from_bytes(raw: bytes) -> Ed25519PublicKey:
+    """Ed25519 public key object from its 32 raw bytes (ValueError when malformed)."""
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != 32:
+        raise ValueError("public_key must be 32 raw bytes")
+    return Ed25519PublicKey.from_public_bytes(bytes(raw))
+
+
+def verify_signature(public_key: bytes | Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``."""
+    try:
+        pk = public_key if isinstance(public_key, Ed25519PublicKey) else public_key_from_bytes(public_key)
+        pk.verify(bytes(signature), bytes(message))
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _seed_bytes(seed) -> bytes:
+    if isinstance(seed, bool):
+        raise ValueError(f"seed must be int, str or bytes, got {seed!r}")
+    if isinstance(seed, int):
+        return b"i" + str(seed).encode()
+    if isinstance(seed, str):
+        return b"s" + seed.encode("utf-8")
+    if isinstance(seed, (bytes, bytearray)):
+        return b"b" + bytes(seed)
+    raise ValueError(f"seed must be int, str or bytes, got {type(seed).__name__}")
+
+
+def _passphrase_bytes(passphrase) -> bytes:
+    if isinstance(passphrase, str):
+        passphrase = passphrase.encode("utf-8")
+    if not isinstance(passphrase, (bytes, bytearray)) or len(passphrase) == 0:
+        raise ValueError("passphrase must be a non-empty str or bytes (keys are only stored encrypted)")
+    return bytes(passphrase)
+
+
+@dataclass(frozen=True, eq=False)
+class Identity:
+    """A member's key pair: role, name and the Ed25519 private key.
+
+    Create with :meth:`generate`; persist with :meth:`save` / :meth:`load`.
+    """
+
+    role: str
+    name: str
+    private_key: Ed25519PrivateKey
+
+    def __post_init__(self):
+        check_role("role", self.role)
+        check_text("name", self.name, max_len=200)
+        if not isinstance(self.private_key, Ed25519PrivateKey):
+            raise ValueError("private_key must be an Ed25519PrivateKey")
+        # Cache the public bytes: they are read on every signature check.
+        raw = self.private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        object.__setattr__(self, "_public_bytes", raw)
+
+    @classmethod
+    def generate(cls, role: str, name: str, *, seed: int | str | bytes | None = None) -> "Identity":
+        """New identity; with ``seed`` the key is ``SHA-256(domain, role, name, seed)`` (reproducible demos).
+
+        Seeded keys are for simulations only: anyone who knows the seed knows the key.
+        """
+        check_role("role", role)
+        check_text("name", name, max_len=200)
+        if seed is None:
+            key = Ed25519PrivateKey.generate()
+        else:
+            material = b"\x00".join([b"mcsl-identity-seed", role.encode(), name.encode("utf-8"), _seed_bytes(seed)])
+            key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(material).digest())
+        return cls(role, name, key)
+
+    @property
+    def public_key(self) -> bytes:
+        """Raw 32-byte Ed25519 public key."""
+        return self._public_bytes  # type: ignore[attr-defined]
+
+    @property
+    def member(self) -> Member:
+        return Member(self.role, self.name, self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        """64-byte Ed25519 signature of ``message``."""
+        return self.private_key.sign(bytes(message))
+
+    def save(self, path: str | os.PathLike, passphrase: str | bytes) -> Path:
+        """Write the identity encrypted with ``passphrase`` (PKCS#8, BestAvailableEncryption), atomically."""
+        pem = self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(_passphrase_bytes(passphrase)),
+        )
+        doc = {"format": _FILE_FORMAT, "role": self.role, "name": self.name, "key": pem.decode("ascii")}
+        return atomic_write_bytes(path, json.dumps(doc, indent=1).encode("utf-8"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, passphrase: str | bytes) -> "Identity":
+        """Read an identity written by :meth:`save`; a wrong passphrase raises ``ValueError``."""
+        path = Path(path)
+        raw = path.read_bytes()
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+            if doc.get("format") != _FILE_FORMAT:
+                raise ValueError("unknown format")
+            pem = doc["key"].encode("ascii")
+            role, name = doc["role"], doc["name"]
+        except (ValueError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"path: {path} is not an mcsl identity file ({exc})") from None
+        if b"ENCRYPTED" not in pem:
+            raise ValueError(f"path: {path} holds an unencrypted key; refusing to load it")
+        try:
+            key = serialization.load_pem_private_key(pem, password=_passphrase_bytes(passphrase))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"passphrase: cannot decrypt identity {path}: wrong passphrase?") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"path: {path} does not hold an Ed25519 key")
+        return cls(role, name, key)
+
+    def __repr__(self) -> str:
+        return f"Identity(role={self.role!r}, name={self.name!r}, public_key={self.public_key.hex()[:16]}...)"
