@@ -1,0 +1,317 @@
+"""Stationary vectors of finite Markov chains: GTH elimination in numba.
+
+The Grassmann-Taksar-Heyman (GTH) algorithm eliminates states one at a time
+(each step censors the chain on the remaining states) and never subtracts, so
+it keeps full relative accuracy even when transition probabilities are 1e-14.
+
+Chains with more than one recurrent class have no unique stationary vector;
+for them the long-run (Cesaro) average from an initial distribution is
+returned when one is given, else the chain is reported (``valid`` False /
+``ValueError``). A periodic chain with a single recurrent class has a unique
+stationary vector, which equals its Cesaro limit from every initial
+distribution, so it is answered with or without ``init``.
+
+numba module: imports no JAX.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from mcsl_core._validation import as_float64, check_range, first_bad_index
+
+__all__ = ["stationary"]
+
+#: Largest allowed |row sum - 1| of a transition matrix.
+ROW_SUM_TOL = 1e-9
+
+
+@njit(cache=True, inline="always")
+def _gth(A, n, out):
+    """GTH on ``A[:n, :n]`` in place; ``out[:n]`` gets pi. False when a scale is 0.
+
+    Eliminates the last state first: the censored chain on ``{0..k-1}`` is
+    ``A[i, j] + A[i, k] * A[k, j] / s`` with ``s = sum_{j<k} A[k, j]`` (= 1 - A[k, k]
+    without the cancellation). ``A[k, k]`` keeps ``s`` for the back substitution
+    ``pi_k = sum_{i<k} pi_i A[i, k] / s``.
+    """
+    for k in range(n - 1, 0, -1):
+        s = 0.0
+        for j in range(k):
+            s += A[k, j]
+        if not s > 0.0:
+            return False
+        for i in range(k):
+            a = A[i, k] / s
+            if a != 0.0:
+                for j in range(k):
+                    A[i, j] += a * A[k, j]
+        A[k, k] = s
+    out[0] = 1.0
+    total = 1.0
+    for k in range(1, n):
+        t = 0.0
+        for i in range(k):
+            t += out[i] * A[i, k]
+        out[k] = t / A[k, k]
+        total += out[k]
+    for k in range(n):
+        out[k] /= total
+    return True
+
+
+@njit(cache=True)
+def _reducible(P, init, has_init, out):
+    """Slow path: classify states, then solve class by class. Returns validity.
+
+    Recurrent classes come from the transitive closure of the support of ``P``.
+    One class: its stationary vector, zero on transient states. Several: with
+    ``init``, sum over classes C of ``w_C * pi_C`` where ``w_C`` is the
+    probability of ending in C (mass already in C plus absorption from the
+    transient states through the expected visit counts ``nu (I - Q) = init_T``).
+    """
+    n = P.shape[0]
+    reach = np.zeros((n, n), dtype=np.bool_)
+    for i in range(n):
+        reach[i, i] = True
+        for j in range(n):
+            if P[i, j] > 0.0:
+                reach[i, j] = True
+    for k in range(n):
+        for i in range(n):
+            if reach[i, k]:
+                for j in range(n):
+                    if reach[k, j]:
+                        reach[i, j] = True
+    label = np.full(n, -1, dtype=np.int64)  # class id for recurrent states, -1 transient
+    ncls = 0
+    for i in range(n):
+        if label[i] >= 0:
+            continue
+        rec = True
+        for j in range(n):
+            if reach[i, j] and not reach[j, i]:
+                rec = False
+                break
+        if rec:
+            for j in range(n):
+                if reach[i, j]:
+                    label[j] = ncls
+            ncls += 1
+    if ncls > 1 and not has_init:
+        for i in range(n):
+            out[i] = np.nan
+        return False
+    # stationary vector of each closed class
+    pis = np.zeros((ncls, n))
+    idx = np.empty(n, dtype=np.int64)
+    A = np.empty((n, n))
+    sub = np.empty(n)
+    for c in range(ncls):
+        m = 0
+        for i in range(n):
+            if label[i] == c:
+                idx[m] = i
+                m += 1
+        for a in range(m):
+            for b in range(m):
+                A[a, b] = P[idx[a], idx[b]]
+        if m == 1:
+            sub[0] = 1.0
+        else:
+            _gth(A, m, sub)
+        for a in range(m):
+            pis[c, idx[a]] = sub[a]
+    if ncls == 1:
+        for i in range(n):
+            out[i] = pis[0, i]
+        return True
+    # weights of the classes from init
+    w = np.zeros(ncls)
+    tr = np.empty(n, dtype=np.int64)
+    nt = 0
+    for i in range(n):
+        if label[i] >= 0:
+            w[label[i]] += init[i]
+        else:
+            tr[nt] = i
+            nt += 1
+    if nt > 0:
+        # M = (I - Q)^T, solve M nu = init_T with partial pivoting
+        M = np.empty((nt, nt))
+        rhs = np.empty(nt)
+        for a in range(nt):
+            rhs[a] = init[tr[a]]
+            for b in range(nt):
+                M[a, b] = (1.0 if a == b else 0.0) - P[tr[b], tr[a]]
+        for k in range(nt):
+            piv = k
+            big = abs(M[k, k])
+            for r in range(k + 1, nt):
+                if abs(M[r, k]) > big:
+                    big = abs(M[r, k])
+                    piv = r
+            if piv != k:
+                for b in range(nt):
+                    M[k, b], M[piv, b] = M[piv, b], M[k, b]
+                rhs[k], rhs[piv] = rhs[piv], rhs[k]
+            for r in range(k + 1, nt):
+                f = M[r, k] / M[k, k]
+                if f != 0.0:
+                    for b in range(k, nt):
+                        M[r, b] -= f * M[k, b]
+                    rhs[r] -= f * rhs[k]
+        nu = np.empty(nt)
+        for k in range(nt - 1, -1, -1):
+            t = rhs[k]
+            for b in range(k + 1, nt):
+                t -= M[k, b] * nu[b]
+            nu[k] = t / M[k, k]
+        for a in range(nt):
+            for j in range(n):
+                if label[j] >= 0:
+                    w[label[j]] += nu[a] * P[tr[a], j]
+    for i in range(n):
+        t = 0.0
+        for c in range(ncls):
+            t += w[c] * pis[c, i]
+        out[i] = t
+    total = 0.0
+    for i in range(n):
+        total += out[i]
+    for i in range(n):
+        out[i] /= total
+    return True
+
+
+def _batch_impl(P, init, has_init, tol, nblocks, out, valid, bad):
+    """Per chain: check the row, GTH, slow path when GTH meets a zero scale."""
+    B = P.shape[0]
+    n = P.shape[1]
+    for blk in prange(nblocks):
+        lo = blk * B // nblocks
+        hi = (blk + 1) * B // nblocks
+        A = np.empty((n, n))
+        for c in range(lo, hi):
+            flag = False
+            for i in range(n):
+                rs = 0.0
+                for j in range(n):
+                    v = P[c, i, j]
+                    if not (v >= 0.0 and v <= 1.0):
+                        flag = True
+                    rs += v
+                    A[i, j] = v
+                if not abs(rs - 1.0) <= tol:
+                    flag = True
+            bad[c] = flag
+            if flag:
+                valid[c] = False
+                continue
+            if _gth(A, n, out[c]):
+                valid[c] = True
+            else:
+                ic = c if init.shape[0] > 1 else 0
+                valid[c] = _reducible(P[c], init[ic], has_init, out[c])
+
+
+_batch_parallel = njit(parallel=True, cache=True)(_batch_impl)
+_batch_serial = njit(cache=False)(_batch_impl)  # uncached: the cache key ignores parallel=
+
+
+def _stationary_batch(P3: np.ndarray, init2: np.ndarray | None, *, parallel: bool = True):
+    """``(pi, valid, bad)`` for C-contiguous ``P3`` of shape ``(B, n, n)``."""
+    B, n = P3.shape[0], P3.shape[1]
+    out = np.empty((B, n))
+    valid = np.zeros(B, dtype=np.bool_)
+    bad = np.zeros(B, dtype=np.bool_)
+    has_init = init2 is not None
+    if not has_init:
+        init2 = np.zeros((1, n))
+    kernel = _batch_parallel if parallel else _batch_serial
+    if B:
+        kernel(P3, init2, has_init, ROW_SUM_TOL * max(n, 1), min(B, 4 * numba.get_num_threads()), out, valid, bad)
+    return out, valid, bad
+
+
+def _raise_bad_matrix(P: np.ndarray) -> None:
+    """Raise the ValueError for the first bad entry or row of ``P``."""
+    check_range("P", P, 0.0, 1.0)
+    n = P.shape[-1]
+    rs = P.sum(axis=-1)
+    idx = first_bad_index(~(np.abs(rs - 1.0) <= ROW_SUM_TOL * max(n, 1)))
+    if idx is not None:
+        raise ValueError(
+            f"P must be row-stochastic (rows sum to 1 within {ROW_SUM_TOL * n:g}); "
+            f"row {idx} sums to {rs[idx]!r}"
+        )
+    raise ValueError("P is not a valid transition matrix")  # pragma: no cover
+
+
+def check_init(init, n: int, batch_shape: tuple[int, ...], name: str = "init") -> np.ndarray:
+    """``init`` broadcast to ``(B, n)``, each row a probability vector."""
+    arr = check_range(name, init, 0.0, 1.0)
+    if arr.ndim == 0 or arr.shape[-1] != n:
+        raise ValueError(f"{name} must have last axis of length {n}, got shape {arr.shape}")
+    sums = arr.sum(axis=-1)
+    idx = first_bad_index(~(np.abs(sums - 1.0) <= ROW_SUM_TOL * n))
+    if idx is not None:
+        where = "" if idx == () else f" at index {idx if len(idx) > 1 else idx[0]}"
+        raise ValueError(f"{name} must sum to 1; got {sums[idx].item()!r}{where}")
+    try:
+        full = np.broadcast_to(arr, batch_shape + (n,))
+    except ValueError as exc:
+        raise ValueError(
+            f"{name} of shape {arr.shape} does not broadcast to batch shape {batch_shape}"
+        ) from exc
+    if arr.ndim == 1:
+        return np.ascontiguousarray(arr.reshape(1, n))
+    return np.ascontiguousarray(full.reshape(-1, n))
+
+
+def stationary(P, *, init=None, return_valid: bool = False):
+    """Stationary (long-run average) distribution of row-stochastic matrices.
+
+    Parameters
+    ----------
+    P : array_like, shape (..., n, n)
+        Transition matrices, batched over the leading axes; entries in [0, 1],
+        rows summing to 1 (within ``1e-9 * n``).
+    init : array_like, shape (n,) or (..., n), optional
+        Initial distribution. Used only for chains with more than one recurrent
+        class, where the answer is the Cesaro limit
+        ``lim (1/T) sum_{t<T} init P^t``.
+    return_valid : bool
+        Also return the ``valid`` mask (shape ``P.shape[:-2]``).
+
+    Returns
+    -------
+    pi : ndarray, shape (..., n), float64
+        ``pi P = pi``, ``pi >= 0``, ``sum(pi) = 1`` (GTH elimination). For a
+        chain with several recurrent classes and no ``init``: NaN in a batch,
+        ``ValueError`` for a single chain (``P.ndim == 2``).
+    valid : ndarray of bool, shape (...)
+        Only with ``return_valid=True``.
+    """
+    P = as_float64("P", P)
+    if P.ndim < 2 or P.shape[-1] != P.shape[-2] or P.shape[-1] == 0:
+        raise ValueError(f"P must have shape (..., n, n) with n >= 1, got {P.shape}")
+    n = P.shape[-1]
+    batch = P.shape[:-2]
+    P3 = np.ascontiguousarray(P.reshape((-1, n, n)))
+    init2 = None if init is None else check_init(init, n, batch)
+    out, valid, bad = _stationary_batch(P3, init2)
+    if bad.any():
+        _raise_bad_matrix(P)
+    pi = out.reshape(batch + (n,))
+    valid = valid.reshape(batch)
+    if P.ndim == 2 and not valid:
+        raise ValueError(
+            "P has more than one recurrent class, so its stationary vector is not unique; "
+            "pass init= to get the long-run average from an initial distribution"
+        )
+    if return_valid:
+        return pi, valid
+    return pi
