@@ -87,7 +87,7 @@ def solve_arrays(fields, constrained: bool):
     shape = np.broadcast_shapes(*(np.shape(f) for f in fields))
     valid = np.broadcast_to(valid, shape)
     out = [np.where(valid, np.broadcast_to(x, shape), np.nan) for x in (s, v, g, us, ud)]
-    accepted = valid & (out[3] >= 0.0)
+    accepted = np.asarray(valid & (out[3] >= 0.0))
     return (*out, np.array(valid), accepted)
 
 

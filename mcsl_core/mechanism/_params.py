@@ -101,7 +101,9 @@ class MechanismParams:
             if is_tracer(value):
                 continue
             lo, hi, lo_open = _DOMAIN[name]
-            object.__setattr__(self, name, check_range(name, value, lo, hi, lo_open=lo_open))
+            arr = check_range(name, value, lo, hi, lo_open=lo_open)
+            # np.ascontiguousarray (inside check_range) makes scalars 1-d; keep 0-d
+            object.__setattr__(self, name, arr.reshape(np.shape(value)))
         try:
             np.broadcast_shapes(*(np.shape(getattr(self, n)) for n in FIELDS))
         except ValueError as exc:

@@ -61,8 +61,8 @@ def success_probability(v, s, params: MechanismParams) -> np.ndarray:
     paper's unconstrained model leaves [0, 1] for some of them).
     """
     p = _check_params(params)
-    v = check_finite("v", v)
-    s = check_finite("s", s)
+    v = check_finite("v", v).reshape(np.shape(v))
+    s = check_finite("s", s).reshape(np.shape(s))
     return p.eps * v / p.v_bar + (1.0 - p.eps) * s / p.s_bar
 
 
@@ -94,7 +94,7 @@ def device_rule(s, params: MechanismParams, *, constrained: bool = False) -> np.
     onto the box (``v = 0`` when ``eps = 0``); ``s`` must lie in ``[0, s_bar]``.
     """
     p = _check_params(params)
-    s = check_finite("s", s)
+    s = check_finite("s", s).reshape(np.shape(s))
     ok, a, b, M, pp, q = _numpy.coeffs(
         p.R, p.alpha_s, p.beta_s, p.v_bar, p.s_bar, p.c_d, p.eta, p.xi, p.eps, p.theta)
     if constrained:
@@ -198,7 +198,7 @@ def incentive_gap(params: MechanismParams, theta_hat, *, constrained: bool = Fal
         with jax.enable_x64(True):
             fields = [jnp.asarray(f, dtype=jnp.float64) for f in (*p.fields(), theta_hat)]
             return _jax.gap_fields(*fields, constrained=constrained)
-    theta_hat = check_range("theta_hat", theta_hat, 0.0, 1.0)
+    theta_hat = check_range("theta_hat", theta_hat, 0.0, 1.0).reshape(np.shape(theta_hat))
     try:
         shape = np.broadcast_shapes(p.shape, theta_hat.shape)
     except ValueError as exc:
