@@ -66,9 +66,9 @@ def _iter_stored(conn: sqlite3.Connection) -> Iterator[tuple[int, bytes, bytes, 
 
     Transaction rows whose height has no block are reported under height -1.
     """
-    tx_cur = conn.execute("SELECT height, idx, data FROM txs ORDER BY height, idx")
+    tx_cur = conn.execute("SELECT height, idx, CAST(data AS BLOB) FROM txs ORDER BY height, idx")
     pending = tx_cur.fetchone()
-    for height, header, cert in conn.execute("SELECT height, header, certificate FROM blocks ORDER BY height"):
+    for height, header, cert in conn.execute("SELECT height, CAST(header AS BLOB), CAST(certificate AS BLOB) FROM blocks ORDER BY height"):
         while pending is not None and pending[0] < height:
             yield -1, b"", b"", [(pending[1], bytes(pending[2]))]
             pending = tx_cur.fetchone()
@@ -329,9 +329,9 @@ class Ledger:
         """The stored block at ``height`` (decoded from the file)."""
         if isinstance(height, bool) or not isinstance(height, int) or not 0 <= height <= self.height:
             raise ValueError(f"height must be an int in [0, {self.height}], got {height!r}")
-        row = self._conn.execute("SELECT header, certificate FROM blocks WHERE height=?", (height,)).fetchone()
+        row = self._conn.execute("SELECT CAST(header AS BLOB), CAST(certificate AS BLOB) FROM blocks WHERE height=?", (height,)).fetchone()
         txs = [bytes(r[0]) for r in self._conn.execute(
-            "SELECT data FROM txs WHERE height=? ORDER BY idx", (height,))]
+            "SELECT CAST(data AS BLOB) FROM txs WHERE height=? ORDER BY idx", (height,))]
         return Block.decode_parts(bytes(row[0]), bytes(row[1]), txs)
 
     def __repr__(self) -> str:
