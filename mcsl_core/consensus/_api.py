@@ -1,0 +1,337 @@
+"""Validated entry points: ``simulate_pbft`` (one block) and ``sweep`` (many, in parallel)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from mcsl_core._validation import check_nonneg_int, check_range
+
+from . import _sim
+from ._closed_form import BLOCK_CARRIES, PROTOCOLS, MessageCounts, fault_tolerance
+from ._network import NetworkModel
+
+__all__ = ["ConsensusResult", "SweepResult", "simulate_pbft", "sweep", "FAULTS", "fault_mask",
+           "build_inputs"]
+
+FAULTS = ("silent", "equivocate")
+
+
+@dataclass(frozen=True)
+class ConsensusResult:
+    """Outcome of one block's agreement (``simulate_pbft``).
+
+    ``time_s`` is when the block is final for the system: the client holds ``f+1``
+    matching replies (PBFT, HotStuff) or the leader holds ``f+1`` matching follower
+    replies (the paper's exchange); NaN when that never happens.
+    """
+
+    time_s: float
+    messages: int
+    bytes: float
+    committed: bool
+    view_changes: int  # highest view installed by an honest node
+    phase_messages: MessageCounts  # messages sent per kind
+    phase_bytes: MessageCounts  # bytes sent per kind
+    phase_time_s: MessageCounts  # last time a message of that kind was handled (NaN: none)
+    node_commit_s: np.ndarray  # shape=[n], float64: when each node committed (NaN: never)
+    node_digest: np.ndarray  # shape=[n], int64: digest each node committed (-1: none)
+    faulty: np.ndarray  # shape=[n], bool
+    agreement: bool  # no two honest nodes committed different blocks, none changed its mind
+    all_honest_committed_s: float  # last honest commit (NaN if some honest node never committed)
+    client_digest: int  # digest the system accepted (-1: none)
+    protocol: str
+    n_nodes: int
+    f: int
+
+
+class SweepResult(NamedTuple):
+    """One entry per configuration of ``sweep``."""
+
+    time_s: np.ndarray  # shape=[C], float64 (NaN: not committed)
+    messages: np.ndarray  # shape=[C], int64
+    bytes: np.ndarray  # shape=[C], float64
+    committed: np.ndarray  # shape=[C], bool
+    view_changes: np.ndarray  # shape=[C], int64
+
+
+def _float(name: str, x, lo: float = 0.0) -> float:
+    if np.ndim(x) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(x)}")
+    return float(check_range(name, x, lo).reshape(-1)[0])
+
+
+def _int(name: str, x, lo: int = 0) -> int:
+    if isinstance(x, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an integer, got {x!r}")
+    if np.ndim(x) != 0:
+        raise ValueError(f"{name} must be a scalar integer, got shape {np.shape(x)}")
+    v = int(check_nonneg_int(name, x).reshape(-1)[0])
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}; got {v}")
+    return v
+
+
+def fault_mask(n: int, faulty, leader_faulty: bool) -> np.ndarray:
+    """Boolean mask of faulty nodes.
+
+    ``faulty`` is a count k (the faulty nodes are the last k, or node 0 (the view-0
+    primary) and the last k-1 when ``leader_faulty``) or a sequence of node indices
+    (then ``leader_faulty`` must agree with whether 0 is among them).
+    """
+    mask = np.zeros(n, dtype=bool)
+    if np.ndim(faulty) == 0:
+        k = _int("faulty", faulty)
+        if k > n:
+            raise ValueError(f"faulty must be <= n_nodes = {n}; got {k}")
+        if leader_faulty:
+            if k < 1:
+                raise ValueError("leader_faulty=True needs faulty >= 1 (the leader is one of them)")
+            mask[0] = True
+            if k > 1:
+                mask[n - (k - 1):] = True
+        elif k:
+            mask[n - k:] = True
+        return mask
+    idx = check_nonneg_int("faulty", np.asarray(faulty))
+    if idx.ndim != 1:
+        raise ValueError(f"faulty must be a count or a 1-D sequence of node indices, got shape {idx.shape}")
+    if idx.size and idx.max() >= n:
+        bad = int(np.flatnonzero(idx >= n)[0])
+        raise ValueError(f"faulty must hold node indices < {n}; got {idx[bad]} at index {bad}")
+    if np.unique(idx).size != idx.size:
+        raise ValueError("faulty must not repeat a node index")
+    mask[idx] = True
+    if leader_faulty and not mask[0]:
+        raise ValueError("leader_faulty=True but node 0 (the view-0 primary) is not in faulty")
+    return mask
+
+
+def _auto_timeout(n: int, U: int, upd: float, payload: float, net: NetworkModel) -> float:
+    """Base view-change timeout: ``2 * (normal-case bound) + 1 s`` (see NetworkModel)."""
+    spb = net.seconds_per_byte()
+    H = net.header_bytes
+    lat_hi = net.latency_mean_s * (1.0 if net.latency == "constant" else 10.0)
+    vote = net.processing_s + net.verify_s
+    sub = net.processing_s + net.verify_s + net.hash_s_per_byte * upd
+    est = (
+        6 * lat_hi
+        + n * (H + upd) * spb[2]  # an edge server uploads its update to every node
+        + U * ((H + upd) * spb[1] + sub)  # a node downloads and checks every update
+        + (n - 1) * (H + payload) * spb[0] + (H + payload) * spb[1]  # the block to every backup
+        + net.processing_s + net.verify_s * (1 + U) + 2 * net.hash_s_per_byte * payload
+        + 3 * n * (H * (spb[0] + spb[1]) + vote)  # vote rounds
+        + 8 * net.sign_s
+    )
+    return 2.0 * est + 1.0
+
+
+def build_inputs(n, U, update_bytes, network, mask_kind, protocol, block_carries, seed, max_views):
+    """Validated kernel inputs ``(IP, P, fault)`` for one configuration."""
+    n = _int("n_nodes", n, 4)
+    U = _int("n_updates", U)
+    upd = _float("update_bytes", update_bytes)
+    seed = _int("seed", seed)
+    if seed >= 2**63:
+        raise ValueError(f"seed must be < 2**63; got {seed}")
+    if not isinstance(network, NetworkModel):
+        raise ValueError(f"network must be a NetworkModel, got {type(network).__name__}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if block_carries not in BLOCK_CARRIES:
+        raise ValueError(f"block_carries must be one of {BLOCK_CARRIES}, got {block_carries!r}")
+    f = fault_tolerance(n)
+    if protocol == "pbft":
+        V = f + 2 if max_views is None else _int("max_views", max_views, 1)
+    else:
+        V = 1
+    digests = block_carries == "digests"
+    payload = U * (32.0 if digests else upd)
+    tbase = network.view_timeout_s
+    if tbase is None:
+        tbase = _auto_timeout(n, U, upd, payload, network)
+    IP = np.zeros(_sim.N_IPARAMS, np.int64)
+    IP[_sim.I_N], IP[_sim.I_U], IP[_sim.I_V] = n, U, V
+    IP[_sim.I_PROTO] = PROTOCOLS.index(protocol)
+    IP[_sim.I_DIGESTS] = int(digests)
+    IP[_sim.I_LAT] = network.latency_code
+    IP[_sim.I_SEED] = seed
+    IP[_sim.I_F] = f
+    P = np.zeros(_sim.N_PARAMS, np.float64)
+    P[_sim.P_PROC] = network.processing_s
+    P[_sim.P_SIGN] = network.sign_s
+    P[_sim.P_VERIFY] = network.verify_s
+    P[_sim.P_HASH_PB] = network.hash_s_per_byte
+    P[_sim.P_LAT_MEAN] = network.latency_mean_s
+    P[_sim.P_LAT_SHAPE] = network.latency_shape
+    P[_sim.P_TBASE] = tbase
+    P[_sim.P_HEADER] = network.header_bytes
+    P[_sim.P_UPD] = upd
+    fault = mask_kind.astype(np.int64)
+    return IP, P, fault
+
+
+def _entity_spb(n: int, U: int, network: NetworkModel) -> np.ndarray:
+    s = network.seconds_per_byte()
+    spb = np.empty((n + 1 + U, 2))
+    spb[:n] = s[0], s[1]
+    spb[n] = s[0], s[3]
+    spb[n + 1:] = s[2], s[1]
+    return spb
+
+
+def _fault_code(fault: str) -> int:
+    if fault not in FAULTS:
+        raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}")
+    return _sim.SILENT if fault == "silent" else _sim.EQUIVOCATE
+
+
+def simulate_pbft(
+    n_nodes: int,
+    n_updates: int,
+    *,
+    update_bytes: float = 300_000,
+    network: NetworkModel = NetworkModel(),
+    faulty: int | Sequence[int] = 0,
+    fault: str = "silent",
+    leader_faulty: bool = False,
+    protocol: str = "pbft",
+    block_carries: str = "updates",
+    seed: int = 0,
+    max_views: int | None = None,
+) -> ConsensusResult:
+    """Discrete-event simulation of every message agreeing on one block (paper IV-C, Fig. 6).
+
+    The ``n_updates`` edge servers sign their update and send it to every node; each
+    node checks the signature and hashes the update. The primary of view 0 (node 0)
+    then broadcasts the block (pre-prepare; it carries the updates or only their
+    digests, ``block_carries``); backups check the primary's signature and, when the
+    block carries them, every update's signature and hash. Prepare (quorum 2f, own
+    included, from backups) and commit (quorum 2f+1) follow, then each node replies to
+    the client, which accepts ``f+1`` matching replies (Castro-Liskov PBFT, n = 3f+1).
+
+    Faulty nodes (``faulty``: a count or node indices; ``leader_faulty`` puts node 0
+    among them) are ``"silent"`` (send nothing) or ``"equivocate"``: they send one
+    digest to even-numbered nodes and a forged one to odd-numbered nodes in
+    pre-prepare, prepare and commit, vote at once without waiting for quorums, and
+    reply with the forged digest. A node whose timer expires before it commits starts
+    a view change (timeouts double per view, the primary of view v is node v mod n;
+    f+1 view-change messages make a node join; the new primary needs 2f+1 and
+    re-proposes the digest of the highest prepared certificate). Views stop at
+    ``max_views`` (default f+2) so a run with more than f silent nodes ends.
+
+    ``protocol="paper"``: the leader broadcasts the block and is done at f+1 matching
+    follower replies. ``protocol="hotstuff"``: basic (non-pipelined) HotStuff, the
+    leader collects 2f+1 votes in three rounds and broadcasts each certificate.
+    Neither has a view change here: a faulty leader means no commit.
+
+    Returns
+    -------
+    ConsensusResult
+        ``time_s``, ``messages``, ``bytes``, ``committed``, ``view_changes``, per-phase
+        counts, bytes and times, per-node commit times and digests, ``agreement``.
+    """
+    n = _int("n_nodes", n_nodes, 4)
+    U = _int("n_updates", n_updates)
+    code = _fault_code(fault)
+    mask = fault_mask(n, faulty, bool(leader_faulty))
+    IP, P, fcode = build_inputs(n, U, update_bytes, network, mask * code, protocol, block_carries,
+                                seed, max_views)
+    spb = _entity_spb(n, U, network)
+    cnt = np.zeros(_sim.N_PHASES, np.int64)
+    byt = np.zeros(_sim.N_PHASES)
+    ptime = np.zeros(_sim.N_PHASES)
+    node_d = np.zeros(n, np.int64)
+    node_t = np.zeros(n)
+    node_i = np.zeros((n, 2), np.int64)
+    client = np.zeros(2)
+    _sim.run_block(IP, P, spb, fcode, cnt, byt, ptime, node_d, node_t, node_i, client)
+    return make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, client)
+
+
+def make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, client) -> ConsensusResult:
+    """Assemble a ``ConsensusResult`` from the kernel's (or the reference's) outputs."""
+    honest = ~mask
+    hd = node_d[honest]
+    committed_d = hd[hd >= 0]
+    agreement = bool(np.unique(committed_d).size <= 1 and not node_i[honest, 0].any())
+    all_t = float(node_t[honest].max()) if honest.any() and (hd >= 0).all() else float("nan")
+    return ConsensusResult(
+        time_s=float(client[1]),
+        messages=int(cnt.sum()),
+        bytes=float(byt.sum()),
+        committed=bool(client[0] >= 0),
+        view_changes=int(node_i[honest, 1].max()) if honest.any() else 0,
+        phase_messages=MessageCounts(*(int(c) for c in cnt)),
+        phase_bytes=MessageCounts(*(float(b) for b in byt)),
+        phase_time_s=MessageCounts(*(float(t) for t in ptime)),
+        node_commit_s=node_t.copy(),
+        node_digest=node_d.copy(),
+        faulty=mask.copy(),
+        agreement=agreement,
+        all_honest_committed_s=all_t,
+        client_digest=int(client[0]),
+        protocol=protocol,
+        n_nodes=n,
+        f=fault_tolerance(n),
+    )
+
+
+def _column(name: str, x, C: int | None) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or 1-D, got shape {arr.shape}")
+    return arr
+
+
+def sweep(
+    n_nodes,
+    n_updates,
+    seeds,
+    *,
+    update_bytes: float = 300_000,
+    network: NetworkModel = NetworkModel(),
+    faulty=0,
+    fault: str = "silent",
+    leader_faulty: bool = False,
+    protocol: str = "pbft",
+    block_carries: str = "updates",
+    parallel: bool = True,
+) -> SweepResult:
+    """``simulate_pbft`` for C configurations in one call, parallel over them (``prange``).
+
+    ``n_nodes``, ``n_updates``, ``seeds`` and ``faulty`` (a count per configuration)
+    are scalars or 1-D arrays; every 1-D array must have the same length C and a
+    scalar is used for every configuration. ``parallel=False`` runs the same loop on one
+    thread (results are identical: each configuration is independent and deterministic).
+    """
+    cols = {k: _column(k, v, None) for k, v in
+            dict(n_nodes=n_nodes, n_updates=n_updates, seeds=seeds, faulty=faulty).items()}
+    lengths = {k: v.shape[0] for k, v in cols.items() if v.ndim == 1}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"1-D arguments must have one length; got {lengths}")
+    C = next(iter(lengths.values())) if lengths else 1
+    full = {k: (np.repeat(v[()], C) if v.ndim == 0 else v) for k, v in cols.items()}
+    code = _fault_code(fault)
+    ns = check_nonneg_int("n_nodes", full["n_nodes"])
+    if C and ns.min() < 4:
+        bad = int(np.flatnonzero(ns < 4)[0])
+        raise ValueError(f"n_nodes must be >= 4; got {ns[bad]} at index {bad}")
+    nmax = int(ns.max()) if C else 4
+    IPs = np.zeros((C, _sim.N_IPARAMS), np.int64)
+    Ps = np.zeros((C, _sim.N_PARAMS))
+    faults = np.zeros((C, nmax), np.int64)
+    for c in range(C):
+        n = int(ns[c])
+        mask = fault_mask(n, full["faulty"][c], bool(leader_faulty))
+        IPs[c], Ps[c], faults[c, :n] = build_inputs(
+            n, full["n_updates"][c], update_bytes, network, mask * code, protocol, block_carries,
+            full["seeds"][c], None)
+    SPB = np.tile(network.seconds_per_byte(), (C, 1))
+    out = SweepResult(np.zeros(C), np.zeros(C, np.int64), np.zeros(C), np.zeros(C, bool),
+                      np.zeros(C, np.int64))
+    fn = _sim.sweep_parallel if parallel else _sim.sweep_serial
+    fn(IPs, Ps, SPB, faults, *out)
+    return out
