@@ -53,7 +53,8 @@ def _enc(x: Any, out: list[bytes], path: str, depth: int) -> None:
         raise ValueError(f"tree{path}: not array-like ({exc})") from None
     if a.dtype.kind not in "biufc":
         raise ValueError(f"tree{path}: dtype {a.dtype} is not numeric or bool")
-    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype)
+    # order="C" keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d)
+    a = np.asarray(a, dtype=a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype, order="C")
     dt = a.dtype.str.encode("ascii")  # e.g. b'<f4', b'|b1'
     out.append(b"A" + _u32(len(dt)) + dt + _u32(a.ndim) + b"".join(struct.pack("<Q", s) for s in a.shape))
     out.append(a.tobytes(order="C"))
