@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
-from mcsl_core.ledger._encoding import canonical_json, check_hex, check_text, parse_canonical_json
+from mcsl_core.ledger._encoding import canonical_json, check_hex, check_text, loads_json, parse_canonical_json
 from mcsl_core.ledger._errors import BadEncoding
 from mcsl_core.ledger._tx import SignedTx
 
@@ -74,18 +74,24 @@ class BlockHeader:
             v = getattr(self, n)
             if not isinstance(v, (bytes, bytearray)) or len(v) != 32:
                 raise ValueError(f"{n} must be 32 bytes")
+            object.__setattr__(self, n, bytes(v))  # immutable: the encoding is cached
         check_text("proposer", self.proposer, max_len=200)
 
     def encode(self) -> bytes:
-        return canonical_json({
+        cached = self.__dict__.get("_bytes")
+        if cached is not None:
+            return cached
+        data = canonical_json({
             "v": self.VERSION, "height": self.height, "prev_hash": self.prev_hash.hex(),
             "proposer": self.proposer, "view": self.view, "merkle_root": self.merkle_root.hex(),
             "timestamp": self.timestamp, "n_tx": self.n_tx,
-        }, "header")
+        }, "header", checked=True)
+        object.__setattr__(self, "_bytes", data)
+        return data
 
     @classmethod
     def decode(cls, data: bytes) -> "BlockHeader":
-        d = parse_canonical_json(data, "block header")
+        d = loads_json(data, "block header")  # canonical form: checked by re-encoding below
         keys = {"v", "height", "prev_hash", "proposer", "view", "merkle_root", "timestamp", "n_tx"}
         if not isinstance(d, dict) or set(d) != keys:
             raise BadEncoding("block header has wrong fields")
@@ -103,7 +109,11 @@ class BlockHeader:
 
     @property
     def hash(self) -> bytes:
-        return hashlib.sha256(_BLOCK_DOMAIN + self.encode()).digest()
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hashlib.sha256(_BLOCK_DOMAIN + self.encode()).digest()
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
 
 def encode_certificate(cert: Sequence[CommitSignature]) -> bytes:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from mcsl_core.ledger._errors import BadEncoding
 
-__all__ = ["canonical_json", "parse_canonical_json", "check_hex", "check_text"]
+__all__ = ["canonical_json", "loads_json", "parse_canonical_json", "check_hex", "check_text"]
 
 
 def _check_value(x: Any, path: str) -> None:
@@ -39,12 +40,32 @@ def _check_value(x: Any, path: str) -> None:
     raise ValueError(f"{path} has unsupported type {type(x).__name__}")
 
 
-def canonical_json(obj: Any, name: str = "record") -> bytes:
-    """Canonical JSON bytes of ``obj`` (dict/list/str/int/finite float/bool/None)."""
-    _check_value(obj, name)
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+_DUMPS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+
+
+def canonical_json(obj: Any, name: str = "record", *, checked: bool = False) -> bytes:
+    """Canonical JSON bytes of ``obj`` (dict/list/str/int/finite float/bool/None).
+
+    ``checked=True`` skips the type walk for values built from validated fields
+    (NaN and infinities are still refused by the encoder).
+    """
+    if not checked:
+        _check_value(obj, name)
+    try:
+        return _DUMPS(obj).encode("ascii")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def loads_json(data: bytes, what: str = "record") -> Any:
+    """``json.loads`` that rejects NaN/Infinity; canonical form is checked by the caller
+    (by re-encoding the decoded record and comparing bytes)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BadEncoding(f"{what} must be bytes, got {type(data).__name__}")
+    try:
+        return json.loads(bytes(data).decode("ascii"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadEncoding(f"{what} is not valid JSON ({exc})") from None
 
 
 def _reject_constant(c: str):
@@ -69,11 +90,15 @@ def parse_canonical_json(data: bytes, what: str = "record") -> Any:
     return obj
 
 
+_HEX = re.compile(r"[0-9a-f]*")
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def check_hex(name: str, value: Any, nbytes: int) -> str:
     """Lower-case hex string of exactly ``nbytes`` bytes."""
     if not isinstance(value, str) or len(value) != 2 * nbytes:
         raise ValueError(f"{name} must be a {2 * nbytes}-character hex string, got {value!r}")
-    if any(c not in "0123456789abcdef" for c in value):
+    if _HEX.fullmatch(value) is None:
         raise ValueError(f"{name} must be lower-case hex, got {value!r}")
     return value
 
@@ -86,6 +111,6 @@ def check_text(name: str, value: Any, *, allow_empty: bool = False, max_len: int
         raise ValueError(f"{name} must not be empty")
     if len(value) > max_len:
         raise ValueError(f"{name} longer than {max_len} characters")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL.search(value) is not None:
         raise ValueError(f"{name} must not contain control characters, got {value!r}")
     return value

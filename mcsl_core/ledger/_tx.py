@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
-from mcsl_core.ledger._encoding import canonical_json, check_hex, check_text, parse_canonical_json
+from mcsl_core.ledger._encoding import canonical_json, check_hex, check_text, loads_json
 from mcsl_core.ledger._errors import BadEncoding
 from mcsl_core.ledger._keys import ROLES, Identity, check_role, verify_signature
 
@@ -142,7 +142,8 @@ class Transaction:
 
     def encode(self) -> bytes:
         """Canonical versioned bytes (what the signature covers)."""
-        return canonical_json({"kind": self.KIND, "v": self.VERSION, "body": self._fields()}, self.KIND)
+        return canonical_json({"kind": self.KIND, "v": self.VERSION, "body": self._fields()}, self.KIND,
+                              checked=True)
 
     @classmethod
     def decode(cls, data: bytes) -> "Transaction":
@@ -511,7 +512,7 @@ TX_KINDS: dict[str, type[Transaction]] = {
 
 def decode_tx(data: bytes) -> Transaction:
     """Decode canonical payload bytes into the matching transaction class."""
-    obj = parse_canonical_json(data, "transaction")
+    obj = loads_json(data, "transaction")  # canonical form: checked by re-encoding below
     if not isinstance(obj, dict) or set(obj) != {"kind", "v", "body"}:
         raise BadEncoding("transaction must be {kind, v, body}")
     cls = TX_KINDS.get(obj["kind"]) if isinstance(obj["kind"], str) else None
@@ -544,6 +545,8 @@ class SignedTx:
                 raise ValueError(f"{n} must be {size} bytes")
         if not isinstance(self.payload, (bytes, bytearray)):
             raise ValueError("payload must be bytes")
+        for n in ("payload", "signer", "signature"):  # immutable: decodings are cached
+            object.__setattr__(self, n, bytes(getattr(self, n)))
 
     @property
     def tx(self) -> Transaction:
@@ -556,7 +559,12 @@ class SignedTx:
 
     @property
     def digest(self) -> bytes:
-        return tx_digest(self.payload)
+        """The 32-byte digest the signature covers (cached)."""
+        d = self.__dict__.get("_digest")
+        if d is None:
+            d = tx_digest(self.payload)
+            object.__setattr__(self, "_digest", d)
+        return d
 
     @property
     def txid(self) -> str:
