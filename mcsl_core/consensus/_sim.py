@@ -2,14 +2,15 @@
 
 Entities: consortium nodes ``0..n-1``, the client that collects replies (``n``) and
 the edge servers ``n+1..n+U`` that submit the signed updates. Every message goes
-through three events, so that the three shared resources of a node queue in time
-order (first come, first served):
+through two events; the three shared resources of a node are first-come first-served
+queues:
 
-1. the sender signs (CPU), then the message is serialised on the sender's uplink;
-   it ``ARRIVE``s one link latency after its last byte left;
-2. it is serialised on the receiver's downlink, then waits for the receiver's CPU
-   (``PROCESS``: processing time + signature checks + hashing);
-3. ``HANDLE``: the protocol logic runs at the time the CPU finished.
+1. the sender signs (its CPU), then the message is serialised on the sender's uplink;
+   it ``ARRIVE``s one link latency after its last byte left; at that moment it joins
+   the receiver's downlink queue and, behind it, the receiver's CPU queue
+   (processing time + signature checks + hashing), both in arrival order;
+2. ``HANDLE``: the protocol logic runs when the CPU has finished with it; signatures
+   the handler makes join the CPU queue at that time.
 
 Ties in time are broken by insertion order (a global sequence number), the link
 latency of the k-th message sent is a pure function of ``(seed, k)`` (splitmix64), so
@@ -26,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 # event kinds
-EV_ARRIVE, EV_PROCESS, EV_HANDLE, EV_TIMER = 0, 1, 2, 3
+EV_ARRIVE, EV_HANDLE, EV_TIMER = 0, 2, 3
 # message kinds = phase index of the per-phase counters
 M_SUBMIT, M_PREPREPARE, M_PREPARE, M_COMMIT, M_REPLY = 0, 1, 2, 3, 4
 M_VIEWCHANGE, M_NEWVIEW, M_VOTE, M_QC = 5, 6, 7, 8
@@ -87,61 +88,56 @@ def _fmax(a, b):
 
 # ----------------------------------------------------------------------------- heap
 @njit(cache=True)
-def _less(ht, hs, a, b):
-    return ht[a] < ht[b] or (ht[a] == ht[b] and hs[a] < hs[b])
-
-
-@njit(cache=True)
-def _swap(ht, hs, hsl, a, b):
-    t = ht[a]
-    ht[a] = ht[b]
-    ht[b] = t
-    s = hs[a]
-    hs[a] = hs[b]
-    hs[b] = s
-    q = hsl[a]
-    hsl[a] = hsl[b]
-    hsl[b] = q
-
-
-@njit(cache=True)
 def _heap_push(ht, hs, hsl, ctr, t, slot):
+    """Binary min-heap on (time, sequence); a hole moves up instead of swapping."""
     i = ctr[C_HN]
-    ht[i] = t
-    hs[i] = ctr[C_SEQ]
-    hsl[i] = slot
-    ctr[C_SEQ] += 1
-    ctr[C_HN] += 1
+    s = ctr[C_SEQ]
+    ctr[C_SEQ] = s + 1
+    ctr[C_HN] = i + 1
     while i > 0:
         p = (i - 1) >> 1
-        if _less(ht, hs, i, p):
-            _swap(ht, hs, hsl, i, p)
+        tp = ht[p]
+        if t < tp or (t == tp and s < hs[p]):
+            ht[i] = tp
+            hs[i] = hs[p]
+            hsl[i] = hsl[p]
             i = p
         else:
             break
+    ht[i] = t
+    hs[i] = s
+    hsl[i] = slot
 
 
 @njit(cache=True)
 def _heap_pop(ht, hs, hsl, ctr):
-    """Remove the earliest event; return its heap row copied to the last position."""
+    """Remove the earliest event; return its (time, slot)."""
     n = ctr[C_HN] - 1
-    _swap(ht, hs, hsl, 0, n)
     ctr[C_HN] = n
+    t0 = ht[0]
+    slot0 = hsl[0]
+    t = ht[n]
+    s = hs[n]
+    sl = hsl[n]
     i = 0
     while True:
         a = 2 * i + 1
         if a >= n:
             break
         b = a + 1
-        c = a
-        if b < n and _less(ht, hs, b, a):
-            c = b
-        if _less(ht, hs, c, i):
-            _swap(ht, hs, hsl, c, i)
-            i = c
+        if b < n and (ht[b] < ht[a] or (ht[b] == ht[a] and hs[b] < hs[a])):
+            a = b
+        if ht[a] < t or (ht[a] == t and hs[a] < s):
+            ht[i] = ht[a]
+            hs[i] = hs[a]
+            hsl[i] = hsl[a]
+            i = a
         else:
             break
-    return n
+    ht[i] = t
+    hs[i] = s
+    hsl[i] = sl
+    return t0, slot0
 
 
 @njit(cache=True)
@@ -531,23 +527,18 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
         if Q[6][C_HN] + 4 * n + 16 > Q[0].shape[0]:
             Q = _grow(Q)
         ht, hs, hsl, evi, evf, free, ctr = Q
-        row = _heap_pop(ht, hs, hsl, ctr)
-        t = ht[row]
-        slot = hsl[row]
+        t, slot = _heap_pop(ht, hs, hsl, ctr)
         free[ctr[C_HN]] = slot  # freed unless re-pushed below (which allocates nothing)
         ek = evi[slot, 0]
         dst = evi[slot, 3]
         if ek == EV_ARRIVE:
             if dst < n and fault[dst] == SILENT:
                 continue  # dropped: a silent node ignores everything
+            # downlink (FIFO in arrival order), then the CPU queue in the same order
             start = _fmax(t, res[dst, 1])
             done = start + evf[slot, 0] * spb[dst, 1]
             res[dst, 1] = done
-            evi[slot, 0] = EV_PROCESS
-            _heap_push(ht, hs, hsl, ctr, done, slot)
-            continue
-        if ek == EV_PROCESS:
-            c = _fmax(t, res[dst, 2]) + evf[slot, 1]
+            c = _fmax(done, res[dst, 2]) + evf[slot, 1]
             res[dst, 2] = c
             evi[slot, 0] = EV_HANDLE
             _heap_push(ht, hs, hsl, ctr, c, slot)

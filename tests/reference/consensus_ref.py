@@ -53,7 +53,7 @@ class Message:
     aux: int
     size: float
     cost: float
-    stage: str = "arrive"  # arrive -> process -> handle
+    stage: str = "arrive"  # arrive -> handle
 
 
 @dataclass
@@ -85,6 +85,8 @@ class Node:
     preprepares: dict = field(default_factory=dict)  # view -> digest
     prepares: dict = field(default_factory=dict)  # (view, sender) -> digest
     commits: dict = field(default_factory=dict)  # (view, sender) -> digest
+    prepare_senders: dict = field(default_factory=dict)  # (view, digest) -> senders (never the primary)
+    commit_senders: dict = field(default_factory=dict)  # (view, digest) -> senders
     view_changes: dict = field(default_factory=dict)  # view -> {sender: cert}
     sent_vc: set = field(default_factory=set)
     # leader-side counters (paper replies, HotStuff votes)
@@ -184,11 +186,18 @@ class RefSim:
         node.nv_sent = False
 
     def count_prepares(self, node, v, d):
-        p = self.primary(v)
-        return sum(1 for (w, s), x in node.prepares.items() if w == v and s != p and x == d)
+        return len(node.prepare_senders.get((v, d), ()))
 
     def count_commits(self, node, v, d):
-        return sum(1 for (w, s), x in node.commits.items() if w == v and x == d)
+        return len(node.commit_senders.get((v, d), ()))
+
+    def add_prepare(self, node, v, s, d):
+        node.prepares[(v, s)] = d
+        node.prepare_senders.setdefault((v, d), set()).add(s)
+
+    def add_commit(self, node, v, s, d):
+        node.commits[(v, s)] = d
+        node.commit_senders.setdefault((v, d), set()).add(s)
 
     def check_prepared(self, node, now):
         if node.prepared is not None or node.accepted is None:
@@ -199,7 +208,7 @@ class RefSim:
         node.prepared = d
         node.cert = (v, d)
         self.broadcast(node.idx, "commit", v, d, d, False, 0, self.net.header_bytes, self.vote_cost(), now)
-        node.commits[(v, node.idx)] = d
+        self.add_commit(node, v, node.idx, d)
         self.check_committed(node, now)
 
     def check_committed(self, node, now):
@@ -269,7 +278,7 @@ class RefSim:
                 self.unicast(node.idx, self.n, "reply", v, forged, 0, H, vc, now)
                 return
             self.broadcast(node.idx, "prepare", v, d, d, False, 0, H, vc, now)
-            node.prepares[(v, node.idx)] = d
+            self.add_prepare(node, v, node.idx, d)
             self.check_prepared(node, now)
         elif self.protocol == "paper":
             if equiv:
@@ -338,13 +347,13 @@ class RefSim:
         elif m.kind == "prepare":
             if m.view < node.view or m.src == self.primary(m.view) or (m.view, m.src) in node.prepares:
                 return
-            node.prepares[(m.view, m.src)] = m.digest
+            self.add_prepare(node, m.view, m.src, m.digest)
             if m.view == node.view and node.fault == "honest":
                 self.check_prepared(node, t)
         elif m.kind == "commit":
             if m.view < node.view or (m.view, m.src) in node.commits:
                 return
-            node.commits[(m.view, m.src)] = m.digest
+            self.add_commit(node, m.view, m.src, m.digest)
             if m.view == node.view:
                 self.check_committed(node, t)
         elif m.kind == "reply":  # the paper's exchange: follower -> leader
@@ -453,11 +462,8 @@ class RefSim:
                 down = self.down_free[m.dst]
                 done = (t if t > down else down) + m.size * self.spb_down[m.dst]
                 self.down_free[m.dst] = done
-                m.stage = "process"
-                self.push(done, m)
-            elif m.stage == "process":
                 cpu = self.cpu_free[m.dst]
-                c = (t if t > cpu else cpu) + m.cost
+                c = (done if done > cpu else cpu) + m.cost
                 self.cpu_free[m.dst] = c
                 m.stage = "handle"
                 self.push(c, m)
