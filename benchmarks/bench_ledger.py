@@ -109,7 +109,7 @@ def test_verify_round_parallel(benchmark, bench_info, costs, n):
     size = 8 if benchmark.disabled else n
     members, items = _round(size)
     limit = CORES / (costs["sha_byte_s"] * UPDATE_BYTES + costs["verify_s"])
-    bench_info("kernel", size, "update", limit_items_per_s=limit, cores=CORES,
+    bench_info("kernel", size, "update", limit_items_per_s=limit, cores=CORES, **costs,
                note=f"verify_update_round; limit = {CORES} cores / (SHA-256 of 300 KB + Ed25519 verify), same run")
     chk = benchmark(verify_update_round, members, items)
     assert chk.valid.all()
@@ -194,7 +194,8 @@ def _per_block_limit(costs, blocks) -> float:
 def test_chain_append(benchmark, bench_info, costs, chain):
     blocks, d = chain
     path = d / "appended.db"
-    bench_info("kernel", len(blocks), "block", limit_items_per_s=_per_block_limit(costs, blocks),
+    bench_info("kernel", len(blocks), "block", limit_items_per_s=_per_block_limit(costs, blocks), **costs,
+               signatures=sum(len(b.certificate) + len(b.txs) for b in blocks), cores=CORES,
                note="append: every rule + one durable (WAL, synchronous=FULL) SQLite transaction per block; "
                     "limit = cores / (5 Ed25519 verifies + SHA-256 work) per block")
     n = benchmark.pedantic(_append_all, args=(path, blocks), rounds=1, iterations=1)
@@ -207,7 +208,7 @@ def test_chain_open_verify(benchmark, bench_info, costs, chain):
     blocks, _ = chain
     path = _stored(chain)
     sigs = sum(len(b.certificate) + len(b.txs) for b in blocks)
-    bench_info("kernel", len(blocks), "block", limit_items_per_s=_per_block_limit(costs, blocks),
+    bench_info("kernel", len(blocks), "block", limit_items_per_s=_per_block_limit(costs, blocks), **costs,
                signatures=sigs, cores=CORES,
                note=f"Ledger.open: full re-verification, {sigs} signatures; "
                     "limit = cores / (5 Ed25519 verifies + SHA-256 work) per block")
