@@ -136,7 +136,7 @@ def simulate_play(
     rounds = int(rounds)
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    shape = _batch_shape(p, q)
+    shape = _batch_shape(p, q, init)
     init2 = check_init(np.full(4, 0.25) if init is None else init, 4, shape)
     pb = np.ascontiguousarray(np.broadcast_to(p, shape + (4,)).reshape(-1, 4))
     qb = np.ascontiguousarray(np.broadcast_to(q, shape + (q.shape[-1],)).reshape(-1, q.shape[-1]))

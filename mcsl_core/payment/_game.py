@@ -86,13 +86,23 @@ def _check_strategies(p, q, game: str) -> tuple[np.ndarray, np.ndarray]:
     return p, q
 
 
-def _batch_shape(p: np.ndarray, q: np.ndarray) -> tuple[int, ...]:
+def _batch_shape(p: np.ndarray, q: np.ndarray, init=None) -> tuple[int, ...]:
+    """Broadcast leading axes of p, q (and init, when given)."""
     try:
-        return np.broadcast_shapes(p.shape[:-1], q.shape[:-1])
+        shape = np.broadcast_shapes(p.shape[:-1], q.shape[:-1])
     except ValueError as exc:
         raise ValueError(
             f"p of shape {p.shape} and q of shape {q.shape} do not broadcast over leading axes"
         ) from exc
+    if init is not None:
+        lead = np.shape(init)[:-1]
+        try:
+            shape = np.broadcast_shapes(shape, lead)
+        except ValueError as exc:
+            raise ValueError(
+                f"init of shape {np.shape(init)} does not broadcast with p and q (batch {shape})"
+            ) from exc
+    return shape
 
 
 def _check_payoff(name: str, x) -> np.ndarray:
@@ -217,7 +227,7 @@ def long_run(p, q, x, y, *, game: str = "leader_follower", init=None) -> LongRun
     p, q = _check_strategies(p, q, game)
     x = _check_payoff("x", x)
     y = _check_payoff("y", y)
-    shape = _batch_shape(p, q)
+    shape = _batch_shape(p, q, init)
     init2 = None if init is None else check_init(init, 4, shape)
     if game == "simultaneous":
         P = transition_matrix(p, q, game=game)

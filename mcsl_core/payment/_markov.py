@@ -206,7 +206,7 @@ def _batch_impl(P, init, has_init, tol, nblocks, out, valid, bad):
                     A[i, j] = v
                 if not abs(rs - 1.0) <= tol:
                     flag = True
-            bad[c] = flag
+            bad[c] = 1 if flag else 0
             if flag:
                 valid[c] = False
                 continue
@@ -215,6 +215,15 @@ def _batch_impl(P, init, has_init, tol, nblocks, out, valid, bad):
             else:
                 ic = c if init.shape[0] > 1 else 0
                 valid[c] = _reducible(P[c], init[ic], has_init, out[c])
+            if valid[c]:
+                for i in range(n):
+                    if not (out[c, i] >= 0.0 and out[c, i] <= 1.0):
+                        # products of transition probabilities underflowed (< ~1e-300)
+                        valid[c] = False
+                        bad[c] = 2
+                if not valid[c]:
+                    for i in range(n):
+                        out[c, i] = np.nan
 
 
 _batch_parallel = njit(parallel=True, cache=True)(_batch_impl)
@@ -222,11 +231,14 @@ _batch_serial = njit(cache=False)(_batch_impl)  # uncached: the cache key ignore
 
 
 def _stationary_batch(P3: np.ndarray, init2: np.ndarray | None, *, parallel: bool = True):
-    """``(pi, valid, bad)`` for C-contiguous ``P3`` of shape ``(B, n, n)``."""
+    """``(pi, valid, code)`` for C-contiguous ``P3`` of shape ``(B, n, n)``.
+
+    ``code``: 0 fine or several recurrent classes, 1 bad input, 2 underflow.
+    """
     B, n = P3.shape[0], P3.shape[1]
     out = np.empty((B, n))
     valid = np.zeros(B, dtype=np.bool_)
-    bad = np.zeros(B, dtype=np.bool_)
+    bad = np.zeros(B, dtype=np.int8)
     has_init = init2 is not None
     if not has_init:
         init2 = np.zeros((1, n))
@@ -291,7 +303,9 @@ def stationary(P, *, init=None, return_valid: bool = False):
     pi : ndarray, shape (..., n), float64
         ``pi P = pi``, ``pi >= 0``, ``sum(pi) = 1`` (GTH elimination). For a
         chain with several recurrent classes and no ``init``: NaN in a batch,
-        ``ValueError`` for a single chain (``P.ndim == 2``).
+        ``ValueError`` for a single chain (``P.ndim == 2``). Chains whose
+        probabilities are so small (below ~1e-150) that GTH's products
+        underflow are reported the same way instead of answered wrongly.
     valid : ndarray of bool, shape (...)
         Only with ``return_valid=True``.
     """
@@ -302,11 +316,16 @@ def stationary(P, *, init=None, return_valid: bool = False):
     batch = P.shape[:-2]
     P3 = np.ascontiguousarray(P.reshape((-1, n, n)))
     init2 = None if init is None else check_init(init, n, batch)
-    out, valid, bad = _stationary_batch(P3, init2)
-    if bad.any():
+    out, valid, code = _stationary_batch(P3, init2)
+    if (code == 1).any():
         _raise_bad_matrix(P)
     pi = out.reshape(batch + (n,))
     valid = valid.reshape(batch)
+    if P.ndim == 2 and not valid and code[0] == 2:
+        raise ValueError(
+            "P has transition probabilities so small that their products underflow "
+            "(GTH produced a non-finite value); rescale or lump those states"
+        )
     if P.ndim == 2 and not valid:
         raise ValueError(
             "P has more than one recurrent class, so its stationary vector is not unique; "
