@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from mcsl_core.ledger import _errors as E
-from mcsl_core.ledger._block import Block, BlockHeader, decode_certificate
+from mcsl_core.ledger._block import Block
 from mcsl_core.ledger._keys import Member
 from mcsl_core.ledger._state import (
     ChainState,
@@ -27,7 +27,6 @@ from mcsl_core.ledger._state import (
     run_signature_jobs,
     sig_error,
 )
-from mcsl_core.ledger._tx import SignedTx
 
 __all__ = ["Ledger", "VerifyReport", "verify_file"]
 

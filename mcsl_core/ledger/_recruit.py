@@ -8,9 +8,8 @@ deterministic function of the bids, so every node computes the same result.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
-
 import math
+from typing import NamedTuple, Sequence
 
 from mcsl_core.ledger._tx import Bid, make_bid
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from mcsl_core.ledger._encoding import canonical_json, check_hex, check_text, loads_json
 from mcsl_core.ledger._errors import BadEncoding
-from mcsl_core.ledger._keys import ROLES, Identity, check_role, verify_signature
+from mcsl_core.ledger._keys import Identity, check_role, verify_signature
 
 __all__ = [
     "Bid",
