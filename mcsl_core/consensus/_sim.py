@@ -49,8 +49,8 @@ N_IPARAMS = 8
 # node state columns
 (S_VIEW, S_ACTIVE, S_NUPD, S_PPACC, S_ACCD, S_PREPARED, S_PREPD, S_PCNT, S_CCNT, S_COMINV,
  S_PROPOSED, S_NVSENT, S_COMD, S_PCV, S_PCD, S_DONE, S_TVER, S_CONFLICT, S_FAULT, S_PHASE,
- S_QCNT, S_QCNT2, S_ALTD, S_MAXINST) = range(24)
-N_STATE = 24
+ S_QCNT, S_QCNT2, S_ALTD, S_MAXINST, S_NVD) = range(25)
+N_STATE = 25
 
 # queue counters
 C_HN, C_SEQ, C_MSGID = 0, 1, 2
@@ -257,6 +257,7 @@ def _reset_view(st, i, w):
     st[i, S_COMINV] = 0
     st[i, S_PROPOSED] = 0
     st[i, S_NVSENT] = 0
+    st[i, S_NVD] = -1
 
 
 @njit(cache=True)
@@ -321,13 +322,7 @@ def _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_
     if _primary(IP, v) != i or not st[i, S_ACTIVE] or st[i, S_PROPOSED] or st[i, S_NUPD] < IP[I_U]:
         return
     st[i, S_PROPOSED] = 1
-    d = 0
-    if v > 0:
-        # re-propose the digest of the highest prepared certificate seen (own or in view changes)
-        if bestpv[i, v] >= 0:
-            d = bestpd[i, v]
-        if st[i, S_PCV] > bestpv[i, v]:
-            d = st[i, S_PCD]
+    d = 0 if v == 0 else st[i, S_NVD]
     forged = v + 1
     equiv = st[i, S_FAULT] == EQUIVOCATE
     payload = _payload(IP, P)
@@ -361,6 +356,8 @@ def _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, now)
         return
     if IP[I_DIGESTS] and st[i, S_NUPD] < IP[I_U]:
         return
+    if v > 0 and ppdig[i, v] != st[i, S_NVD]:
+        return  # a pre-prepare that contradicts the new-view certificate is refused
     n = IP[I_N]
     d = ppdig[i, v]
     st[i, S_PPACC] = 1
@@ -401,8 +398,17 @@ def _check_new_view(Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bes
     st[i, S_ACTIVE] = 1
     if w > st[i, S_MAXINST]:
         st[i, S_MAXINST] = w
+    # the new view re-proposes the digest of the highest prepared certificate among the
+    # view changes (own included); the new-view message carries the signed view changes,
+    # so every backup can recompute it and a primary cannot lie about it
+    d = 0
+    if bestpv[i, w] >= 0:
+        d = bestpd[i, w]
+    if st[i, S_PCV] > bestpv[i, w]:
+        d = st[i, S_PCD]
+    st[i, S_NVD] = d
     m = 2 * f + 2
-    _bcast(Q, res, spb, cnt, byt, IP, P, i, M_NEWVIEW, w, -1, -1, False, 0, P[P_HEADER] * m,
+    _bcast(Q, res, spb, cnt, byt, IP, P, i, M_NEWVIEW, w, d, d, False, 0, P[P_HEADER] * m,
            P[P_PROC] + P[P_VERIFY] * m, now, 0.0)
     _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, client, i, now)
 
@@ -617,6 +623,7 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
             if w > st[i, S_VIEW]:
                 _reset_view(st, i, w)
             st[i, S_ACTIVE] = 1
+            st[i, S_NVD] = d
             if w > st[i, S_MAXINST]:
                 st[i, S_MAXINST] = w
             if not st[i, S_DONE]:

@@ -75,6 +75,7 @@ class Node:
     committed_in_view: bool = False
     proposed: bool = False
     nv_sent: bool = False
+    nv_digest: int = -1  # digest the new-view certificate dictates for this view
     done: bool = False
     timer_version: int = 0
     committed: int | None = None
@@ -184,6 +185,7 @@ class RefSim:
         node.committed_in_view = False
         node.proposed = False
         node.nv_sent = False
+        node.nv_digest = -1
 
     def count_prepares(self, node, v, d):
         return len(node.prepare_senders.get((v, d), ()))
@@ -228,16 +230,7 @@ class RefSim:
         if self.primary(v) != node.idx or not node.active or node.proposed or node.n_updates < self.U:
             return
         node.proposed = True
-        d = 0
-        if v > 0:
-            best = None
-            for cert in node.view_changes.get(v, {}).values():  # in arrival order; first of the highest wins
-                if cert is not None and (best is None or cert[0] > best[0]):
-                    best = cert
-            if best is not None:
-                d = best[1]
-            if node.cert is not None and (best is None or node.cert[0] > best[0]):
-                d = node.cert[1]
+        d = 0 if v == 0 else node.nv_digest
         forged = v + 1
         equiv = node.fault == "equivocate"
         payload = self.payload()
@@ -264,6 +257,8 @@ class RefSim:
         if not node.active or node.accepted is not None or v not in node.preprepares or self.primary(v) == node.idx:
             return
         if self.digests and node.n_updates < self.U:
+            return
+        if v > 0 and node.preprepares[v] != node.nv_digest:
             return
         d = node.preprepares[v]
         node.accepted = d
@@ -310,8 +305,16 @@ class RefSim:
         node.nv_sent = True
         node.active = True
         node.max_installed = max(node.max_installed, w)
+        best = None
+        for cert in node.view_changes.get(w, {}).values():  # in arrival order; first of the highest wins
+            if cert is not None and (best is None or cert[0] > best[0]):
+                best = cert
+        d = 0 if best is None else best[1]
+        if node.cert is not None and (best is None or node.cert[0] > best[0]):
+            d = node.cert[1]
+        node.nv_digest = d
         m = 2 * self.f + 2
-        self.broadcast(node.idx, "new_view", w, -1, -1, False, 0, self.net.header_bytes * m,
+        self.broadcast(node.idx, "new_view", w, d, d, False, 0, self.net.header_bytes * m,
                        self.net.processing_s + self.net.verify_s * m, now)
         self.try_propose(node, now)
 
@@ -385,6 +388,7 @@ class RefSim:
             if w > node.view:
                 self.reset_view(node, w)
             node.active = True
+            node.nv_digest = m.digest
             node.max_installed = max(node.max_installed, w)
             if not node.done:
                 self.arm_timer(node, w, t)
