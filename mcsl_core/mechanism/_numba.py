@@ -1,11 +1,15 @@
 """Fused numba kernels for the data-submission game (SPEC.md section 2).
 
-One pass over the flattened broadcast points computes the device's rule, the
-server's best response and both utilities; no temporaries are allocated. This
-module imports no JAX.
+One pass over the broadcast points computes the device's rule, the server's best
+response and both utilities. This module imports no JAX.
 
-Inputs are 1-D float64 arrays of length 1 (a broadcast scalar, stride 0) or n
-(stride 1); ``strides`` says which, so scalar fields are never materialised.
+Layout: every field is passed as its own C-contiguous buffer with its element
+strides in the broadcast shape (0 along broadcast axes), so a grid sweep reads a
+few small arrays and broadcast inputs are never materialised. A work item is one
+row of the broadcast shape (all axes but the last) and a chunk of the last axis;
+work items run in parallel. Each work item gathers its inputs into a small
+contiguous buffer and then runs a branch-free loop (``where``-style selects,
+IEEE division via ``error_model="numpy"``) that LLVM vectorises.
 """
 
 from __future__ import annotations
@@ -13,184 +17,260 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["solve_flat", "gap_flat"]
+__all__ = ["CHUNK", "broadcast_layout", "solve_flat", "gap_flat"]
 
 _NAN = np.nan
+_JIT = dict(cache=True, error_model="numpy")
+
+#: Points per parallel work item along the last axis.
+CHUNK = 2048
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", **_JIT)
 def _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta):
-    """(a, b, M, p, q) with g = a v + b s, M = R + r(theta), and v*(s) = p s + q (eq. (4)).
+    """(a, b, M, p, q): g = a v + b s, M = R + r(theta), v*(s) = p s + q (eq. (4)).
 
-    Only called where eta*xi > 1. At eps = 0 the device's objective is linear in v
-    with negative slope for s > 0, so its box optimum is v = 0: p = q = 0.
+    Meaningful where eta*xi > 1 (callers mask the rest). At eps = 0 the device's
+    objective is linear in v with negative slope for s > 0, so its box optimum is
+    v = 0: p = q = 0.
     """
     km1 = eta * xi - 1.0
     a = eps / v_bar
     b = (1.0 - eps) / s_bar
     M = R + alpha_s * theta + beta_s
-    if eps > 0.0:
-        p = -b / (2.0 * a) + 1.0 / (2.0 * km1)
-        q = -c_d / (2.0 * km1)
-    else:
-        p = 0.0
-        q = 0.0
+    epos = eps > 0.0
+    p = (-b / (2.0 * a) + 1.0 / (2.0 * km1)) if epos else 0.0
+    q = (-c_d / (2.0 * km1)) if epos else 0.0
     return a, b, M, p, q
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", **_JIT)
 def _s_free(a, b, M, p, q):
     """Stationary point of U_s(v*(s), s) (the paper's closed-form s*) and the concavity
     measure c2 = (1+p)(a p + b) = -(d2 U_s / ds2) / (2T)."""
     c2 = (1.0 + p) * (a * p + b)
-    s = ((M - q) * (a * p + b) - (1.0 + p) * a * q) / (2.0 * c2) if c2 != 0.0 else _NAN
+    s = ((M - q) * (a * p + b) - (1.0 + p) * a * q) / (2.0 * c2)
     return s, c2
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", **_JIT)
 def _f_con(s, a, b, M, p, q, v_bar):
     """U_s / T along the device's box-constrained rule, and that rule's v."""
     v = min(max(p * s + q, 0.0), v_bar)
     return (M - v - s) * (a * v + b * s), v
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", **_JIT)
+def _try(c, ok, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f):
+    """Score candidate c (if ok and not NaN) projected onto [0, s_bar]; keep the best."""
+    c = c if (ok and c == c) else 0.0
+    c = min(max(c, 0.0), s_bar)
+    f, v = _f_con(c, a, b, M, p, q, v_bar)
+    better = f > best_f
+    return (c if better else best_s), (v if better else best_v), (f if better else best_f)
+
+
+@njit(inline="always", **_JIT)
 def _best_con(a, b, M, p, q, v_bar, s_bar, extra):
     """Exact maximiser of the piecewise quadratic U_s(v_c(s), s) over s in [0, s_bar].
 
     The maximiser is an end of [0, s_bar], a breakpoint of the clipped rule, or a
     stationary point of the quadratic of its piece (v = 0, v = v_bar, or v = p s + q);
     every candidate is projected onto [0, s_bar] and scored with the true objective,
-    so a candidate outside its own piece is only a redundant feasible point.
-    ``extra`` (NaN for none) is one more candidate, used by the incentive gap.
+    so a candidate outside its own piece is only a redundant feasible point. An
+    unusable candidate becomes s = 0, a duplicate of the first. ``extra`` (NaN for
+    none) is one more candidate, used by the incentive gap.
     """
-    best_s = 0.0
     best_f, best_v = _f_con(0.0, a, b, M, p, q, v_bar)
-    for j in range(7):
-        if j == 0:
-            c = s_bar
-        elif j == 1:
-            c = -q / p if p != 0.0 else _NAN
-        elif j == 2:
-            c = (v_bar - q) / p if p != 0.0 else _NAN
-        elif j == 3:
-            c = 0.5 * M if b > 0.0 else _NAN
-        elif j == 4:
-            c = (b * (M - v_bar) - a * v_bar) / (2.0 * b) if b > 0.0 else _NAN
-        elif j == 5:
-            c, _ = _s_free(a, b, M, p, q)
-        else:
-            c = extra
-        if not np.isfinite(c):
-            continue
-        c = min(max(c, 0.0), s_bar)
-        f, v = _f_con(c, a, b, M, p, q, v_bar)
-        if f > best_f:
-            best_f = f
-            best_s = c
-            best_v = v
+    best_s = 0.0
+    p_nz = p != 0.0
+    b_pos = b > 0.0
+    s_lin, c2 = _s_free(a, b, M, p, q)
+    best_s, best_v, best_f = _try(s_bar, True, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
+    best_s, best_v, best_f = _try(-q / p, p_nz, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
+    best_s, best_v, best_f = _try((v_bar - q) / p, p_nz, a, b, M, p, q, v_bar, s_bar,
+                                  best_s, best_v, best_f)
+    best_s, best_v, best_f = _try(0.5 * M, b_pos, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
+    best_s, best_v, best_f = _try((b * (M - v_bar) - a * v_bar) / (2.0 * b), b_pos, a, b, M, p, q,
+                                  v_bar, s_bar, best_s, best_v, best_f)
+    best_s, best_v, best_f = _try(s_lin, c2 != 0.0, a, b, M, p, q, v_bar, s_bar,
+                                  best_s, best_v, best_f)
+    best_s, best_v, best_f = _try(extra, True, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
     return best_s, best_v, best_f
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always", **_JIT)
 def _point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, constrained):
-    """(s, v, g, U_s, U_d, valid) at one parameter point."""
+    """(s, v, g, U_s, U_d, valid) at one parameter point, branch-free."""
     k = eta * xi
-    if not k > 1.0:
-        return _NAN, _NAN, _NAN, _NAN, _NAN, False
     a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     if constrained:
         s, v, _ = _best_con(a, b, M, p, q, v_bar, s_bar, _NAN)
+        ok = k > 1.0
     else:
-        if not eps > 0.0:
-            return _NAN, _NAN, _NAN, _NAN, _NAN, False
         s, c2 = _s_free(a, b, M, p, q)
-        if not c2 > 0.0:
-            return _NAN, _NAN, _NAN, _NAN, _NAN, False
         v = p * s + q
+        ok = (k > 1.0) & (eps > 0.0) & (c2 > 0.0)
     g = a * v + b * s
     us = T * (M - v - s) * g
     ud = T * (v + s - c_d - k * v) * g
-    return s, v, g, us, ud, True
+    return ((s if ok else _NAN), (v if ok else _NAN), (g if ok else _NAN),
+            (us if ok else _NAN), (ud if ok else _NAN), ok)
 
 
-def _solve_py(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, strides,
-              constrained, out_s, out_v, out_g, out_us, out_ud, out_valid, out_acc):
-    n = out_s.shape[0]
-    (k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10) = (
-        strides[0], strides[1], strides[2], strides[3], strides[4], strides[5],
-        strides[6], strides[7], strides[8], strides[9], strides[10])
-    for i in prange(n):
-        s, v, g, us, ud, ok = _point(
-            R[i * k0], alpha_s[i * k1], beta_s[i * k2], v_bar[i * k3], s_bar[i * k4],
-            c_d[i * k5], eta[i * k6], xi[i * k7], eps[i * k8], theta[i * k9], T[i * k10],
-            constrained)
-        out_s[i] = s
-        out_v[i] = v
-        out_g[i] = g
-        out_us[i] = us
-        out_ud[i] = ud
-        out_valid[i] = ok
-        out_acc[i] = ok and us >= 0.0
+@njit(inline="always", **_JIT)
+def _gap_point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat,
+               constrained):
+    k = eta * xi
+    a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    M_hat = R + alpha_s * theta_hat + beta_s
+    if constrained:
+        s_hat, _, _ = _best_con(a, b, M_hat, p, q, v_bar, s_bar, _NAN)
+        # s_hat is a candidate of the true problem, so best >= f(s_hat) exactly
+        _, _, f_best = _best_con(a, b, M, p, q, v_bar, s_bar, s_hat)
+        f_hat, _ = _f_con(s_hat, a, b, M, p, q, v_bar)
+        gap = T * (f_best - f_hat)
+        ok = k > 1.0
+    else:
+        s_true, c2 = _s_free(a, b, M, p, q)
+        s_hat, _ = _s_free(a, b, M_hat, p, q)
+        # U_s is the concave quadratic -T c2 s^2 + ... along the rule, so
+        # U_s(s*) - U_s(s_hat) = T c2 (s_hat - s*)^2 exactly, never negative.
+        d = s_hat - s_true
+        gap = T * c2 * d * d
+        ok = (k > 1.0) & (eps > 0.0) & (c2 > 0.0)
+    return gap if ok else _NAN
 
 
-def _gap_py(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat,
-            strides, constrained, out):
-    n = out.shape[0]
-    for i in prange(n):
-        r_ = R[i * strides[0]]
-        al = alpha_s[i * strides[1]]
-        be = beta_s[i * strides[2]]
-        vb = v_bar[i * strides[3]]
-        sb = s_bar[i * strides[4]]
-        cd = c_d[i * strides[5]]
-        et = eta[i * strides[6]]
-        x = xi[i * strides[7]]
-        ep = eps[i * strides[8]]
-        th = theta[i * strides[9]]
-        t = T[i * strides[10]]
-        th_hat = theta_hat[i * strides[11]]
-        out[i] = _NAN
-        if not et * x > 1.0:
-            continue
-        a, b, M, p, q = _coeffs(r_, al, be, vb, sb, cd, et, x, ep, th)
-        M_hat = r_ + al * th_hat + be
-        if constrained:
-            s_hat, _, _ = _best_con(a, b, M_hat, p, q, vb, sb, _NAN)
-            # s_hat is a candidate of the true problem, so best >= f(s_hat) exactly
-            _, _, f_best = _best_con(a, b, M, p, q, vb, sb, s_hat)
-            f_hat, _ = _f_con(s_hat, a, b, M, p, q, vb)
-            out[i] = t * (f_best - f_hat)
+@njit(inline="always", **_JIT)
+def _gather(X, w, nchunks, shape, strides, last, chunk, buf):
+    """Copy work item w's inputs into buf[field, :m]; returns (first output index, m)."""
+    nd = shape.shape[0]
+    inner = shape[nd - 1]
+    o = w // nchunks
+    c = w - o * nchunks
+    j0 = c * chunk
+    m = min(chunk, inner - j0)
+    nf = len(X)
+    for f in range(nf):
+        off = 0
+        rem = o
+        for d in range(nd - 2, -1, -1):
+            off += (rem % shape[d]) * strides[f, d]
+            rem //= shape[d]
+        xf = X[f]
+        st = last[f]
+        if st == 0:
+            val = xf[off]
+            for j in range(m):
+                buf[f, j] = val
         else:
-            if not ep > 0.0:
-                continue
-            s_true, c2 = _s_free(a, b, M, p, q)
-            if not c2 > 0.0:
-                continue
-            s_hat, _ = _s_free(a, b, M_hat, p, q)
-            # U_s is the concave quadratic -T c2 s^2 + ... along the rule, so
-            # U_s(s*) - U_s(s_hat) = T c2 (s_hat - s*)^2 exactly, never negative.
-            d = s_hat - s_true
-            out[i] = t * c2 * d * d
+            for j in range(m):
+                buf[f, j] = xf[off + (j0 + j) * st]
+    return o * inner + j0, m
 
 
-_solve_par = njit(cache=True, parallel=True)(_solve_py)
-_solve_ser = njit(cache=True)(_solve_py)
-_gap_par = njit(cache=True, parallel=True)(_gap_py)
-_gap_ser = njit(cache=True)(_gap_py)
+def _make_compute(constrained):
+    """The per-work-item loop over contiguous buffer rows, with ``constrained`` a
+    compile-time constant: one simple loop over 1-D arrays that LLVM vectorises."""
+
+    @njit(**_JIT)
+    def compute(buf, m, o_s, o_v, o_g, o_us, o_ud, o_ok, o_acc):
+        R, al, be, vb, sb, cd = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]
+        eta, xi, eps, th, T = buf[6], buf[7], buf[8], buf[9], buf[10]
+        for j in range(m):
+            s, v, g, us, ud, ok = _point(R[j], al[j], be[j], vb[j], sb[j], cd[j], eta[j], xi[j],
+                                         eps[j], th[j], T[j], constrained)
+            o_s[j] = s
+            o_v[j] = v
+            o_g[j] = g
+            o_us[j] = us
+            o_ud[j] = ud
+            o_ok[j] = ok
+            o_acc[j] = ok & (us >= 0.0)
+
+    @njit(**_JIT)
+    def compute_gap(buf, m, out):
+        R, al, be, vb, sb, cd = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]
+        eta, xi, eps, th, T, th_hat = buf[6], buf[7], buf[8], buf[9], buf[10], buf[11]
+        for j in range(m):
+            out[j] = _gap_point(R[j], al[j], be[j], vb[j], sb[j], cd[j], eta[j], xi[j], eps[j],
+                                th[j], T[j], th_hat[j], constrained)
+
+    return compute, compute_gap
 
 
-def solve_flat(flat, strides, n, constrained, *, parallel=True):
-    """Run the solve kernel on flattened inputs; returns seven 1-D outputs of length n."""
+_compute_free, _gap_free = _make_compute(False)
+_compute_con, _gap_con = _make_compute(True)
+
+
+def _solve_py(X, shape, strides, chunk, constrained, out_s, out_v, out_g, out_us, out_ud,
+              out_valid, out_acc):
+    nd = shape.shape[0]
+    inner = shape[nd - 1]
+    n = out_s.shape[0]
+    outer = n // inner if inner > 0 else 0
+    nchunks = (inner + chunk - 1) // chunk
+    last = strides[:, nd - 1].copy()
+    for w in prange(outer * nchunks):
+        buf = np.empty((11, chunk))
+        i, m = _gather(X, w, nchunks, shape, strides, last, chunk, buf)
+        if constrained:
+            _compute_con(buf, m, out_s[i:i + m], out_v[i:i + m], out_g[i:i + m],
+                         out_us[i:i + m], out_ud[i:i + m], out_valid[i:i + m], out_acc[i:i + m])
+        else:
+            _compute_free(buf, m, out_s[i:i + m], out_v[i:i + m], out_g[i:i + m],
+                          out_us[i:i + m], out_ud[i:i + m], out_valid[i:i + m], out_acc[i:i + m])
+
+
+def _gap_py(X, shape, strides, chunk, constrained, out):
+    nd = shape.shape[0]
+    inner = shape[nd - 1]
+    n = out.shape[0]
+    outer = n // inner if inner > 0 else 0
+    nchunks = (inner + chunk - 1) // chunk
+    last = strides[:, nd - 1].copy()
+    for w in prange(outer * nchunks):
+        buf = np.empty((12, chunk))
+        i, m = _gather(X, w, nchunks, shape, strides, last, chunk, buf)
+        if constrained:
+            _gap_con(buf, m, out[i:i + m])
+        else:
+            _gap_free(buf, m, out[i:i + m])
+
+
+_solve_par = njit(parallel=True, **_JIT)(_solve_py)
+_solve_ser = njit(**_JIT)(_solve_py)
+_gap_par = njit(parallel=True, **_JIT)(_gap_py)
+_gap_ser = njit(**_JIT)(_gap_py)
+
+
+def broadcast_layout(arrays, shape):
+    """Each array as a flat C-contiguous float64 buffer (a tuple) plus its element
+    strides in the broadcast ``shape`` (0 along broadcast axes)."""
+    shape = tuple(shape) or (1,)
+    flat, strides = [], np.zeros((len(arrays), len(shape)), dtype=np.int64)
+    for f, x in enumerate(arrays):
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        strides[f] = np.asarray(np.broadcast_to(x, shape).strides, dtype=np.int64) // 8
+        flat.append(x.reshape(-1))
+    return tuple(flat), np.asarray(shape, dtype=np.int64), strides
+
+
+def solve_flat(arrays, shape, constrained, *, parallel=True, chunk=CHUNK):
+    """Run the solve kernel on broadcastable float64 arrays; returns seven flat outputs."""
+    X, shp, strides = broadcast_layout(arrays, shape)
+    n = int(np.prod(shp))
     out = [np.empty(n) for _ in range(5)] + [np.empty(n, dtype=np.bool_) for _ in range(2)]
     kernel = _solve_par if parallel else _solve_ser
-    kernel(*flat, strides, bool(constrained), *out)
+    kernel(X, shp, strides, int(chunk), bool(constrained), *out)
     return out
 
 
-def gap_flat(flat, strides, n, constrained, *, parallel=True):
-    """Run the incentive-gap kernel on flattened inputs (theta_hat last in ``flat``)."""
-    out = np.empty(n)
+def gap_flat(arrays, shape, constrained, *, parallel=True, chunk=CHUNK):
+    """Run the incentive-gap kernel (theta_hat last in ``arrays``); returns a flat output."""
+    X, shp, strides = broadcast_layout(arrays, shape)
+    out = np.empty(int(np.prod(shp)))
     kernel = _gap_par if parallel else _gap_ser
-    kernel(*flat, strides, bool(constrained), out)
+    kernel(X, shp, strides, int(chunk), bool(constrained), out)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import numpy as np
@@ -35,23 +34,6 @@ def _check_backend(backend: Any) -> str:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     return backend
-
-
-def _flatten(arrays, shape):
-    """1-D float64 views for the numba kernel: length 1 (stride 0) for a broadcast
-    scalar, length n (stride 1) otherwise; only genuinely broadcast arrays are copied."""
-    flat, strides = [], []
-    for x in arrays:
-        x = np.asarray(x, dtype=np.float64)
-        if x.size == 1:
-            flat.append(np.ascontiguousarray(x.reshape(1)))
-            strides.append(0)
-        else:
-            if x.shape != shape:
-                x = np.broadcast_to(x, shape)
-            flat.append(np.ascontiguousarray(x).reshape(-1))
-            strides.append(1)
-    return flat, np.asarray(strides, dtype=np.int64)
 
 
 def success_probability(v, s, params: MechanismParams) -> np.ndarray:
@@ -170,8 +152,7 @@ def solve(params: MechanismParams, *, constrained: bool = False,
     from mcsl_core.mechanism import _numba
 
     shape = p.shape
-    flat, strides = _flatten(p.fields(), shape)
-    out = _numba.solve_flat(flat, strides, math.prod(shape), constrained)
+    out = _numba.solve_flat(p.fields(), shape, constrained)
     return MechanismSolution(*(x.reshape(shape) for x in out))
 
 
@@ -209,5 +190,4 @@ def incentive_gap(params: MechanismParams, theta_hat, *, constrained: bool = Fal
         return _numpy.gap_arrays(p.fields(), theta_hat, constrained)
     from mcsl_core.mechanism import _numba
 
-    flat, strides = _flatten((*p.fields(), theta_hat), shape)
-    return _numba.gap_flat(flat, strides, math.prod(shape), constrained).reshape(shape)
+    return _numba.gap_flat((*p.fields(), theta_hat), shape, constrained).reshape(shape)

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from mcsl_core.mechanism import MechanismParams, incentive_gap, solve
 from mcsl_core.mechanism import _numba
-from mcsl_core.mechanism._solve import _flatten
 from tests.conftest import tol
 from tests.reference import mechanism_ref as ref
 
@@ -191,21 +190,50 @@ def test_backends_agree(rng, constrained):
     assert np.array_equal(a.accepted, a.valid & (a.U_s >= 0))
 
 
+def _same(x, y):
+    return np.array_equal(x, y, equal_nan=True) if x.dtype.kind == "f" else np.array_equal(x, y)
+
+
 @pytest.mark.parametrize("constrained", [False, True])
-def test_parallel_equals_serial_and_broadcast_scalars(rng, constrained):
+def test_parallel_equals_serial_and_broadcast_layout(rng, constrained):
     pts = ref.random_points(rng, 4000)
     p = MechanismParams(**{**pts, "c_d": 1.5, "T": 2.0})
-    shape = p.shape
-    flat, strides = _flatten(p.fields(), shape)
-    assert strides.tolist() == [1] * 5 + [0] + [1] * 4 + [0]
-    par = _numba.solve_flat(flat, strides, 4000, constrained, parallel=True)
-    ser = _numba.solve_flat(flat, strides, 4000, constrained, parallel=False)
-    for x, y in zip(par, ser):
-        assert np.array_equal(x, y, equal_nan=True) if x.dtype.kind == "f" else np.array_equal(x, y)
+    fields = p.fields()
+    par = _numba.solve_flat(fields, p.shape, constrained, parallel=True, chunk=333)
+    ser = _numba.solve_flat(fields, p.shape, constrained, parallel=False, chunk=4096)
+    assert all(_same(x, y) for x, y in zip(par, ser))
+    th = rng.uniform(0, 1, 4000)
+    assert _same(_numba.gap_flat((*fields, th), p.shape, constrained, parallel=True, chunk=100),
+                 _numba.gap_flat((*fields, th), p.shape, constrained, parallel=False))
     # materialised scalars give the same answer
     full = MechanismParams(**{**pts, "c_d": np.full(4000, 1.5), "T": np.full(4000, 2.0)})
-    for x, y in zip(solve(p, constrained=constrained), solve(full, constrained=constrained)):
-        assert np.array_equal(x, y, equal_nan=True) if x.dtype.kind == "f" else np.array_equal(x, y)
+    assert all(_same(x, y) for x, y in zip(solve(p, constrained=constrained),
+                                           solve(full, constrained=constrained)))
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_broadcast_grid_equals_materialised(rng, constrained):
+    """A 4-D grid of broadcast axes (strides 0 in the kernel) against the same grid
+    materialised point by point, with odd sizes and a small chunk."""
+    eta = rng.uniform(0.1, 15, (5, 1, 1, 1))
+    xi = rng.uniform(0.1, 15, (1, 7, 1, 1))
+    eps = rng.uniform(0, 1, (1, 1, 3, 1))
+    R = rng.uniform(0, 30, (9,))
+    p = MechanismParams.paper_defaults(eta=eta, xi=xi, eps=eps, R=R)
+    assert p.shape == (5, 7, 3, 9)
+    E, X, P, RR = np.broadcast_arrays(eta, xi, eps, R)
+    q = MechanismParams.paper_defaults(eta=E.ravel(), xi=X.ravel(), eps=P.ravel(), R=RR.ravel())
+    a = solve(p, constrained=constrained)
+    b = solve(q, constrained=constrained)
+    for x, y in zip(a, b):
+        assert _same(x.ravel(), y)
+    flat = _numba.solve_flat(p.fields(), p.shape, constrained, chunk=4)
+    assert all(_same(x, y.ravel()) for x, y in zip(flat, a))
+    th = rng.uniform(0, 1, (1, 7, 1, 1))
+    g1 = incentive_gap(p, th, constrained=constrained)
+    g2 = incentive_gap(q, np.broadcast_to(th, p.shape).ravel(), constrained=constrained)
+    assert _same(g1.ravel(), g2)
+    assert solve(MechanismParams.paper_defaults(eta=np.zeros((0, 3)) + 2)).s.shape == (0, 3)
 
 
 def test_same_input_same_output(rng):
