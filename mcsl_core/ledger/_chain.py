@@ -53,10 +53,13 @@ class VerifyReport(NamedTuple):
     message: str | None
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, durable: bool = True) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    # FULL: an append survives power loss once it returns. NORMAL (WAL): appends are
+    # still atomic and survive a killed process, but the last few may be lost on an
+    # operating-system crash; no fsync per block.
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     return conn
 
 
@@ -161,9 +164,9 @@ def verify_file(path: str | os.PathLike, *, max_workers: int | None = None) -> V
         conn.close()
 
 
-def _open_existing(path: Path) -> sqlite3.Connection:
+def _open_existing(path: Path, durable: bool = True) -> sqlite3.Connection:
     try:
-        conn = _connect(path)
+        conn = _connect(path, durable)
         row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"path: {path} is not an mcsl ledger ({exc})") from None
@@ -189,15 +192,20 @@ class Ledger:
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, path: str | os.PathLike, genesis: Block) -> "Ledger":
-        """New ledger file holding ``genesis``; the file must not exist yet."""
+    def create(cls, path: str | os.PathLike, genesis: Block, *, durable: bool = True) -> "Ledger":
+        """New ledger file holding ``genesis``; the file must not exist yet.
+
+        ``durable=False`` skips the fsync per append (SQLite ``synchronous=NORMAL``
+        in WAL mode): appends stay atomic and survive a killed process, but the
+        most recent ones can be lost if the operating system crashes.
+        """
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"path: {path} already exists")
         st = ChainState()
         apply_block(st, genesis)
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = _connect(path)
+        conn = _connect(path, durable)
         try:
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
@@ -211,12 +219,16 @@ class Ledger:
         return cls(path, conn, st)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, max_workers: int | None = None) -> "Ledger":
-        """Open and re-verify the whole chain; a bad chain raises the first failure (height, rule)."""
+    def open(cls, path: str | os.PathLike, *, max_workers: int | None = None, durable: bool = True) -> "Ledger":
+        """Open and re-verify the whole chain; a bad chain raises the first failure (height, rule).
+
+        ``max_workers`` threads check signatures (default: every usable core);
+        ``durable`` as in :meth:`create`.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no ledger at {path}")
-        conn = _open_existing(path)
+        conn = _open_existing(path, durable)
         st, report, err = _verify_conn(conn, max_workers=max_workers)
         if err is not None:
             conn.close()

@@ -38,10 +38,10 @@ def addr(i: int) -> str:
     return hashlib.sha256(f"model-{i}".encode()).hexdigest()
 
 
-def make_world(path: Path, *, n_nodes: int = 4, n_servers: int = 3, seed: int = 7) -> World:
+def make_world(path: Path, *, n_nodes: int = 4, n_servers: int = 3, seed: int = 7, durable: bool = True) -> World:
     """Genesis + one block registering the edge servers and a requestor."""
     c = Consortium.generate(n_nodes, seed=seed)
-    ledger = Ledger.create(path, c.genesis())
+    ledger = Ledger.create(path, c.genesis(), durable=durable)
     servers = [Identity.generate("edge_server", f"es{i}", seed=seed) for i in range(n_servers)]
     req = Identity.generate("requestor", "req0", seed=seed)
     admitter = c.node(c.names[0])

@@ -132,7 +132,7 @@ _WRITER = textwrap.dedent("""
     blocks, i = [], 0
     while i < len(data):
         n = int.from_bytes(data[i:i + 4], "big"); blocks.append(Block.decode(data[i + 4:i + 4 + n])); i += 4 + n
-    L = Ledger.create(sys.argv[2], blocks[0])
+    L = Ledger.create(sys.argv[2], blocks[0], durable=sys.argv[3] == "1")
     for b in blocks[1:]:
         L.append(b)
         print(b.height, flush=True)
@@ -140,12 +140,13 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_mid_append_leaves_a_verified_prefix(tmp_path):
-    w = make_world(tmp_path / "src.db")
+@pytest.mark.parametrize("durable", [True, False], ids=["fsync", "no-fsync"])
+def test_sigkill_mid_append_leaves_a_verified_prefix(tmp_path, durable):
+    w = make_world(tmp_path / "src.db", durable=False)
     L, c = w.ledger, w.consortium
     from tests.ledger.helpers import publish
     publish(w)
-    for r in range(150):
+    for r in range(400):
         ups = [ModelUpdate("t0", 0, s.name, addr(1000 * r + k), 5).sign(s) for k, s in enumerate(w.servers)] \
             if r == 0 else []
         L.append(c.propose(L, ups))
@@ -154,7 +155,8 @@ def test_sigkill_mid_append_leaves_a_verified_prefix(tmp_path):
     blob = b"".join(len(e).to_bytes(4, "big") + e for e in (b.encode() for b in blocks))
     (tmp_path / "blocks.bin").write_bytes(blob)
     dst = tmp_path / "dst.db"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "blocks.bin"), str(dst)],
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "blocks.bin"), str(dst),
+                             "1" if durable else "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     seen = 0
     for line in proc.stdout:  # kill once a few dozen appends went through
