@@ -262,7 +262,7 @@ class Ledger:
             top = self._conn.execute("SELECT MAX(height) FROM blocks").fetchone()[0]
             if top != snapshot[0]:
                 raise E.BadHeight(f"the file changed under this ledger (stored top {top}, "
-                                  f"expected {snapshot[0]}); reopen it", height=block.height)
+                                  f"expected {snapshot[0]}); the state was re-read, propose again", height=block.height)
             _insert(self._conn, block)
             self._conn.execute("COMMIT")
         except BaseException:

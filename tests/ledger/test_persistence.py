@@ -195,3 +195,18 @@ def test_cli_verify_and_show(chain_file, tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "height 6" in out[0] and "rule 'encoding'" in out[0]
     assert cli_main(["ledger", "verify", str(tmp_path / "none.db")]) == 2
+
+
+def test_second_writer_is_refused_until_it_reopens(chain_file, tmp_path):
+    p = _copy(chain_file, tmp_path / "c.db")
+    c = Consortium.generate(4, seed=7)
+    a, b = Ledger.open(p), Ledger.open(p)
+    a.append(c.propose(a, []))
+    with pytest.raises(LedgerError, match="changed under this ledger"):
+        b.append(c.propose(b, [], timestamp=b.head_timestamp + 5))
+    assert len(b) == len(a) and b.head_hash == a.head_hash  # b re-read the file
+    b.append(c.propose(b, []))
+    a.close()
+    b.close()
+    with Ledger.open(p) as L:
+        assert L.verify().ok and len(L) == len(b)
