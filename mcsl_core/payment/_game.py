@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, parallel_chunksize, prange
 
 from mcsl_core._validation import as_float64, check_finite, check_range
 from mcsl_core.payment._markov import _stationary_batch, check_init
@@ -170,10 +170,10 @@ def _lf_impl(p, q, x, y, init, has_init, v, Eb, Er, valid, bad):
         p4 = p[i, 3]
         q1 = q[i, 0]
         q2 = q[i, 1]
-        ok = True
-        for val in (p1, p2, p3, p4, q1, q2):
-            if not (val >= 0.0 and val <= 1.0):
-                ok = False
+        ok = (
+            (p1 >= 0.0) & (p1 <= 1.0) & (p2 >= 0.0) & (p2 <= 1.0) & (p3 >= 0.0) & (p3 <= 1.0)
+            & (p4 >= 0.0) & (p4 <= 1.0) & (q1 >= 0.0) & (q1 <= 1.0) & (q2 >= 0.0) & (q2 <= 1.0)
+        )
         bad[i] = not ok
         pc = _lf_pc(p1, p2, p3, p4, q1, q2)
         if pc != pc and has_init:
@@ -193,8 +193,8 @@ def _lf_impl(p, q, x, y, init, has_init, v, Eb, Er, valid, bad):
         Er[i] = s0 * y[0] + s1 * y[1] + s2 * y[2] + s3 * y[3]
 
 
-_lf_parallel = njit(parallel=True, cache=True)(_lf_impl)
-_lf_serial = njit(cache=False)(_lf_impl)  # uncached: the cache key ignores parallel=
+_lf_parallel = njit(parallel=True, cache=True, error_model="numpy")(_lf_impl)
+_lf_serial = njit(cache=False, error_model="numpy")(_lf_impl)  # uncached: the cache key ignores parallel=
 
 
 def long_run(p, q, x, y, *, game: str = "leader_follower", init=None) -> LongRun:
@@ -247,7 +247,9 @@ def long_run(p, q, x, y, *, game: str = "leader_follower", init=None) -> LongRun
     if not has_init:
         init2 = np.zeros((1, 4))
     if B:
-        _lf_parallel(pb, qb, x, y, init2, has_init, v, Eb, Er, valid, bad)
+        # dynamic chunks: a busy core does not hold back the others
+        with parallel_chunksize(16384):
+            _lf_parallel(pb, qb, x, y, init2, has_init, v, Eb, Er, valid, bad)
     if bad.any():
         check_range("p", p, 0.0, 1.0)
         check_range("q", q, 0.0, 1.0)

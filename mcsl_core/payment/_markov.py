@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, parallel_chunksize, prange
 
 from mcsl_core._validation import as_float64, check_range, first_bad_index
 
@@ -34,7 +34,7 @@ def _gth(A, n, out):
 
     Eliminates the last state first: the censored chain on ``{0..k-1}`` is
     ``A[i, j] + A[i, k] * A[k, j] / s`` with ``s = sum_{j<k} A[k, j]`` (= 1 - A[k, k]
-    without the cancellation). ``A[k, k]`` keeps ``s`` for the back substitution
+    without the cancellation). ``A[k, k]`` keeps ``1 / s`` for the back substitution
     ``pi_k = sum_{i<k} pi_i A[i, k] / s``.
     """
     for k in range(n - 1, 0, -1):
@@ -43,22 +43,24 @@ def _gth(A, n, out):
             s += A[k, j]
         if not s > 0.0:
             return False
+        inv = 1.0 / s
         for i in range(k):
-            a = A[i, k] / s
+            a = A[i, k] * inv
             if a != 0.0:
                 for j in range(k):
                     A[i, j] += a * A[k, j]
-        A[k, k] = s
+        A[k, k] = inv
     out[0] = 1.0
     total = 1.0
     for k in range(1, n):
         t = 0.0
         for i in range(k):
             t += out[i] * A[i, k]
-        out[k] = t / A[k, k]
+        out[k] = t * A[k, k]
         total += out[k]
+    inv = 1.0 / total
     for k in range(n):
-        out[k] /= total
+        out[k] *= inv
     return True
 
 
@@ -186,15 +188,29 @@ def _reducible(P, init, has_init, out):
     return True
 
 
-def _batch_impl(P, init, has_init, tol, nblocks, out, valid, bad):
-    """Per chain: check the row, GTH, slow path when GTH meets a zero scale."""
+def _batch_impl(P, init, has_init, tol, L, out, valid, bad):
+    """GTH over blocks of ``L`` chains, chains innermost (SIMD across chains).
+
+    The arithmetic per chain is exactly that of :func:`_gth` in the same order,
+    so results equal the one-chain kernel bit for bit. Lanes that meet a zero
+    scale (reducible chains) go to :func:`_reducible`.
+    """
     B = P.shape[0]
     n = P.shape[1]
-    for blk in prange(nblocks):
-        lo = blk * B // nblocks
-        hi = (blk + 1) * B // nblocks
-        A = np.empty((n, n))
-        for c in range(lo, hi):
+    nblk = (B + L - 1) // L
+    istep = 1 if init.shape[0] > 1 else 0
+    for blk in prange(nblk):
+        c0 = blk * L
+        m = min(L, B - c0)
+        W = np.empty((n, n, L))
+        s = np.empty(L)
+        inv = np.empty(L)
+        a = np.empty(L)
+        ok = np.empty(L, dtype=np.bool_)
+        pi = np.empty((n, L))
+        tot = np.empty(L)
+        for l in range(m):
+            c = c0 + l
             flag = False
             for i in range(n):
                 rs = 0.0
@@ -203,18 +219,53 @@ def _batch_impl(P, init, has_init, tol, nblocks, out, valid, bad):
                     if not (v >= 0.0 and v <= 1.0):
                         flag = True
                     rs += v
-                    A[i, j] = v
+                    W[i, j, l] = v
                 if not abs(rs - 1.0) <= tol:
                     flag = True
             bad[c] = 1 if flag else 0
-            if flag:
+            ok[l] = not flag
+        for k in range(n - 1, 0, -1):
+            for l in range(m):
+                s[l] = 0.0
+            for j in range(k):
+                for l in range(m):
+                    s[l] += W[k, j, l]
+            for l in range(m):
+                good = s[l] > 0.0
+                ok[l] = ok[l] and good
+                inv[l] = 1.0 / s[l] if good else 0.0
+            for i in range(k):
+                for l in range(m):
+                    a[l] = W[i, k, l] * inv[l]
+                for j in range(k):
+                    for l in range(m):
+                        W[i, j, l] += a[l] * W[k, j, l]
+            for l in range(m):
+                W[k, k, l] = inv[l]
+        for l in range(m):
+            pi[0, l] = 1.0
+            tot[l] = 1.0
+        for k in range(1, n):
+            for l in range(m):
+                pi[k, l] = 0.0
+            for i in range(k):
+                for l in range(m):
+                    pi[k, l] += pi[i, l] * W[i, k, l]
+            for l in range(m):
+                pi[k, l] = pi[k, l] * W[k, k, l]
+                tot[l] += pi[k, l]
+        for l in range(m):
+            c = c0 + l
+            if bad[c] != 0:
                 valid[c] = False
                 continue
-            if _gth(A, n, out[c]):
+            if ok[l]:
+                it = 1.0 / tot[l]
+                for k in range(n):
+                    out[c, k] = pi[k, l] * it
                 valid[c] = True
             else:
-                ic = c if init.shape[0] > 1 else 0
-                valid[c] = _reducible(P[c], init[ic], has_init, out[c])
+                valid[c] = _reducible(P[c], init[c * istep], has_init, out[c])
             if valid[c]:
                 for i in range(n):
                     if not (out[c, i] >= 0.0 and out[c, i] <= 1.0):
@@ -226,8 +277,8 @@ def _batch_impl(P, init, has_init, tol, nblocks, out, valid, bad):
                         out[c, i] = np.nan
 
 
-_batch_parallel = njit(parallel=True, cache=True)(_batch_impl)
-_batch_serial = njit(cache=False)(_batch_impl)  # uncached: the cache key ignores parallel=
+_batch_parallel = njit(parallel=True, cache=True, error_model="numpy")(_batch_impl)
+_batch_serial = njit(cache=False, error_model="numpy")(_batch_impl)  # uncached: the cache key ignores parallel=
 
 
 def _stationary_batch(P3: np.ndarray, init2: np.ndarray | None, *, parallel: bool = True):
@@ -244,7 +295,9 @@ def _stationary_batch(P3: np.ndarray, init2: np.ndarray | None, *, parallel: boo
         init2 = np.zeros((1, n))
     kernel = _batch_parallel if parallel else _batch_serial
     if B:
-        kernel(P3, init2, has_init, ROW_SUM_TOL * max(n, 1), min(B, 4 * numba.get_num_threads()), out, valid, bad)
+        lanes = 64 if n <= 8 else 32  # a block's work matrix stays in L1/L2
+        with parallel_chunksize(1):  # blocks are handed out dynamically
+            kernel(P3, init2, has_init, ROW_SUM_TOL * max(n, 1), lanes, out, valid, bad)
     return out, valid, bad
 
 
