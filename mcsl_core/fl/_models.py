@@ -11,6 +11,7 @@ matrix product; both give the same numbers up to float32 rounding.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -134,4 +135,4 @@ def mlp(dim: int, num_classes: int, hidden: tuple[int, ...] = (64,)) -> MLP:
 
 def num_params(params: Any) -> int:
     """Total number of scalars in a parameter pytree."""
-    return int(sum(int(jnp.size(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))

@@ -185,7 +185,12 @@ def init_params(model, dim: int, key: jax.Array | int = 0) -> PyTree:
     """``model.init`` on a ``[1, dim]`` dummy input; returns the ``params`` collection."""
     if isinstance(key, (int, np.integer)):
         key = jax.random.key(int(key))
-    return model.init(key, jnp.zeros((1, int(dim)), jnp.float32))["params"]
+    return _jit_init(model, int(dim))(key)["params"]
+
+
+@functools.lru_cache(maxsize=32)
+def _jit_init(model, dim: int):
+    return jax.jit(lambda k: model.init(k, jnp.zeros((1, dim), jnp.float32)))
 
 
 def _masked_loss(model, params, xb, yb, mb):
@@ -197,10 +202,11 @@ def _masked_loss(model, params, xb, yb, mb):
 def _epoch_order(key: jax.Array, n, rows: int) -> jax.Array:
     """shape=[rows]: a random order of a client's ``n`` real rows, padding after.
 
-    Real positions get uniform keys in [0, 1), padding gets 2, so a stable
-    argsort shuffles the real rows and leaves padding at the end.
+    Real position ``i`` gets the uniform draw of ``fold_in(key, i)`` (so the
+    order does not depend on how far the client is padded), padding gets 2; a
+    stable argsort shuffles the real rows and leaves padding at the end.
     """
-    u = jax.random.uniform(key, (rows,))
+    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(jnp.arange(rows))
     return jnp.argsort(jnp.where(jnp.arange(rows) < n, u, 2.0), stable=True)
 
 
@@ -258,6 +264,13 @@ def _shard_fn(model, steps: int, batch: int, epochs: int, devices: tuple):
     mesh = Mesh(np.array(devices), ("clients",))
     split = NamedSharding(mesh, PartitionSpec("clients"))
     return jax.jit(jax.vmap(upd, in_axes=(None, None, None, 0, 0, 0, None)), out_shardings=split), mesh
+
+
+@jax.jit
+def _client_keys(base: jax.Array, round_index: jax.Array, clients: jax.Array) -> jax.Array:
+    """shape=[clients, 2] uint32 key data: ``fold_in(fold_in(base, round), client)``."""
+    rk = jax.random.fold_in(base, round_index)
+    return jax.random.key_data(jax.vmap(lambda c: jax.random.fold_in(rk, c))(clients))
 
 
 def _device_data(data: FederatedData, sharding=None):
@@ -330,6 +343,7 @@ def _run_shard(model, params, data, clients, keys, cfg):
 
 _RUNNERS = {"loop": _run_loop, "vmap": _run_vmap, "shard": _run_shard}
 _AUTO_CACHE: dict[tuple, str] = {}
+_FEDAVG_SERVER = optax.sgd(1.0)  # one object, so the jitted server step is reused across runs
 
 
 def _shape_key(params) -> tuple:
@@ -415,8 +429,7 @@ def federated_round(
     if strategy == "shard" and jax.device_count() < 1:
         raise ValueError("strategy 'shard' needs at least one device")
     base = jax.random.key(config.seed) if key is None else key
-    rk = jax.random.fold_in(base, int(round_index))
-    keys = jax.random.key_data(jax.vmap(lambda c: jax.random.fold_in(rk, c))(jnp.asarray(cl, jnp.uint32)))
+    keys = _client_keys(base, jnp.uint32(int(round_index)), jnp.asarray(cl, jnp.uint32))
     deltas, losses = _RUNNERS[strategy](model, params, data, cl, keys, config)
     return RoundUpdates(deltas, data.num_samples[cl].copy(), np.asarray(losses), cl, strategy)
 
@@ -427,18 +440,33 @@ def federated_round(
 def aggregate(updates: PyTree, num_samples, config: FLConfig, *, key: jax.Array | None = None) -> PyTree:
     """Combine stacked updates with the configured rule (DP-FedAvg when
     ``config.dp_clip_norm`` is set; ``key`` then seeds the noise)."""
-    if config.dp_clip_norm is not None:
-        if key is None:
-            raise ValueError("key is required for DP-FedAvg noise")
-        return dp_fedavg(updates, None, clip_norm=config.dp_clip_norm,
-                         noise_multiplier=config.dp_noise_multiplier, key=key)
-    if config.aggregator == "fedavg":
-        return fedavg(updates, num_samples)
-    if config.aggregator == "median":
-        return median(updates)
-    if config.aggregator == "trimmed_mean":
-        return trimmed_mean(updates, trim=config.trim_fraction)
-    return krum(updates, num_byzantine=config.num_byzantine, multi=config.multi_krum)
+    if config.dp_clip_norm is not None and key is None:
+        raise ValueError("key is required for DP-FedAvg noise")
+    rule = _agg_fn(config.aggregator, config.trim_fraction, config.num_byzantine, config.multi_krum,
+                   config.dp_clip_norm, config.dp_noise_multiplier)
+    if key is None:
+        key = jax.random.key(0)  # unused without DP
+    return rule(updates, jnp.asarray(num_samples, jnp.float32), key)
+
+
+@functools.lru_cache(maxsize=32)
+def _agg_fn(aggregator, trim, num_byzantine, multi, clip_norm, noise_multiplier):
+    if clip_norm is not None:
+        def rule(u, w, key):
+            return dp_fedavg(u, None, clip_norm=clip_norm, noise_multiplier=noise_multiplier, key=key)
+    elif aggregator == "fedavg":
+        def rule(u, w, key):
+            return fedavg(u, w)
+    elif aggregator == "median":
+        def rule(u, w, key):
+            return median(u)
+    elif aggregator == "trimmed_mean":
+        def rule(u, w, key):
+            return trimmed_mean(u, trim=trim)
+    else:
+        def rule(u, w, key):
+            return krum(u, num_byzantine=num_byzantine, multi=multi)
+    return jax.jit(rule)
 
 
 @functools.lru_cache(maxsize=16)
@@ -460,7 +488,8 @@ def server_update(opt: optax.GradientTransformation, params: PyTree, opt_state, 
 
 @functools.lru_cache(maxsize=16)
 def _eval_fn(model):
-    def sums(params, x, y, m):
+    def sums(params, x_all, y_all, idx, m):
+        x, y = x_all[idx], y_all[idx]
         logits = model.apply({"params": params}, x)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         hit = jnp.argmax(logits, axis=-1) == y
@@ -484,7 +513,7 @@ def evaluate(model, params: PyTree, data: FederatedData, *, batch_size: int = 10
     for s in range(0, total, batch_size):
         idx = np.minimum(np.arange(s, s + batch_size), total - 1)
         m = np.arange(s, s + batch_size) < total
-        l, h = fn(params, xd[idx], yd[idx], jnp.asarray(m))
+        l, h = fn(params, xd, yd, idx.astype(np.int32), m)
         loss += float(l)
         hits += int(h)
     return EvalResult(loss / total, hits / total)
@@ -523,7 +552,7 @@ def run_fedavg(
     init_key, train_key, noise_key = jax.random.split(key, 3)
     if params is None:
         params = init_params(model, train.dim, init_key)
-    opt = config.server_optimizer if config.server_optimizer is not None else optax.sgd(1.0)
+    opt = config.server_optimizer if config.server_optimizer is not None else _FEDAVG_SERVER
     opt_state = opt.init(params)
     strategy = config.strategy
     if strategy == "auto":

@@ -1,0 +1,292 @@
+"""Client update, strategies, rounds, FedAvg loop (small synthetic problems)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mcsl_core import fl
+from mcsl_core.fl._train import _AUTO_CACHE, _client_update_fn, _epoch_order
+from tests.conftest import tol
+from tests.reference import fl_ref
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return fl.synthetic_fedprox(0.5, 0.5, num_clients=12, dim=20, num_classes=5, seed=2)
+
+
+def _flat(tree) -> np.ndarray:
+    return np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(tree)])
+
+
+def test_one_client_fedavg_equals_centralised_sgd(synth):
+    """One client, server SGD(1.0): FedAvg is minibatch SGD over that client's data."""
+    train, _ = synth
+    one = train.select([3])
+    x, y = one.client(0)
+    model = fl.logistic(20, 5)
+    cfg = fl.FLConfig(rounds=2, clients_per_round=1, local_epochs=2, batch_size=7, client_lr=0.1, seed=5,
+                      strategy="vmap", progress=False)
+    res = fl.run_fedavg(model, one, cfg)
+    # the run's keys: (init, train, noise) = split(key(seed), 3); client c of round r shuffles
+    # epoch e with fold_in(fold_in(fold_in(train, r), c), e)
+    init_key, train_key, _ = jax.random.split(jax.random.key(5), 3)
+    p0 = fl.init_params(model, 20, init_key)
+    n = len(y)
+    rows = one.padded_steps(7)[0] * 7
+    orders = []
+    for r in range(2):
+        ck = jax.random.fold_in(jax.random.fold_in(train_key, r), 0)
+        for e in range(2):
+            orders.append(np.asarray(_epoch_order(jax.random.fold_in(ck, e), n, rows))[:n])
+    for o in orders:
+        assert sorted(o.tolist()) == list(range(n))
+    w, b = fl_ref.logistic_sgd(p0["linear"]["kernel"], p0["linear"]["bias"], x, y, orders, 7, 0.1)
+    np.testing.assert_allclose(np.asarray(res.params["linear"]["kernel"]), w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(res.params["linear"]["bias"]), b, rtol=1e-4, atol=1e-5)
+
+
+def test_strategies_agree(synth):
+    train, _ = synth
+    model = fl.mlp(20, 5, hidden=(16,))
+    params = fl.init_params(model, 20, 0)
+    clients = [0, 4, 5, 9, 11]
+    assert len(set(train.padded_steps(10)[clients])) > 1  # several buckets: padding differs per strategy
+    cfg = fl.FLConfig(clients_per_round=5, local_epochs=2, batch_size=10, client_lr=0.05)
+    out = {s: fl.federated_round(model, params, train, clients, cfg, round_index=3, strategy=s) for s in ("loop", "vmap", "shard")}
+    for s in ("vmap", "shard"):
+        np.testing.assert_allclose(_flat(out[s].updates), _flat(out["loop"].updates), rtol=1e-4, atol=2e-6)
+        np.testing.assert_allclose(out[s].loss, out["loop"].loss, rtol=1e-4)
+    ru = out["loop"]
+    np.testing.assert_array_equal(ru.num_samples, train.num_samples[clients])
+    assert ru.updates["out"]["kernel"].shape == (5, 16, 5)
+    # a client's update depends neither on the strategy nor on who else takes part
+    solo = fl.federated_round(model, params, train, [9], cfg, round_index=3, strategy="vmap")
+    np.testing.assert_allclose(_flat(solo.updates), _flat(jax.tree_util.tree_map(lambda u: u[3], ru.updates)),
+                               rtol=1e-4, atol=2e-6)
+
+
+def test_masked_padding_steps_leave_state_unchanged(synth):
+    train, _ = synth
+    model = fl.logistic(20, 5)
+    params = fl.init_params(model, 20, 1)
+    x_all, y_all = jnp.asarray(train.x), jnp.asarray(train.y)
+    kd = jax.random.key_data(jax.random.key(4))
+    start, n = int(train.offsets[2]), 23
+    exact = jax.jit(_client_update_fn(model, 3, 8, 2))(params, x_all, y_all, start, n, kd, 0.1)
+    padded = jax.jit(_client_update_fn(model, 12, 8, 2))(params, x_all, y_all, start, n, kd, 0.1)
+    np.testing.assert_array_equal(_flat(exact[0]), _flat(padded[0]))
+    np.testing.assert_array_equal(np.asarray(exact[1]), np.asarray(padded[1]))
+    # a client with no rows at all: every step is padding, update exactly zero
+    empty = jax.jit(_client_update_fn(model, 4, 8, 1))(params, x_all, y_all, start, 0, kd, 0.1)
+    assert not _flat(empty[0]).any()
+
+
+def test_same_seed_same_result_and_history(synth):
+    train, test = synth
+    cfg = fl.FLConfig(rounds=4, clients_per_round=4, batch_size=10, client_lr=0.05, seed=9, strategy="vmap",
+                      eval_every=2, progress=False)
+    a = fl.run_fedavg(fl.logistic(20, 5), train, cfg, test=test)
+    b = fl.run_fedavg(fl.logistic(20, 5), train, cfg, test=test)
+    np.testing.assert_array_equal(_flat(a.params), _flat(b.params))
+    np.testing.assert_array_equal(a.history.eval_accuracy, b.history.eval_accuracy)
+    assert a.history.round.tolist() == [1, 2, 3, 4]
+    assert np.isnan(a.history.eval_accuracy[0]) and not np.isnan(a.history.eval_accuracy[1])
+    ev = fl.evaluate(fl.logistic(20, 5), a.params, test)
+    assert ev.accuracy == pytest.approx(float(a.history.eval_accuracy[-1]))
+    c = fl.run_fedavg(fl.logistic(20, 5), train, dataclasses.replace(cfg, seed=10), test=test)
+    assert not np.array_equal(_flat(a.params), _flat(c.params))
+
+
+def test_evaluate_against_numpy(synth):
+    _, test = synth
+    model = fl.logistic(20, 5)
+    p = fl.init_params(model, 20, 3)
+    logits = test.x.astype(np.float64) @ np.asarray(p["linear"]["kernel"]) + np.asarray(p["linear"]["bias"])
+    z = logits - logits.max(axis=1, keepdims=True)
+    ce = -(z[np.arange(len(test.y)), test.y] - np.log(np.exp(z).sum(axis=1)))
+    ev = fl.evaluate(model, p, test, batch_size=64)
+    assert ev.accuracy == pytest.approx(np.mean(logits.argmax(axis=1) == test.y))
+    assert ev.loss == pytest.approx(ce.mean(), rel=1e-4)
+
+
+def test_learning_improves_accuracy(synth):
+    train, test = synth
+    cfg = fl.FLConfig(rounds=15, clients_per_round=6, batch_size=10, client_lr=0.05, strategy="vmap",
+                      eval_every=15, progress=False)
+    model = fl.logistic(20, 5)
+    before = fl.evaluate(model, fl.init_params(model, 20, jax.random.split(jax.random.key(0), 3)[0]), test).accuracy
+    res = fl.run_fedavg(model, train, cfg, test=test)
+    assert res.history.eval_accuracy[-1] > before + 0.15
+    assert np.all(np.isfinite(res.history.train_loss)) and np.all(res.history.round_time > 0)
+
+
+def test_target_accuracy_stops_early_and_callback(synth):
+    train, test = synth
+    seen = []
+    cfg = fl.FLConfig(rounds=50, clients_per_round=6, batch_size=10, client_lr=0.05, strategy="vmap",
+                      target_accuracy=0.3, progress=False)
+    res = fl.run_fedavg(fl.logistic(20, 5), train, cfg, test=test, callback=lambda r, p, rec: seen.append(rec["round"]))
+    assert res.stopped_early and len(res.history.round) < 50 and res.history.eval_accuracy[-1] >= 0.3
+    assert seen == res.history.round.tolist()
+    stop2 = fl.run_fedavg(fl.logistic(20, 5), train, fl.FLConfig(rounds=9, clients_per_round=2, strategy="vmap"),
+                          callback=lambda r, p, rec: r == 2)
+    assert len(stop2.history.round) == 2
+
+
+def test_no_recompilation_after_first_round(synth, caplog):
+    train, test = synth
+    model = fl.logistic(20, 5)
+    for strategy in ("loop", "vmap"):
+        cfg = fl.FLConfig(rounds=3, clients_per_round=12, batch_size=10, client_lr=0.05, strategy=strategy,
+                          progress=False)
+        compiles = []
+
+        def count(r, p, rec):
+            compiles.append(sum("Compiling" in m.getMessage() for m in caplog.records))
+            caplog.clear()
+
+        with jax.log_compiles(True), caplog.at_level(logging.DEBUG):
+            fl.run_fedavg(model, train, cfg, test=test, callback=count)
+        assert compiles[0] > 0, "the counter must see the first round's compilations"
+        assert compiles[1:] == [0, 0], (strategy, compiles)
+
+
+def test_server_optimizer_and_federated_round_flow(synth):
+    """The system-layer flow: round -> (replace updates) -> aggregate -> server step."""
+    train, _ = synth
+    model = fl.logistic(20, 5)
+    params = fl.init_params(model, 20, 0)
+    cfg = fl.FLConfig(clients_per_round=3, strategy="loop")
+    ru = fl.federated_round(model, params, train, [1, 2, 3], cfg)
+    agg = fl.aggregate(ru.updates, ru.num_samples, cfg)
+    opt = optax.sgd(1.0)
+    new, _ = fl.server_update(opt, params, opt.init(params), agg)
+    want = _flat(params) + _flat(fl.fedavg(ru.updates, ru.num_samples))
+    np.testing.assert_allclose(_flat(new), want, **tol(np.float32))
+    # server momentum: two identical pseudo-gradients move further the second time
+    m = optax.sgd(1.0, momentum=0.9)
+    s = m.init(params)
+    p1, s = fl.server_update(m, params, s, agg)
+    p2, s = fl.server_update(m, p1, s, agg)
+    np.testing.assert_allclose(_flat(p2) - _flat(p1), 1.9 * (_flat(p1) - _flat(params)), rtol=1e-4, atol=1e-6)
+
+
+def _byzantine_run(train, test, aggregator, n_bad, rounds=12):
+    model = fl.logistic(20, 5)
+    cfg = fl.FLConfig(clients_per_round=10, batch_size=10, client_lr=0.05, aggregator=aggregator, num_byzantine=n_bad,
+                      multi_krum=3, trim_fraction=0.3, strategy="vmap")
+    params = fl.init_params(model, 20, 0)
+    opt = optax.sgd(1.0)
+    state = opt.init(params)
+    for r in range(rounds):
+        clients = fl.select_clients(train.num_clients, 10, 0, r)
+        ru = fl.federated_round(model, params, train, clients, cfg, round_index=r)
+        # the first n_bad participants are Byzantine: sign-flipped, scaled by 10
+        upd = jax.tree_util.tree_map(lambda u: u.at[:n_bad].multiply(-10.0), ru.updates)
+        params, state = fl.server_update(opt, params, state, fl.aggregate(upd, ru.num_samples, cfg))
+    return fl.evaluate(model, params, test).accuracy
+
+
+def test_byzantine_updates_wreck_fedavg_not_median_or_krum():
+    # IID clients sharing one labelling rule, so honest updates agree and outliers stand out
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(20, 5))
+    x = rng.normal(size=(1100, 20)).astype(np.float32)
+    y = np.argmax(x @ w, axis=1)
+    off = np.arange(0, 1001, 100)
+    train = fl.FederatedData(x[:1000], y[:1000], off, tuple(f"d{i}" for i in range(10)), 5)
+    test = fl.FederatedData(x[1000:], y[1000:], [0, 100], ("t",), 5)
+    clean = _byzantine_run(train, test, "fedavg", 0)
+    wrecked = _byzantine_run(train, test, "fedavg", 3)
+    assert clean > 0.6 and wrecked < 0.3  # 5 classes: chance is about 0.2
+    for agg in ("median", "krum", "trimmed_mean"):  # trimmed mean drops 3 per side here
+        assert _byzantine_run(train, test, agg, 3) > max(0.6, wrecked + 0.35), agg
+
+
+def test_dp_fedavg_in_the_loop(synth):
+    train, test = synth
+    base = dict(rounds=3, clients_per_round=4, client_lr=0.05, strategy="vmap", progress=False)
+    a = fl.run_fedavg(fl.logistic(20, 5), train, fl.FLConfig(**base, dp_clip_norm=0.5, dp_noise_multiplier=1.0))
+    b = fl.run_fedavg(fl.logistic(20, 5), train, fl.FLConfig(**base, dp_clip_norm=0.5, dp_noise_multiplier=1.0))
+    c = fl.run_fedavg(fl.logistic(20, 5), train, fl.FLConfig(**base, dp_clip_norm=0.5, dp_noise_multiplier=0.0))
+    np.testing.assert_array_equal(_flat(a.params), _flat(b.params))
+    assert np.abs(_flat(a.params) - _flat(c.params)).max() > 1e-3
+
+
+def test_auto_measures_and_caches(synth, monkeypatch):
+    train, _ = synth
+    model = fl.logistic(20, 5)
+    params = fl.init_params(model, 20, 0)
+    cfg = fl.FLConfig(clients_per_round=3, batch_size=10, strategy="auto")
+    _AUTO_CACHE.clear()
+    calls = []
+    real = fl._train.federated_round
+
+    def spy(*a, **k):
+        calls.append(k.get("strategy"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(fl._train, "federated_round", spy)
+    got = fl.choose_strategy(model, params, train, cfg, [0, 1, 2])
+    assert got in ("loop", "vmap") and sorted(set(calls)) == ["loop", "vmap"]
+    n = len(calls)
+    assert fl.choose_strategy(model, params, train, cfg, [0, 1, 2]) == got and len(calls) == n  # cached
+    ru = real(model, params, train, [0, 1, 2], cfg)
+    assert ru.strategy == got
+
+
+def test_bad_config_and_round_input(synth):
+    train, _ = synth
+    for kw in (dict(rounds=0), dict(client_lr=-1.0), dict(strategy="gpu"), dict(aggregator="mean"),
+               dict(trim_fraction=0.5), dict(dp_clip_norm=0.0), dict(target_accuracy=1.5), dict(batch_size=2.5)):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            fl.FLConfig(**kw)
+    model = fl.logistic(20, 5)
+    p = fl.init_params(model, 20, 0)
+    for clients, match in (([], "non-empty"), ([0, 12], r"\[0, 12\)"), ([1, 1], "repeat")):
+        with pytest.raises(ValueError, match=match):
+            fl.federated_round(model, p, train, clients, fl.FLConfig())
+    with pytest.raises(ValueError, match="clients_per_round"):
+        fl.run_fedavg(model, train, fl.FLConfig(clients_per_round=13))
+
+
+def test_shard_on_eight_cpu_devices_matches_vmap():
+    """XLA_FLAGS must be set before JAX starts, hence a subprocess."""
+    code = textwrap.dedent(
+        """
+        import jax, numpy as np
+        from mcsl_core import fl
+        assert jax.device_count() == 8, jax.devices()
+        tr, _ = fl.synthetic_fedprox(0.5, 0.5, num_clients=12, dim=20, num_classes=5, seed=2)
+        m = fl.mlp(20, 5, hidden=(16,))
+        p = fl.init_params(m, 20, 0)
+        cfg = fl.FLConfig(clients_per_round=5, local_epochs=2, batch_size=5, client_lr=0.05)
+        flat = lambda t: np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(t)])
+        a = fl.federated_round(m, p, tr, [0, 4, 5, 9, 11], cfg, strategy="vmap")
+        b = fl.federated_round(m, p, tr, [0, 4, 5, 9, 11], cfg, strategy="shard")
+        leaf = jax.tree_util.tree_leaves(b.updates)[0]
+        print("DEVICES", len(leaf.sharding.device_set) if hasattr(leaf, "sharding") else 0)
+        print("MAXDIFF", float(np.abs(flat(a.updates) - flat(b.updates)).max()))
+        res = fl.run_fedavg(m, tr, fl.FLConfig(rounds=2, clients_per_round=8, strategy="auto", progress=False))
+        print("AUTO", res.strategy)
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert float(lines["MAXDIFF"]) <= 1e-6
+    assert int(lines["DEVICES"]) >= 1
+    assert lines["AUTO"].strip() in ("loop", "vmap", "shard")
