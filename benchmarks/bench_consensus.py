@@ -38,8 +38,7 @@ def test_python_reference_n100(benchmark, bench_info):
     n, U = _size(benchmark)
     msgs = simulate_pbft(n, U, seed=1).messages
     bench_info("anchor", msgs, "message", note="pure-Python heapq simulator, one object per message")
-    r = benchmark.pedantic(simulate_ref, args=(n, U), kwargs=dict(seed=1), rounds=3, iterations=1,
-                           warmup_rounds=0) if not benchmark.disabled else benchmark(simulate_ref, n, U, seed=1)
+    r = _timed(benchmark, simulate_ref, n, U, seed=1)
     assert r.messages == msgs
 
 
@@ -50,6 +49,12 @@ def test_closed_form_n100(benchmark, bench_info):
     bench_info("anchor", int(c.messages.total), "message", note="closed-form counts (no timing model)")
     out = benchmark(pbft_message_counts, n, n_updates=U)
     assert out == c
+
+
+def _timed(benchmark, fn, *args, **kwargs):
+    if benchmark.disabled:
+        return benchmark(fn, *args, **kwargs)
+    return benchmark.pedantic(fn, args=args, kwargs=kwargs, rounds=3, iterations=1, warmup_rounds=0)
 
 
 def _configs(C):
@@ -65,7 +70,7 @@ def test_sweep_1000(benchmark, bench_info):
     assert warm.committed.all()
     msgs = int(sum(pbft_message_counts(int(n), n_updates=int(u)).messages.total for n, u in zip(ns, us)))
     bench_info("kernel", msgs, "message", note=f"{C} configurations n in 4..100, prange over configurations")
-    r = benchmark(sweep, ns, us, seeds)
+    r = _timed(benchmark, sweep, ns, us, seeds)
     assert r.committed.all() and int(r.messages.sum()) == msgs
 
 
@@ -76,5 +81,5 @@ def test_sweep_1000_serial(benchmark, bench_info):
     sweep(ns[:4], us[:4], seeds[:4], parallel=False)
     msgs = int(sum(pbft_message_counts(int(n), n_updates=int(u)).messages.total for n, u in zip(ns, us)))
     bench_info("anchor", msgs, "message", note="the same sweep on one thread")
-    r = benchmark(sweep, ns, us, seeds, parallel=False)
+    r = _timed(benchmark, sweep, ns, us, seeds, parallel=False)
     assert int(r.messages.sum()) == msgs
