@@ -261,6 +261,19 @@ def _reset_view(st, i, w):
 
 
 @njit(cache=True)
+def _touch_view(pv, cv, vcf, vinit, v):
+    """Initialise the vote tables of view ``v`` on first use (untouched views cost no memory)."""
+    if vinit[v]:
+        return
+    vinit[v] = 1
+    for i in range(pv.shape[0]):
+        for s in range(pv.shape[2]):
+            pv[i, v, s] = -1
+            cv[i, v, s] = -1
+            vcf[i, v, s] = 0
+
+
+@njit(cache=True)
 def _count(votes, i, v, d, skip):
     c = 0
     for s in range(votes.shape[2]):
@@ -485,9 +498,12 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
         st[i, S_ALTD] = -1
         st[i, S_ACTIVE] = 1
         st[i, S_FAULT] = fault[i]
-    pv = np.full((n, V, n), -1, np.int64)
-    cv = np.full((n, V, n), -1, np.int64)
-    vcf = np.zeros((n, V, n), np.int8)
+    # vote tables [receiver, view, sender]; a view's slice is filled when first used
+    pv = np.empty((n, V, n), np.int64)
+    cv = np.empty((n, V, n), np.int64)
+    vcf = np.empty((n, V, n), np.int8)
+    vinit = np.zeros(V, np.int8)
+    _touch_view(pv, cv, vcf, vinit, 0)
     ppdig = np.full((n, V), -1, np.int64)
     vccnt = np.zeros((n, V), np.int64)
     sentvc = np.zeros((n, V), np.int8)
@@ -558,10 +574,14 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
         if ek == EV_TIMER:
             if aux != st[i, S_TVER] or st[i, S_DONE]:
                 continue
+            if w + 1 < V:
+                _touch_view(pv, cv, vcf, vinit, w + 1)
             _send_vc(Q, res, spb, cnt, byt, IP, P, st, pv, cv, sentvc, vccnt, bestpv, bestpd, node_t, repd, cl, i, w + 1, t)
             continue
         # EV_HANDLE
         ptime[mk] = t
+        if w < V:
+            _touch_view(pv, cv, vcf, vinit, w)
         if mk == M_SUBMIT:
             st[i, S_NUPD] += 1
             if st[i, S_NUPD] == U:
