@@ -122,6 +122,7 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
             if j == 0:
                 ax.set_ylabel("requestor cooperation probability")
     axes[0, 0].legend(fontsize=7)
+    fig.subplots_adjust(hspace=0.4)
     fig.suptitle("Fig. 7: requestor cooperation (q1 after leader c, q2 after leader d)")
     paths.append(save_figure(fig, out_dir / "fig7.png"))
     print("fig7: final q1 (requestor's cooperation after a leader c)")

@@ -33,7 +33,7 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     plt = pyplot()
     rules = ["gradient", "bush_mosteller"]
     fig = plt.figure(figsize=(4 * (len(Q0) + 2), 7))
-    gs = fig.add_gridspec(2, len(Q0) + 2)
+    gs = fig.add_gridspec(2, len(Q0) + 2, hspace=0.4, wspace=0.35)
     names = list(leaders())
     for i, rule in enumerate(rules):
         ax = fig.add_subplot(gs[i, 0:2])

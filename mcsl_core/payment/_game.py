@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, parallel_chunksize, prange
+from numba import njit, prange
 
 from mcsl_core._validation import as_float64, check_finite, check_range
 from mcsl_core.payment._markov import _stationary_batch, check_init
@@ -247,9 +247,7 @@ def long_run(p, q, x, y, *, game: str = "leader_follower", init=None) -> LongRun
     if not has_init:
         init2 = np.zeros((1, 4))
     if B:
-        # dynamic chunks: a busy core does not hold back the others
-        with parallel_chunksize(16384):
-            _lf_parallel(pb, qb, x, y, init2, has_init, v, Eb, Er, valid, bad)
+        _lf_parallel(pb, qb, x, y, init2, has_init, v, Eb, Er, valid, bad)
     if bad.any():
         check_range("p", p, 0.0, 1.0)
         check_range("q", q, 0.0, 1.0)
