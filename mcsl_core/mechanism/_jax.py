@@ -29,9 +29,11 @@ def _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta):
     M = R + alpha_s * theta + beta_s
     epos = eps > 0.0
     a_safe = jnp.where(epos, a, 1.0)
-    p = jnp.where(epos, -b / (2.0 * a_safe) + 1.0 / (2.0 * km1), 0.0)
-    q = jnp.where(epos, -c_d / (2.0 * km1), 0.0)
-    return ok, a, b, M, p, q
+    p = -b / (2.0 * a_safe) + 1.0 / (2.0 * km1)
+    q = -c_d / (2.0 * km1)
+    # eps so small that p overflows is the eps -> 0 limit of the clipped rule (v = 0)
+    use = epos & jnp.isfinite(p) & jnp.isfinite(q)
+    return ok, use, a, b, M, jnp.where(use, p, 0.0), jnp.where(use, q, 0.0)
 
 
 def _s_free(a, b, M, p, q):
@@ -85,7 +87,7 @@ def _x(x):
 @partial(jax.jit, static_argnames=("constrained",))
 def solve_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, *, constrained):
     """(s, v, g, U_s, U_d, valid, accepted) at every broadcast point; eqs. (1)-(4)."""
-    ok, a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    ok, use, a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in
                                    (R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T)))
     if constrained:
@@ -94,10 +96,12 @@ def solve_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, 
     else:
         s, c2, _ = _s_free(a, b, M, p, q)
         v = p * s + q
-        valid = ok & (eps > 0.0) & (c2 > 0.0)
+        valid = ok & use & (c2 > 0.0)
     g = a * v + b * s
     us = T * (M - v - s) * g
     ud = T * (v + s - c_d - eta * xi * v) * g
+    for x in (s, v, g, us, ud):
+        valid = valid & jnp.isfinite(x)
     valid = jnp.broadcast_to(valid, shape)
     outs = [jnp.where(valid, jnp.broadcast_to(x, shape), jnp.nan) for x in (s, v, g, us, ud)]
     accepted = valid & (outs[3] >= 0.0)
@@ -108,7 +112,7 @@ def solve_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, 
 def gap_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat, *,
                constrained):
     """U_s(s*(theta)) - U_s(s*(theta_hat)) under the true theta (Theorem IV.1)."""
-    ok, a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    ok, use, a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     M_hat = R + alpha_s * theta_hat + beta_s
     shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in
                                    (R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T,
@@ -123,5 +127,6 @@ def gap_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, th
         s_true, c2, _ = _s_free(a, b, M, p, q)
         s_hat, _, _ = _s_free(a, b, M_hat, p, q)
         gap = T * c2 * (s_hat - s_true) ** 2
-        valid = ok & (eps > 0.0) & (c2 > 0.0)
+        valid = ok & use & (c2 > 0.0)
+    valid = valid & jnp.isfinite(gap)
     return jnp.where(jnp.broadcast_to(valid, shape), jnp.broadcast_to(gap, shape), jnp.nan)

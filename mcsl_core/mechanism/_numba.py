@@ -5,9 +5,9 @@ response and both utilities. This module imports no JAX.
 
 Layout: every field is passed as its own C-contiguous buffer with its element
 strides in the broadcast shape (0 along broadcast axes), so a grid sweep reads a
-few small arrays and broadcast inputs are never materialised. A work item is one
-row of the broadcast shape (all axes but the last) and a chunk of the last axis;
-work items run in parallel. Each work item gathers its inputs into a small
+few small arrays and broadcast inputs are never materialised. A work item is a chunk of
+about ``CHUNK`` consecutive output points (part of one row of the last axis, or
+several whole rows when rows are short); work items run in parallel. Each work item gathers its inputs into a small
 contiguous buffer and then runs a branch-free loop (``where``-style selects,
 IEEE division via ``error_model="numpy"``) that LLVM vectorises.
 """
@@ -23,25 +23,26 @@ _NAN = np.nan
 _JIT = dict(cache=True, error_model="numpy")
 
 #: Points per parallel work item along the last axis.
-CHUNK = 2048
+CHUNK = 1024
 
 
 @njit(inline="always", **_JIT)
 def _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta):
-    """(a, b, M, p, q): g = a v + b s, M = R + r(theta), v*(s) = p s + q (eq. (4)).
+    """(a, b, M, p, q, use): g = a v + b s, M = R + r(theta), v*(s) = p s + q (eq. (4)).
 
     Meaningful where eta*xi > 1 (callers mask the rest). At eps = 0 the device's
     objective is linear in v with negative slope for s > 0, so its box optimum is
-    v = 0: p = q = 0.
+    v = 0: p = q = 0 and ``use`` is False (eq. (4) does not apply).
     """
     km1 = eta * xi - 1.0
     a = eps / v_bar
     b = (1.0 - eps) / s_bar
     M = R + alpha_s * theta + beta_s
-    epos = eps > 0.0
-    p = (-b / (2.0 * a) + 1.0 / (2.0 * km1)) if epos else 0.0
-    q = (-c_d / (2.0 * km1)) if epos else 0.0
-    return a, b, M, p, q
+    p = -b / (2.0 * a) + 1.0 / (2.0 * km1)
+    q = -c_d / (2.0 * km1)
+    # eps so small that p overflows is the eps -> 0 limit of the clipped rule (v = 0)
+    use = (eps > 0.0) & np.isfinite(p) & np.isfinite(q)
+    return a, b, M, (p if use else 0.0), (q if use else 0.0), use
 
 
 @njit(inline="always", **_JIT)
@@ -103,17 +104,19 @@ def _best_con(a, b, M, p, q, v_bar, s_bar, extra):
 def _point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, constrained):
     """(s, v, g, U_s, U_d, valid) at one parameter point, branch-free."""
     k = eta * xi
-    a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    a, b, M, p, q, use = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     if constrained:
         s, v, _ = _best_con(a, b, M, p, q, v_bar, s_bar, _NAN)
         ok = k > 1.0
     else:
         s, c2 = _s_free(a, b, M, p, q)
         v = p * s + q
-        ok = (k > 1.0) & (eps > 0.0) & (c2 > 0.0)
+        ok = (k > 1.0) & use & (c2 > 0.0)
     g = a * v + b * s
     us = T * (M - v - s) * g
     ud = T * (v + s - c_d - k * v) * g
+    # where float64 overflows (extreme eps, eta*xi near 1) there is no usable answer
+    ok = ok & np.isfinite(s) & np.isfinite(v) & np.isfinite(g) & np.isfinite(us) & np.isfinite(ud)
     return ((s if ok else _NAN), (v if ok else _NAN), (g if ok else _NAN),
             (us if ok else _NAN), (ud if ok else _NAN), ok)
 
@@ -122,7 +125,7 @@ def _point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, constr
 def _gap_point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat,
                constrained):
     k = eta * xi
-    a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    a, b, M, p, q, use = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     M_hat = R + alpha_s * theta_hat + beta_s
     if constrained:
         s_hat, _, _ = _best_con(a, b, M_hat, p, q, v_bar, s_bar, _NAN)
@@ -138,21 +141,16 @@ def _gap_point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, th
         # U_s(s*) - U_s(s_hat) = T c2 (s_hat - s*)^2 exactly, never negative.
         d = s_hat - s_true
         gap = T * c2 * d * d
-        ok = (k > 1.0) & (eps > 0.0) & (c2 > 0.0)
+        ok = (k > 1.0) & use & (c2 > 0.0)
+    ok = ok & np.isfinite(gap)
     return gap if ok else _NAN
 
 
 @njit(inline="always", **_JIT)
-def _gather(X, w, nchunks, shape, strides, last, chunk, buf):
-    """Copy work item w's inputs into buf[field, :m]; returns (first output index, m)."""
+def _gather_row(X, o, j0, m, pos, shape, strides, last, buf):
+    """Copy points j0..j0+m-1 of row o (all axes but the last) into buf[:, pos:pos+m]."""
     nd = shape.shape[0]
-    inner = shape[nd - 1]
-    o = w // nchunks
-    c = w - o * nchunks
-    j0 = c * chunk
-    m = min(chunk, inner - j0)
-    nf = len(X)
-    for f in range(nf):
+    for f in range(len(X)):
         off = 0
         rem = o
         for d in range(nd - 2, -1, -1):
@@ -163,11 +161,39 @@ def _gather(X, w, nchunks, shape, strides, last, chunk, buf):
         if st == 0:
             val = xf[off]
             for j in range(m):
-                buf[f, j] = val
+                buf[f, pos + j] = val
         else:
             for j in range(m):
-                buf[f, j] = xf[off + (j0 + j) * st]
-    return o * inner + j0, m
+                buf[f, pos + j] = xf[off + (j0 + j) * st]
+
+
+@njit(inline="always", **_JIT)
+def _n_items(outer, inner, chunk):
+    """Work items: chunks of one row when rows are long, groups of whole rows otherwise."""
+    if outer == 0 or inner == 0:
+        return 0
+    if inner >= chunk:
+        return outer * ((inner + chunk - 1) // chunk)
+    rows = chunk // inner
+    return (outer + rows - 1) // rows
+
+
+@njit(inline="always", **_JIT)
+def _gather(X, w, outer, inner, chunk, shape, strides, last, buf):
+    """Copy work item w's inputs into buf[field, :m]; returns (first output index, m)."""
+    if inner >= chunk:
+        nchunks = (inner + chunk - 1) // chunk
+        o = w // nchunks
+        j0 = (w - o * nchunks) * chunk
+        m = min(chunk, inner - j0)
+        _gather_row(X, o, j0, m, 0, shape, strides, last, buf)
+        return o * inner + j0, m
+    rows = chunk // inner
+    o0 = w * rows
+    o1 = min(o0 + rows, outer)
+    for o in range(o0, o1):
+        _gather_row(X, o, 0, inner, (o - o0) * inner, shape, strides, last, buf)
+    return o0 * inner, (o1 - o0) * inner
 
 
 def _make_compute(constrained):
@@ -210,11 +236,10 @@ def _solve_py(X, shape, strides, chunk, constrained, out_s, out_v, out_g, out_us
     inner = shape[nd - 1]
     n = out_s.shape[0]
     outer = n // inner if inner > 0 else 0
-    nchunks = (inner + chunk - 1) // chunk
     last = strides[:, nd - 1].copy()
-    for w in prange(outer * nchunks):
+    for w in prange(_n_items(outer, inner, chunk)):
         buf = np.empty((11, chunk))
-        i, m = _gather(X, w, nchunks, shape, strides, last, chunk, buf)
+        i, m = _gather(X, w, outer, inner, chunk, shape, strides, last, buf)
         if constrained:
             _compute_con(buf, m, out_s[i:i + m], out_v[i:i + m], out_g[i:i + m],
                          out_us[i:i + m], out_ud[i:i + m], out_valid[i:i + m], out_acc[i:i + m])
@@ -228,11 +253,10 @@ def _gap_py(X, shape, strides, chunk, constrained, out):
     inner = shape[nd - 1]
     n = out.shape[0]
     outer = n // inner if inner > 0 else 0
-    nchunks = (inner + chunk - 1) // chunk
     last = strides[:, nd - 1].copy()
-    for w in prange(outer * nchunks):
+    for w in prange(_n_items(outer, inner, chunk)):
         buf = np.empty((12, chunk))
-        i, m = _gather(X, w, nchunks, shape, strides, last, chunk, buf)
+        i, m = _gather(X, w, outer, inner, chunk, shape, strides, last, buf)
         if constrained:
             _gap_con(buf, m, out[i:i + m])
         else:

@@ -12,19 +12,20 @@ __all__ = ["coeffs", "solve_arrays", "gap_arrays"]
 
 
 def coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta):
-    """(ok, a, b, M, p, q): g = a v + b s, M = R + r(theta), v*(s) = p s + q (eq. (4));
-    ``ok`` is eta*xi > 1. p = q = 0 where eps = 0 (the device's box optimum is v = 0)."""
+    """(ok, use, a, b, M, p, q): g = a v + b s, M = R + r(theta), v*(s) = p s + q (eq. (4));
+    ``ok`` is eta*xi > 1; where eps = 0 (``use`` False) p = q = 0 (box optimum v = 0)."""
     k = eta * xi
     ok = k > 1.0
     km1 = np.where(ok, k - 1.0, 1.0)
     a = eps / v_bar
     b = (1.0 - eps) / s_bar
     M = R + alpha_s * theta + beta_s
-    epos = eps > 0.0
-    a_safe = np.where(epos, a, 1.0)
-    p = np.where(epos, -b / (2.0 * a_safe) + 1.0 / (2.0 * km1), 0.0)
-    q = np.where(epos, -c_d / (2.0 * km1), 0.0)
-    return ok, a, b, M, p, q
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        p = -b / (2.0 * a) + 1.0 / (2.0 * km1)
+        q = -c_d / (2.0 * km1)
+    # eps so small that p overflows is the eps -> 0 limit of the clipped rule (v = 0)
+    use = (eps > 0.0) & np.isfinite(p) & np.isfinite(q)
+    return ok, use, a, b, M, np.where(use, p, 0.0), np.where(use, q, 0.0)
 
 
 def _s_free(a, b, M, p, q):
@@ -73,17 +74,20 @@ def _best_con(a, b, M, p, q, v_bar, s_bar, extra=None):
 def solve_arrays(fields, constrained: bool):
     """(s, v, g, U_s, U_d, valid, accepted) as broadcast NumPy arrays."""
     R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T = fields
-    ok, a, b, M, p, q = coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    ok, use, a, b, M, p, q = coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     if constrained:
         s, v, _ = _best_con(a, b, M, p, q, v_bar, s_bar)
         valid = ok
     else:
-        s, c2 = _s_free(a, b, M, p, q)
-        v = p * s + q
-        valid = ok & (eps > 0.0) & (c2 > 0.0)
-    g = a * v + b * s
-    us = T * (M - v - s) * g
-    ud = T * (v + s - c_d - eta * xi * v) * g
+        with np.errstate(over="ignore", invalid="ignore"):
+            s, c2 = _s_free(a, b, M, p, q)
+            v = p * s + q
+        valid = ok & use & (c2 > 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        g = a * v + b * s
+        us = T * (M - v - s) * g
+        ud = T * (v + s - c_d - eta * xi * v) * g
+    valid = valid & np.isfinite(s) & np.isfinite(v) & np.isfinite(g) & np.isfinite(us) & np.isfinite(ud)
     shape = np.broadcast_shapes(*(np.shape(f) for f in fields))
     valid = np.broadcast_to(valid, shape)
     out = [np.where(valid, np.broadcast_to(x, shape), np.nan) for x in (s, v, g, us, ud)]
@@ -94,7 +98,7 @@ def solve_arrays(fields, constrained: bool):
 def gap_arrays(fields, theta_hat, constrained: bool):
     """U_s(s*(theta)) - U_s(s*(theta_hat)) under the true theta, NaN where invalid."""
     R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T = fields
-    ok, a, b, M, p, q = coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    ok, use, a, b, M, p, q = coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     M_hat = R + alpha_s * theta_hat + beta_s
     if constrained:
         s_hat, _, _ = _best_con(a, b, M_hat, p, q, v_bar, s_bar)
@@ -103,9 +107,11 @@ def gap_arrays(fields, theta_hat, constrained: bool):
         gap = T * (f_best - f_hat)
         valid = ok
     else:
-        s_true, c2 = _s_free(a, b, M, p, q)
-        s_hat, _ = _s_free(a, b, M_hat, p, q)
-        gap = T * c2 * (s_hat - s_true) ** 2
-        valid = ok & (eps > 0.0) & (c2 > 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            s_true, c2 = _s_free(a, b, M, p, q)
+            s_hat, _ = _s_free(a, b, M_hat, p, q)
+            gap = T * c2 * (s_hat - s_true) ** 2
+        valid = ok & use & (c2 > 0.0)
+    valid = valid & np.isfinite(gap)
     shape = np.broadcast_shapes(*(np.shape(f) for f in fields), np.shape(theta_hat))
     return np.where(np.broadcast_to(valid, shape), np.broadcast_to(gap, shape), np.nan)

@@ -77,7 +77,7 @@ def device_rule(s, params: MechanismParams, *, constrained: bool = False) -> np.
     """
     p = _check_params(params)
     s = check_finite("s", s).reshape(np.shape(s))
-    ok, a, b, M, pp, q = _numpy.coeffs(
+    ok, use, a, b, M, pp, q = _numpy.coeffs(
         p.R, p.alpha_s, p.beta_s, p.v_bar, p.s_bar, p.c_d, p.eta, p.xi, p.eps, p.theta)
     if constrained:
         from mcsl_core._validation import first_bad_index
@@ -89,7 +89,7 @@ def device_rule(s, params: MechanismParams, *, constrained: bool = False) -> np.
         v = np.minimum(np.maximum(pp * s + q, 0.0), p.v_bar)
     else:
         v = pp * s + q
-        ok = ok & (p.eps > 0.0)
+        ok = ok & use
     shape = np.broadcast_shapes(np.shape(v), np.shape(ok))
     return np.where(np.broadcast_to(ok, shape), np.broadcast_to(v, shape), np.nan)
 
@@ -128,6 +128,9 @@ def solve(params: MechanismParams, *, constrained: bool = False,
         JAX arrays and works under ``jax.jit``/``jax.vmap``/``jax.grad`` when the
         caller holds ``with jax.enable_x64(True):`` around tracing and calling.
         ``"numpy"``: plain NumPy broadcasting.
+        ``valid`` is also False where float64 overflows (e.g. eps below about 1e-300
+        in the paper's model); the constrained model treats an eps that small as
+        the eps -> 0 limit of the device's rule (v = 0).
 
     Returns
     -------

@@ -227,8 +227,12 @@ def test_broadcast_grid_equals_materialised(rng, constrained):
     b = solve(q, constrained=constrained)
     for x, y in zip(a, b):
         assert _same(x.ravel(), y)
-    flat = _numba.solve_flat(p.fields(), p.shape, constrained, chunk=4)
-    assert all(_same(x, y.ravel()) for x, y in zip(flat, a))
+    for chunk in (4, 64, 10**6):  # chunks of a row; groups of whole rows; everything at once
+        flat = _numba.solve_flat(p.fields(), p.shape, constrained, chunk=chunk)
+        assert all(_same(x, y.ravel()) for x, y in zip(flat, a))
+        gap = _numba.gap_flat((*p.fields(), np.full(p.shape, 0.2)), p.shape, constrained,
+                              chunk=chunk)
+        assert _same(gap, incentive_gap(p, 0.2, constrained=constrained).ravel())
     th = rng.uniform(0, 1, (1, 7, 1, 1))
     g1 = incentive_gap(p, th, constrained=constrained)
     g2 = incentive_gap(q, np.broadcast_to(th, p.shape).ravel(), constrained=constrained)
