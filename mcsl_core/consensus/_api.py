@@ -279,7 +279,7 @@ def make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, clie
     )
 
 
-def _column(name: str, x, C: int | None) -> np.ndarray:
+def _column(name: str, x) -> np.ndarray:
     arr = np.asarray(x)
     if arr.ndim > 1:
         raise ValueError(f"{name} must be a scalar or 1-D, got shape {arr.shape}")
@@ -307,7 +307,7 @@ def sweep(
     scalar is used for every configuration. ``parallel=False`` runs the same loop on one
     thread (results are identical: each configuration is independent and deterministic).
     """
-    cols = {k: _column(k, v, None) for k, v in
+    cols = {k: _column(k, v) for k, v in
             dict(n_nodes=n_nodes, n_updates=n_updates, seeds=seeds, faulty=faulty).items()}
     lengths = {k: v.shape[0] for k, v in cols.items() if v.ndim == 1}
     if len(set(lengths.values())) > 1:

@@ -15,7 +15,7 @@ queues:
 Ties in time are broken by insertion order (a global sequence number), the link
 latency of the k-th message sent is a pure function of ``(seed, k)`` (splitmix64), so
 the pure-Python reference in ``tests/reference/consensus_ref.py`` reproduces every
-time stamp exactly. The wrapper (``_impl.simulate_pbft``) validates and allocates;
+time stamp exactly. The wrapper (``_api.simulate_pbft``) validates and allocates;
 ``run_block`` only loops (STYLE.md 4).
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 # event kinds
-EV_ARRIVE, EV_HANDLE, EV_TIMER = 0, 2, 3
+EV_ARRIVE, EV_HANDLE, EV_TIMER = 0, 1, 2
 # message kinds = phase index of the per-phase counters
 M_SUBMIT, M_PREPREPARE, M_PREPARE, M_COMMIT, M_REPLY = 0, 1, 2, 3, 4
 M_VIEWCHANGE, M_NEWVIEW, M_VOTE, M_QC = 5, 6, 7, 8

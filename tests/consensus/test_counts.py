@@ -24,7 +24,7 @@ def test_simulated_counts_equal_closed_form(n, carries):
 def test_closed_form_hand_values():
     c = pbft_message_counts(4, n_updates=2).messages
     assert (c.submit, c.pre_prepare, c.prepare, c.commit, c.reply) == (8, 3, 9, 12, 4)
-    # n = 3f + 1: normal case total is 2n^2 - n - 1 + n (replies) = 2 n^2 - 1 ... for n = 10
+    # no updates: pre-prepare n-1, prepare (n-1)^2, commit n(n-1), replies n
     assert pbft_message_counts(10).messages.total == 9 + 81 + 90 + 10
     assert pbft_message_counts(10, protocol="paper").messages.total == 18
     assert pbft_message_counts(10, protocol="hotstuff").messages.total == 7 * 9 + 10

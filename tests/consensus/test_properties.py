@@ -75,7 +75,7 @@ def test_up_to_f_faults_every_honest_node_commits_the_same_block(pl, fault):
     assert np.isfinite(r.all_honest_committed_s)
     if 0 in idx and fault == "silent":
         assert r.view_changes >= 1  # the silent primary is replaced
-        assert r.time_s > r.phase_time_s.view_change - 1e-12 or r.phase_messages.view_change > 0
+        assert r.phase_messages.view_change > 0 and r.phase_messages.new_view > 0
 
 
 @settings(max_examples=40, **SETTINGS)
