@@ -26,7 +26,7 @@ from mcsl_core.payment._game import (
     _lf_pc,
     _scalar,
 )
-from mcsl_core.payment._markov import check_init
+from mcsl_core.payment._markov import check_init, threads
 
 __all__ = ["RULES", "Trajectory", "simulate_play", "evolve_requestor"]
 
@@ -94,7 +94,6 @@ def _play_impl(p, q, lf, rounds, init, seeds, counts):
 
 
 _play_parallel = njit(parallel=True, cache=True)(_play_impl)
-_play_serial = njit(cache=False)(_play_impl)
 
 
 def simulate_play(
@@ -143,9 +142,9 @@ def simulate_play(
     B = pb.shape[0]
     counts = np.zeros((B, 4), dtype=np.int64)
     seeds = _seeds(np.random.default_rng(seed), B)
-    kernel = _play_parallel if _parallel else _play_serial
     if B:
-        kernel(pb, qb, game == "leader_follower", rounds, init2, seeds, counts)
+        with threads(None if _parallel else 1):
+            _play_parallel(pb, qb, game == "leader_follower", rounds, init2, seeds, counts)
     return (counts / rounds).reshape(shape + (4,))
 
 
@@ -228,7 +227,6 @@ def _gradient_impl(p, q0, x, y, steps, lr, every, tq, teb, ter, tval):
 
 
 _gradient_parallel = njit(parallel=True, cache=True)(_gradient_impl)
-_gradient_serial = njit(cache=False)(_gradient_impl)
 
 
 def _bm_impl(p, q0, x, y, steps, lr, aspiration, scale, every, seeds, tq, teb, ter, tval):
@@ -271,7 +269,6 @@ def _bm_impl(p, q0, x, y, steps, lr, aspiration, scale, every, seeds, tq, teb, t
 
 
 _bm_parallel = njit(parallel=True, cache=True)(_bm_impl)
-_bm_serial = njit(cache=False)(_bm_impl)
 
 
 def evolve_requestor(
@@ -359,16 +356,16 @@ def evolve_requestor(
     tval = np.zeros((R, B), dtype=np.bool_)
     if B:
         if rule == "gradient":
-            k = _gradient_parallel if _parallel else _gradient_serial
-            k(pb, qb, x, y, steps, lr, every, tq, teb, ter, tval)
+            with threads(None if _parallel else 1):
+                _gradient_parallel(pb, qb, x, y, steps, lr, every, tq, teb, ter, tval)
         else:
             A = float(np.mean(y)) if aspiration is None else _scalar("aspiration", aspiration)
             scale = float(np.max(np.abs(y - A)))
             if not scale > 0.0:
                 raise ValueError("aspiration equals every payoff in y: no stimulus to learn from")
             seeds = _seeds(np.random.default_rng(seed), B)
-            k = _bm_parallel if _parallel else _bm_serial
-            k(pb, qb, x, y, steps, lr, A, scale, every, seeds, tq, teb, ter, tval)
+            with threads(None if _parallel else 1):
+                _bm_parallel(pb, qb, x, y, steps, lr, A, scale, every, seeds, tq, teb, ter, tval)
     return Trajectory(
         t=np.arange(R, dtype=np.int64) * every,
         q=tq.reshape((R,) + shape + (2,)),

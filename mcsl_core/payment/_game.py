@@ -194,7 +194,6 @@ def _lf_impl(p, q, x, y, init, has_init, v, Eb, Er, valid, bad):
 
 
 _lf_parallel = njit(parallel=True, cache=True, error_model="numpy")(_lf_impl)
-_lf_serial = njit(cache=False, error_model="numpy")(_lf_impl)  # uncached: the cache key ignores parallel=
 
 
 def long_run(p, q, x, y, *, game: str = "leader_follower", init=None) -> LongRun:

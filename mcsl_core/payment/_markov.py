@@ -16,6 +16,9 @@ numba module: imports no JAX.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -279,7 +282,24 @@ def _batch_impl(P, init, has_init, tol, L, out, valid, bad):
 
 
 _batch_parallel = njit(parallel=True, cache=True, error_model="numpy")(_batch_impl)
-_batch_serial = njit(cache=False, error_model="numpy")(_batch_impl)  # uncached: the cache key ignores parallel=
+
+
+@contextmanager
+def threads(n: int | None):
+    """Run parallel kernels on ``n`` threads inside the block (None: unchanged).
+
+    ``threads(1)`` executes a ``parallel=True`` kernel serially: the
+    parallel == serial tests use it instead of compiling a second, serial copy.
+    """
+    if n is None:
+        yield
+        return
+    old = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
 
 
 def _stationary_batch(P3: np.ndarray, init2: np.ndarray | None, *, parallel: bool = True):
@@ -294,11 +314,11 @@ def _stationary_batch(P3: np.ndarray, init2: np.ndarray | None, *, parallel: boo
     has_init = init2 is not None
     if not has_init:
         init2 = np.zeros((1, n))
-    kernel = _batch_parallel if parallel else _batch_serial
     if B:
         lanes = 64 if n <= 8 else 32  # a block's work matrix stays in L1/L2
         # static scheduling: on the shared 2-core machine dynamic chunks measured slower
-        kernel(P3, init2, has_init, ROW_SUM_TOL * max(n, 1), lanes, out, valid, bad)
+        with threads(None if parallel else 1):
+            _batch_parallel(P3, init2, has_init, ROW_SUM_TOL * max(n, 1), lanes, out, valid, bad)
     return out, valid, bad
 
 

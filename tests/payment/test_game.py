@@ -18,7 +18,8 @@ from mcsl_core.payment import (
     zd_phi_bounds,
     zd_strategy,
 )
-from mcsl_core.payment._game import _lf_parallel, _lf_serial
+from mcsl_core.payment._game import _lf_parallel
+from mcsl_core.payment._markov import threads
 from tests.conftest import tol
 from tests.reference.payment_ref import game_matrix, long_run_ref
 
@@ -73,9 +74,10 @@ def test_broadcasting_and_parallel_equals_serial(rng):
     np.testing.assert_allclose(lr.E_r[2, 3], long_run(p[2, 0], q[0, 3], X, Y).E_r, **tol(np.float64))
     pb, qb = rng.random((4000, 4)), rng.random((4000, 2))
     outs = []
-    for k in (_lf_parallel, _lf_serial):
+    for nthreads in (None, 1):
         o = (np.empty((4000, 4)), np.empty(4000), np.empty(4000), np.empty(4000, bool), np.empty(4000, bool))
-        k(pb, qb, X, Y, np.zeros((1, 4)), False, *o)
+        with threads(nthreads):
+            _lf_parallel(pb, qb, X, Y, np.zeros((1, 4)), False, *o)
         outs.append(o)
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
