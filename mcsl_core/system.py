@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import textwrap
 import time
 import tomllib
 import types
@@ -387,7 +388,11 @@ class TaskReport:
         ]
         w = max(len(k) for k, _ in rows)
         line = "+" + "-" * (w + 2) + "+" + "-" * 72 + "+"
-        out = [line] + [f"| {k:<{w}} | {v:<70} |" for k, v in rows] + [line]
+        out = [line]
+        for k, v in rows:
+            for i, part in enumerate(textwrap.wrap(v, 70) or [""]):
+                out.append(f"| {k if i == 0 else '':<{w}} | {part:<70} |")
+        out.append(line)
         return "\n".join(out)
 
 
