@@ -147,24 +147,28 @@ def _gap_point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, th
 
 
 @njit(inline="always", **_JIT)
-def _gather_row(X, o, j0, m, pos, shape, strides, last, buf):
+def _gather_row(X, o, j0, m, pos, shape, strides, last, buf, idx):
     """Copy points j0..j0+m-1 of row o (all axes but the last) into buf[:, pos:pos+m]."""
     nd = shape.shape[0]
+    # unravel the row index once (integer division is slow), then offsets per field
+    rem = o
+    for d in range(nd - 2, -1, -1):
+        idx[d] = rem % shape[d]
+        rem //= shape[d]
     for f in range(len(X)):
         off = 0
-        rem = o
-        for d in range(nd - 2, -1, -1):
-            off += (rem % shape[d]) * strides[f, d]
-            rem //= shape[d]
+        for d in range(nd - 1):
+            off += idx[d] * strides[f, d]
         xf = X[f]
         st = last[f]
+        row = buf[f, pos:pos + m]
         if st == 0:
-            val = xf[off]
-            for j in range(m):
-                buf[f, pos + j] = val
+            row[:] = xf[off]
+        elif st == 1:
+            row[:] = xf[off + j0:off + j0 + m]
         else:
             for j in range(m):
-                buf[f, pos + j] = xf[off + (j0 + j) * st]
+                row[j] = xf[off + (j0 + j) * st]
 
 
 @njit(inline="always", **_JIT)
@@ -179,20 +183,20 @@ def _n_items(outer, inner, chunk):
 
 
 @njit(inline="always", **_JIT)
-def _gather(X, w, outer, inner, chunk, shape, strides, last, buf):
+def _gather(X, w, outer, inner, chunk, shape, strides, last, buf, idx):
     """Copy work item w's inputs into buf[field, :m]; returns (first output index, m)."""
     if inner >= chunk:
         nchunks = (inner + chunk - 1) // chunk
         o = w // nchunks
         j0 = (w - o * nchunks) * chunk
         m = min(chunk, inner - j0)
-        _gather_row(X, o, j0, m, 0, shape, strides, last, buf)
+        _gather_row(X, o, j0, m, 0, shape, strides, last, buf, idx)
         return o * inner + j0, m
     rows = chunk // inner
     o0 = w * rows
     o1 = min(o0 + rows, outer)
     for o in range(o0, o1):
-        _gather_row(X, o, 0, inner, (o - o0) * inner, shape, strides, last, buf)
+        _gather_row(X, o, 0, inner, (o - o0) * inner, shape, strides, last, buf, idx)
     return o0 * inner, (o1 - o0) * inner
 
 
@@ -239,7 +243,8 @@ def _solve_py(X, shape, strides, chunk, constrained, out_s, out_v, out_g, out_us
     last = strides[:, nd - 1].copy()
     for w in prange(_n_items(outer, inner, chunk)):
         buf = np.empty((11, chunk))
-        i, m = _gather(X, w, outer, inner, chunk, shape, strides, last, buf)
+        idx = np.empty(nd, dtype=np.int64)
+        i, m = _gather(X, w, outer, inner, chunk, shape, strides, last, buf, idx)
         if constrained:
             _compute_con(buf, m, out_s[i:i + m], out_v[i:i + m], out_g[i:i + m],
                          out_us[i:i + m], out_ud[i:i + m], out_valid[i:i + m], out_acc[i:i + m])
@@ -256,7 +261,8 @@ def _gap_py(X, shape, strides, chunk, constrained, out):
     last = strides[:, nd - 1].copy()
     for w in prange(_n_items(outer, inner, chunk)):
         buf = np.empty((12, chunk))
-        i, m = _gather(X, w, outer, inner, chunk, shape, strides, last, buf)
+        idx = np.empty(nd, dtype=np.int64)
+        i, m = _gather(X, w, outer, inner, chunk, shape, strides, last, buf, idx)
         if constrained:
             _gap_con(buf, m, out[i:i + m])
         else:
