@@ -58,7 +58,7 @@ C_HN, C_SEQ, C_MSGID = 0, 1, 2
 _TWO53 = 1.0 / 9007199254740992.0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def uniform01(seed, k):
     """Uniform in (0, 1) for message number ``k``: splitmix64 of ``(seed, k)``."""
     z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(k + 1) * np.uint64(0xBF58476D1CE4E5B9)
@@ -70,7 +70,7 @@ def uniform01(seed, k):
     return (np.float64(z >> np.uint64(11)) + 0.5) * _TWO53
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def link_latency(latkind, mean, shape, u):
     """Latency from a uniform draw: constant, exponential, or Pareto with this mean."""
     if latkind == LAT_CONSTANT:
@@ -81,21 +81,21 @@ def link_latency(latkind, mean, shape, u):
     return xm * math.pow(u, -1.0 / shape)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _fmax(a, b):
     return a if a > b else b
 
 
 # ----------------------------------------------------------------------------- heap
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _heap_push(ht, hs, hsl, ctr, t, slot):
-    """Binary min-heap on (time, sequence); a hole moves up instead of swapping."""
+    """4-ary min-heap on (time, sequence); a hole moves up instead of swapping."""
     i = ctr[C_HN]
     s = ctr[C_SEQ]
     ctr[C_SEQ] = s + 1
     ctr[C_HN] = i + 1
     while i > 0:
-        p = (i - 1) >> 1
+        p = (i - 1) >> 2
         tp = ht[p]
         if t < tp or (t == tp and s < hs[p]):
             ht[i] = tp
@@ -109,9 +109,9 @@ def _heap_push(ht, hs, hsl, ctr, t, slot):
     hsl[i] = slot
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _heap_pop(ht, hs, hsl, ctr):
-    """Remove the earliest event; return its (time, slot)."""
+    """Remove the earliest event; return its (time, slot). Children of i: 4i+1 .. 4i+4."""
     n = ctr[C_HN] - 1
     ctr[C_HN] = n
     t0 = ht[0]
@@ -121,15 +121,23 @@ def _heap_pop(ht, hs, hsl, ctr):
     sl = hsl[n]
     i = 0
     while True:
-        a = 2 * i + 1
+        a = 4 * i + 1
         if a >= n:
             break
-        b = a + 1
-        if b < n and (ht[b] < ht[a] or (ht[b] == ht[a] and hs[b] < hs[a])):
-            a = b
-        if ht[a] < t or (ht[a] == t and hs[a] < s):
-            ht[i] = ht[a]
-            hs[i] = hs[a]
+        last = a + 4
+        if last > n:
+            last = n
+        ta = ht[a]
+        sa = hs[a]
+        for b in range(a + 1, last):
+            tb = ht[b]
+            if tb < ta or (tb == ta and hs[b] < sa):
+                a = b
+                ta = tb
+                sa = hs[b]
+        if ta < t or (ta == t and sa < s):
+            ht[i] = ta
+            hs[i] = sa
             hsl[i] = hsl[a]
             i = a
         else:
@@ -140,7 +148,7 @@ def _heap_pop(ht, hs, hsl, ctr):
     return t0, slot0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _new_event(ht, hs, hsl, evi, evf, free, ctr, t, ekind, mkind, src, dst, view, dig, aux, size, cost):
     # free slot ids live in free[hn:]: slots in use == live heap rows
     slot = free[ctr[C_HN]]
@@ -157,7 +165,7 @@ def _new_event(ht, hs, hsl, evi, evf, free, ctr, t, ekind, mkind, src, dst, view
 
 
 # ----------------------------------------------------------------------------- sending
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _send(Q, res, spb, cnt, byt, IP, P, src, dst, mkind, view, dig, aux, size, cost, t0):
     ht, hs, hsl, evi, evf, free, ctr = Q
     start = _fmax(t0, res[src, 0])
@@ -171,14 +179,14 @@ def _send(Q, res, spb, cnt, byt, IP, P, src, dst, mkind, view, dig, aux, size, c
     _new_event(ht, hs, hsl, evi, evf, free, ctr, arrive, EV_ARRIVE, mkind, src, dst, view, dig, aux, size, cost)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _sign(res, P, i, now, pre):
     s = _fmax(now, res[i, 2]) + pre + P[P_SIGN]
     res[i, 2] = s
     return s
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _bcast(Q, res, spb, cnt, byt, IP, P, i, mkind, view, dig, forged, equiv, aux, size, cost, now, pre):
     """Sign once, then send to every other node in the order i+1, i+2, ... (mod n)."""
     n = IP[I_N]
@@ -191,13 +199,13 @@ def _bcast(Q, res, spb, cnt, byt, IP, P, i, mkind, view, dig, forged, equiv, aux
         _send(Q, res, spb, cnt, byt, IP, P, i, j, mkind, view, d, aux, size, cost, s)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _unicast(Q, res, spb, cnt, byt, IP, P, i, j, mkind, view, dig, aux, size, cost, now):
     s = _sign(res, P, i, now, 0.0)
     _send(Q, res, spb, cnt, byt, IP, P, i, j, mkind, view, dig, aux, size, cost, s)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _arm_timer(Q, st, P, i, v, now):
     ht, hs, hsl, evi, evf, free, ctr = Q
     st[i, S_TVER] += 1
@@ -206,36 +214,36 @@ def _arm_timer(Q, st, P, i, v, now):
 
 
 # ----------------------------------------------------------------------------- sizes and costs
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _payload(IP, P):
     if IP[I_DIGESTS]:
         return IP[I_U] * 32.0
     return IP[I_U] * P[P_UPD]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pp_cost(IP, P):
     nver = 1.0 if IP[I_DIGESTS] else 1.0 + IP[I_U]
     return P[P_PROC] + P[P_VERIFY] * nver + P[P_HASH_PB] * _payload(IP, P)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _vote_cost(P):
     return P[P_PROC] + P[P_VERIFY]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cert_msgs(IP):
     return 2 * IP[I_F] + 1
 
 
 # ----------------------------------------------------------------------------- protocol steps
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _primary(IP, v):
     return v % IP[I_N]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _record_commit(st, node_t, i, d, now):
     if st[i, S_COMD] < 0:
         st[i, S_COMD] = d
@@ -244,7 +252,7 @@ def _record_commit(st, node_t, i, d, now):
         st[i, S_CONFLICT] = 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _reset_view(st, i, w):
     st[i, S_VIEW] = w
     st[i, S_ACTIVE] = 0
@@ -260,29 +268,27 @@ def _reset_view(st, i, w):
     st[i, S_NVD] = -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _touch_view(pv, cv, vcf, vinit, v):
     """Initialise the vote tables of view ``v`` on first use (untouched views cost no memory)."""
     if vinit[v]:
         return
     vinit[v] = 1
-    for i in range(pv.shape[0]):
-        for s in range(pv.shape[2]):
-            pv[i, v, s] = -1
-            cv[i, v, s] = -1
-            vcf[i, v, s] = 0
+    pv[v] = -1
+    cv[v] = -1
+    vcf[v] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _count(votes, i, v, d, skip):
     c = 0
     for s in range(votes.shape[2]):
-        if s != skip and votes[i, v, s] == d:
+        if s != skip and votes[v, i, s] == d:
             c += 1
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _client_reply(IP, repd, client, s, d, now):
     if repd[s] >= 0:
         return
@@ -298,7 +304,7 @@ def _client_reply(IP, repd, client, s, d, now):
         client[1] = now
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, now):
     f = IP[I_F]
     if st[i, S_COMINV] or not st[i, S_PREPARED] or st[i, S_CCNT] < 2 * f + 1:
@@ -311,7 +317,7 @@ def _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, now):
     st[i, S_TVER] += 1  # cancels the pending view-change timer
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, now):
     f = IP[I_F]
     if st[i, S_PREPARED] or not st[i, S_PPACC] or st[i, S_PCNT] < 2 * f:
@@ -323,12 +329,12 @@ def _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, now):
     st[i, S_PCV] = v
     st[i, S_PCD] = d
     _bcast(Q, res, spb, cnt, byt, IP, P, i, M_COMMIT, v, d, d, False, 0, P[P_HEADER], _vote_cost(P), now, 0.0)
-    cv[i, v, i] = d
+    cv[v, i, i] = d
     st[i, S_CCNT] = _count(cv, i, v, d, -1)
     _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, now)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, client, i, now):
     n = IP[I_N]
     v = st[i, S_VIEW]
@@ -362,7 +368,7 @@ def _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_
             st[i, S_QCNT2] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, now):
     v = st[i, S_VIEW]
     if not st[i, S_ACTIVE] or st[i, S_PPACC] or ppdig[i, v] < 0 or _primary(IP, v) == i:
@@ -387,7 +393,7 @@ def _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, now)
             _unicast(Q, res, spb, cnt, byt, IP, P, i, n, M_REPLY, v, forged, 0, H, vc, now)
             return
         _bcast(Q, res, spb, cnt, byt, IP, P, i, M_PREPARE, v, d, d, False, 0, H, vc, now, 0.0)
-        pv[i, v, i] = d
+        pv[v, i, i] = d
         st[i, S_PCNT] = _count(pv, i, v, d, _primary(IP, v))
         _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, now)
     elif proto == PROTO_PAPER:
@@ -402,7 +408,7 @@ def _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, now)
         _unicast(Q, res, spb, cnt, byt, IP, P, i, _primary(IP, v), M_VOTE, v, d, 1, H, vc, now)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _check_new_view(Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now):
     f = IP[I_F]
     if st[i, S_NVSENT] or st[i, S_VIEW] != w or vccnt[i, w] < 2 * f:
@@ -426,7 +432,7 @@ def _check_new_view(Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bes
     _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, client, i, now)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _send_vc(Q, res, spb, cnt, byt, IP, P, st, pv, cv, sentvc, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now):
     if w >= IP[I_V] or w <= st[i, S_VIEW] or sentvc[i, w]:
         return
@@ -450,7 +456,7 @@ def _grow(Q):
     ht2 = np.empty(new, np.float64)
     hs2 = np.empty(new, np.int64)
     hsl2 = np.empty(new, np.int64)
-    evi2 = np.empty((new, 7), np.int64)
+    evi2 = np.empty((new, 8), np.int32)
     evf2 = np.empty((new, 2), np.float64)
     free2 = np.empty(new, np.int64)
     hn = ctr[C_HN]
@@ -498,10 +504,10 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
         st[i, S_ALTD] = -1
         st[i, S_ACTIVE] = 1
         st[i, S_FAULT] = fault[i]
-    # vote tables [receiver, view, sender]; a view's slice is filled when first used
-    pv = np.empty((n, V, n), np.int64)
-    cv = np.empty((n, V, n), np.int64)
-    vcf = np.empty((n, V, n), np.int8)
+    # vote tables [view, receiver, sender]; a view's slice is filled when first used
+    pv = np.empty((V, n, n), np.int32)
+    cv = np.empty((V, n, n), np.int32)
+    vcf = np.empty((V, n, n), np.int8)
     vinit = np.zeros(V, np.int8)
     _touch_view(pv, cv, vcf, vinit, 0)
     ppdig = np.full((n, V), -1, np.int64)
@@ -523,11 +529,11 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
     client[1] = np.nan
     cl = np.array([-1.0, np.nan])
 
-    cap = n * U + 4 * n + 64
+    cap = n * U + 2 * n * n + 64  # every message of two broadcast rounds in flight: no growth
     ctr = np.zeros(3, np.int64)
     free = np.arange(cap).astype(np.int64)
     Q = (np.empty(cap, np.float64), np.empty(cap, np.int64), np.empty(cap, np.int64),
-         np.empty((cap, 7), np.int64), np.empty((cap, 2), np.float64), free, ctr)
+         np.empty((cap, 8), np.int32), np.empty((cap, 2), np.float64), free, ctr)
 
     H = P[P_HEADER]
     # edge servers sign their update and send it to every node, primary first
@@ -551,8 +557,8 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
         ht, hs, hsl, evi, evf, free, ctr = Q
         t, slot = _heap_pop(ht, hs, hsl, ctr)
         free[ctr[C_HN]] = slot  # freed unless re-pushed below (which allocates nothing)
-        ek = evi[slot, 0]
-        dst = evi[slot, 3]
+        ek = np.int64(evi[slot, 0])
+        dst = np.int64(evi[slot, 3])
         if ek == EV_ARRIVE:
             if dst < n and fault[dst] == SILENT:
                 continue  # dropped: a silent node ignores everything
@@ -565,11 +571,11 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
             evi[slot, 0] = EV_HANDLE
             _heap_push(ht, hs, hsl, ctr, c, slot)
             continue
-        mk = evi[slot, 1]
-        src = evi[slot, 2]
-        w = evi[slot, 4]
-        d = evi[slot, 5]
-        aux = evi[slot, 6]
+        mk = np.int64(evi[slot, 1])
+        src = np.int64(evi[slot, 2])
+        w = np.int64(evi[slot, 4])
+        d = np.int64(evi[slot, 5])
+        aux = np.int64(evi[slot, 6])
         i = dst
         if ek == EV_TIMER:
             if aux != st[i, S_TVER] or st[i, S_DONE]:
@@ -595,17 +601,17 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
             if w == st[i, S_VIEW]:
                 _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, t)
         elif mk == M_PREPARE:
-            if w < st[i, S_VIEW] or src == _primary(IP, w) or pv[i, w, src] >= 0:
+            if w < st[i, S_VIEW] or src == _primary(IP, w) or pv[w, i, src] >= 0:
                 continue
-            pv[i, w, src] = d
+            pv[w, i, src] = d
             if (w == st[i, S_VIEW] and st[i, S_PPACC] and not st[i, S_PREPARED]
                     and d == st[i, S_ACCD] and st[i, S_FAULT] == HONEST):
                 st[i, S_PCNT] += 1
                 _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, t)
         elif mk == M_COMMIT:
-            if w < st[i, S_VIEW] or cv[i, w, src] >= 0:
+            if w < st[i, S_VIEW] or cv[w, i, src] >= 0:
                 continue
-            cv[i, w, src] = d
+            cv[w, i, src] = d
             if w == st[i, S_VIEW] and st[i, S_PREPARED] and not st[i, S_COMINV] and d == st[i, S_PREPD]:
                 st[i, S_CCNT] += 1
                 _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, t)
@@ -613,9 +619,9 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
             if i == n:
                 _client_reply(IP, repd, cl, src, d, t)
             else:  # the paper's exchange: a follower's reply to the leader
-                if pv[i, 0, src] >= 0:
+                if pv[0, i, src] >= 0:
                     continue
-                pv[i, 0, src] = d
+                pv[0, i, src] = d
                 if d == st[i, S_ACCD] and not st[i, S_COMINV]:
                     st[i, S_QCNT] += 1
                     if st[i, S_QCNT] >= f + 1:
@@ -627,8 +633,8 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
         elif mk == M_VIEWCHANGE:
             if w >= V:
                 continue
-            if vcf[i, w, src] == 0:
-                vcf[i, w, src] = 1
+            if vcf[w, i, src] == 0:
+                vcf[w, i, src] = 1
                 vccnt[i, w] += 1
                 if aux > bestpv[i, w]:
                     bestpv[i, w] = aux
@@ -650,9 +656,9 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
                 _arm_timer(Q, st, P, i, w, t)
             _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, t)
         elif mk == M_VOTE:
-            if i != _primary(IP, 0) or aux <= pv[i, 0, src]:
+            if i != _primary(IP, 0) or aux <= pv[0, i, src]:
                 continue
-            pv[i, 0, src] = aux
+            pv[0, i, src] = aux
             ph = st[i, S_PHASE]
             if aux != ph:
                 continue
