@@ -35,7 +35,7 @@ def _where(idx: tuple[int, ...]) -> str:
 def as_float64(name: str, x) -> np.ndarray:
     """``x`` as a C-contiguous float64 array; a clear error when it is not numeric."""
     try:
-        arr = np.ascontiguousarray(x, dtype=np.float64)
+        arr = np.asarray(x, dtype=np.float64, order="C")  # keeps 0-d inputs 0-d
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numeric, got {x!r}") from exc
     return arr

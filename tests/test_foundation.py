@@ -75,3 +75,13 @@ def test_cli_rejects_unknown_figure(capsys):
         main(["reproduce", "fig99"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_scalars_stay_zero_dimensional():
+    assert V.check_range("x", 0.5, lo=0).shape == ()
+    assert V.as_float64("x", [[1, 2]]).shape == (1, 2)
+
+
+def test_atomic_outputs_are_readable_by_others(tmp_path):
+    p = atomic_write_text(tmp_path / "f.txt", "x")
+    assert p.stat().st_mode & 0o777 == 0o644
