@@ -472,110 +472,72 @@ def _grow(Q):
     return (ht2, hs2, hsl2, evi2, evf2, free2, ctr)
 
 
-@njit(cache=True)
-def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client):
-    """Run one block's agreement; fill the output arrays; return the number of messages sent.
+@njit(cache=True, _nrt=False)
+def _pending(Q):
+    return Q[6][C_HN]
 
-    Parameters
-    ----------
-    IP : int64[N_IPARAMS]; P : float64[N_PARAMS].
-    SPB : float64[n + 1 + U, 2], seconds per byte on each entity's uplink and downlink.
-    fault : int64[n] (HONEST / SILENT / EQUIVOCATE).
-    cnt : int64[N_PHASES]; byt, ptime : float64[N_PHASES] (messages, bytes, last handle time).
-    node_d : int64[n] committed digest (-1 none); node_t : float64[n] commit time (NaN none);
-    node_i : int64[n, 2] (conflicting later commit flag, highest view installed);
-    client : float64[2] (accepted digest or -1, acceptance time or NaN).
+
+@njit(cache=True, _nrt=False)
+def _capacity(Q):
+    return Q[0].shape[0]
+
+
+@njit(cache=True, _nrt=False)
+def _msgs(Q):
+    return Q[6][C_MSGID]
+
+
+@njit(cache=True, _nrt=False)
+def _next(Q):
+    """Pop the earliest event, free its slot (``_requeue`` takes it back), return its fields.
+
+    The queue is only touched inside helpers compiled without reference counting, so the
+    event loop does no atomic increments on the queue arrays.
+    """
+    ht, hs, hsl, evi, evf, free, ctr = Q
+    t, slot = _heap_pop(ht, hs, hsl, ctr)
+    free[ctr[C_HN]] = slot
+    return (t, slot, np.int64(evi[slot, 0]), np.int64(evi[slot, 3]), np.int64(evi[slot, 1]),
+            np.int64(evi[slot, 2]), np.int64(evi[slot, 4]), np.int64(evi[slot, 5]),
+            np.int64(evi[slot, 6]), evf[slot, 0], evf[slot, 1])
+
+
+@njit(cache=True, _nrt=False)
+def _requeue(Q, slot, t):
+    """The arrived message ``slot`` is handled at ``t`` (same slot: nothing allocated)."""
+    ht, hs, hsl, evi, evf, free, ctr = Q
+    evi[slot, 0] = EV_HANDLE
+    _heap_push(ht, hs, hsl, ctr, t, slot)
+
+
+@njit(cache=True, _nrt=False)
+def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, vcf, vinit, ppdig, vccnt,
+                sentvc, bestpv, bestpd, repd, cl):
+    """Handle events in time order until the queue is empty or nearly full.
+
+    Compiled without reference counting (no array is created or rebound here), so the
+    loop does no atomic increments; ``run_block`` grows the queue and calls it again.
     """
     n = IP[I_N]
     U = IP[I_U]
     V = IP[I_V]
     f = IP[I_F]
-    proto = IP[I_PROTO]
-    E = n + 1 + U
-    res = np.zeros((E, 3), np.float64)  # uplink free, downlink free, CPU free
-    spb = SPB
-    st = np.zeros((n, N_STATE), np.int64)
-    for i in range(n):
-        st[i, S_ACCD] = -1
-        st[i, S_PREPD] = -1
-        st[i, S_COMD] = -1
-        st[i, S_PCV] = -1
-        st[i, S_PCD] = -1
-        st[i, S_ALTD] = -1
-        st[i, S_ACTIVE] = 1
-        st[i, S_FAULT] = fault[i]
-    # vote tables [view, receiver, sender]; a view's slice is filled when first used
-    pv = np.empty((V, n, n), np.int32)
-    cv = np.empty((V, n, n), np.int32)
-    vcf = np.empty((V, n, n), np.int8)
-    vinit = np.zeros(V, np.int8)
-    _touch_view(pv, cv, vcf, vinit, 0)
-    ppdig = np.full((n, V), -1, np.int64)
-    vccnt = np.zeros((n, V), np.int64)
-    sentvc = np.zeros((n, V), np.int8)
-    bestpv = np.full((n, V), -1, np.int64)
-    bestpd = np.full((n, V), -1, np.int64)
-    repd = np.full(n, -1, np.int64)
-    for k in range(N_PHASES):
-        cnt[k] = 0
-        byt[k] = 0.0
-        ptime[k] = np.nan
-    for i in range(n):
-        node_d[i] = -1
-        node_t[i] = np.nan
-        node_i[i, 0] = 0
-        node_i[i, 1] = 0
-    client[0] = -1.0
-    client[1] = np.nan
-    cl = np.array([-1.0, np.nan])
-
-    cap = n * U + 2 * n * n + 64  # every message of two broadcast rounds in flight: no growth
-    ctr = np.zeros(3, np.int64)
-    free = np.arange(cap).astype(np.int64)
-    Q = (np.empty(cap, np.float64), np.empty(cap, np.int64), np.empty(cap, np.int64),
-         np.empty((cap, 8), np.int32), np.empty((cap, 2), np.float64), free, ctr)
-
     H = P[P_HEADER]
-    # edge servers sign their update and send it to every node, primary first
-    sub_size = H + P[P_UPD]
-    sub_cost = P[P_PROC] + P[P_VERIFY] + P[P_HASH_PB] * P[P_UPD]
-    for e in range(U):
-        src = n + 1 + e
-        s = _sign(res, P, src, 0.0, 0.0)
-        for j in range(n):
-            _send(Q, res, spb, cnt, byt, IP, P, src, j, M_SUBMIT, 0, 0, 0, sub_size, sub_cost, s)
-    if proto == PROTO_PBFT:
-        for i in range(n):
-            if fault[i] != SILENT:
-                _arm_timer(Q, st, P, i, 0, 0.0)
-    if U == 0 and fault[0] != SILENT:
-        _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, cl, 0, 0.0)
-
-    while Q[6][C_HN] > 0:
-        if Q[6][C_HN] + 4 * n + 16 > Q[0].shape[0]:
-            Q = _grow(Q)
-        ht, hs, hsl, evi, evf, free, ctr = Q
-        t, slot = _heap_pop(ht, hs, hsl, ctr)
-        free[ctr[C_HN]] = slot  # freed unless re-pushed below (which allocates nothing)
-        ek = np.int64(evi[slot, 0])
-        dst = np.int64(evi[slot, 3])
+    while _pending(Q) > 0:
+        if _pending(Q) + 4 * n + 16 > _capacity(Q):
+            return  # the caller grows the queue and calls again
+        t, slot, ek, dst, mk, src, w, d, aux, size, cost = _next(Q)
         if ek == EV_ARRIVE:
             if dst < n and fault[dst] == SILENT:
                 continue  # dropped: a silent node ignores everything
             # downlink (FIFO in arrival order), then the CPU queue in the same order
             start = _fmax(t, res[dst, 1])
-            done = start + evf[slot, 0] * spb[dst, 1]
+            done = start + size * spb[dst, 1]
             res[dst, 1] = done
-            c = _fmax(done, res[dst, 2]) + evf[slot, 1]
+            c = _fmax(done, res[dst, 2]) + cost
             res[dst, 2] = c
-            evi[slot, 0] = EV_HANDLE
-            _heap_push(ht, hs, hsl, ctr, c, slot)
+            _requeue(Q, slot, c)
             continue
-        mk = np.int64(evi[slot, 1])
-        src = np.int64(evi[slot, 2])
-        w = np.int64(evi[slot, 4])
-        d = np.int64(evi[slot, 5])
-        aux = np.int64(evi[slot, 6])
         i = dst
         if ek == EV_TIMER:
             if aux != st[i, S_TVER] or st[i, S_DONE]:
@@ -703,13 +665,101 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
                     _record_commit(st, node_t, i, d, t)
                 _unicast(Q, res, spb, cnt, byt, IP, P, i, n, M_REPLY, 0, rd, 0, H, _vote_cost(P), t)
 
+
+
+@njit(cache=True)
+def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client):
+    """Run one block's agreement; fill the output arrays; return the number of messages sent.
+
+    Parameters
+    ----------
+    IP : int64[N_IPARAMS]; P : float64[N_PARAMS].
+    SPB : float64[n + 1 + U, 2], seconds per byte on each entity's uplink and downlink.
+    fault : int64[n] (HONEST / SILENT / EQUIVOCATE).
+    cnt : int64[N_PHASES]; byt, ptime : float64[N_PHASES] (messages, bytes, last handle time).
+    node_d : int64[n] committed digest (-1 none); node_t : float64[n] commit time (NaN none);
+    node_i : int64[n, 2] (conflicting later commit flag, highest view installed);
+    client : float64[2] (accepted digest or -1, acceptance time or NaN).
+    """
+    n = IP[I_N]
+    U = IP[I_U]
+    V = IP[I_V]
+    f = IP[I_F]
+    proto = IP[I_PROTO]
+    E = n + 1 + U
+    res = np.zeros((E, 3), np.float64)  # uplink free, downlink free, CPU free
+    spb = SPB
+    st = np.zeros((n, N_STATE), np.int64)
+    for i in range(n):
+        st[i, S_ACCD] = -1
+        st[i, S_PREPD] = -1
+        st[i, S_COMD] = -1
+        st[i, S_PCV] = -1
+        st[i, S_PCD] = -1
+        st[i, S_ALTD] = -1
+        st[i, S_ACTIVE] = 1
+        st[i, S_FAULT] = fault[i]
+    # vote tables [view, receiver, sender]; a view's slice is filled when first used
+    pv = np.empty((V, n, n), np.int32)
+    cv = np.empty((V, n, n), np.int32)
+    vcf = np.empty((V, n, n), np.int8)
+    vinit = np.zeros(V, np.int8)
+    _touch_view(pv, cv, vcf, vinit, 0)
+    ppdig = np.full((n, V), -1, np.int64)
+    vccnt = np.zeros((n, V), np.int64)
+    sentvc = np.zeros((n, V), np.int8)
+    bestpv = np.full((n, V), -1, np.int64)
+    bestpd = np.full((n, V), -1, np.int64)
+    repd = np.full(n, -1, np.int64)
+    for k in range(N_PHASES):
+        cnt[k] = 0
+        byt[k] = 0.0
+        ptime[k] = np.nan
+    for i in range(n):
+        node_d[i] = -1
+        node_t[i] = np.nan
+        node_i[i, 0] = 0
+        node_i[i, 1] = 0
+    client[0] = -1.0
+    client[1] = np.nan
+    cl = np.array([-1.0, np.nan])
+
+    cap = n * U + 2 * n * n + 64  # every message of two broadcast rounds in flight: no growth
+    ctr = np.zeros(3, np.int64)
+    free = np.arange(cap).astype(np.int64)
+    Q = (np.empty(cap, np.float64), np.empty(cap, np.int64), np.empty(cap, np.int64),
+         np.empty((cap, 8), np.int32), np.empty((cap, 2), np.float64), free, ctr)
+
+    H = P[P_HEADER]
+    # edge servers sign their update and send it to every node, primary first
+    sub_size = H + P[P_UPD]
+    sub_cost = P[P_PROC] + P[P_VERIFY] + P[P_HASH_PB] * P[P_UPD]
+    for e in range(U):
+        src = n + 1 + e
+        s = _sign(res, P, src, 0.0, 0.0)
+        for j in range(n):
+            _send(Q, res, spb, cnt, byt, IP, P, src, j, M_SUBMIT, 0, 0, 0, sub_size, sub_cost, s)
+    if proto == PROTO_PBFT:
+        for i in range(n):
+            if fault[i] != SILENT:
+                _arm_timer(Q, st, P, i, 0, 0.0)
+    if U == 0 and fault[0] != SILENT:
+        _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, cl, 0, 0.0)
+
+    while True:
+        _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, vcf, vinit, ppdig,
+                    vccnt, sentvc, bestpv, bestpd, repd, cl)
+        if _pending(Q) == 0:
+            break
+        Q = _grow(Q)
+
     for i in range(n):
         node_d[i] = st[i, S_COMD]
         node_i[i, 0] = st[i, S_CONFLICT]
         node_i[i, 1] = st[i, S_MAXINST]
     client[0] = cl[0]
     client[1] = cl[1]
-    return Q[6][C_MSGID]
+    return _msgs(Q)
 
 
 @njit(cache=True, parallel=True)
