@@ -111,7 +111,12 @@ def _heap_push(ht, hs, hsl, ctr, t, slot):
 
 @njit(cache=True, _nrt=False)
 def _heap_pop(ht, hs, hsl, ctr):
-    """Remove the earliest event; return its (time, slot). Children of i: 4i+1 .. 4i+4."""
+    """Remove the earliest event; return its (time, slot). Children of i: 4i+1 .. 4i+4.
+
+    Bottom-up: the hole at the root follows the smaller child down to a leaf (no test
+    against the last entry on the way), then the last entry moves up from there; it
+    usually belongs near the bottom, so this saves a comparison per level.
+    """
     n = ctr[C_HN] - 1
     ctr[C_HN] = n
     t0 = ht[0]
@@ -135,11 +140,18 @@ def _heap_pop(ht, hs, hsl, ctr):
                 a = b
                 ta = tb
                 sa = hs[b]
-        if ta < t or (ta == t and sa < s):
-            ht[i] = ta
-            hs[i] = sa
-            hsl[i] = hsl[a]
-            i = a
+        ht[i] = ta
+        hs[i] = sa
+        hsl[i] = hsl[a]
+        i = a
+    while i > 0:
+        p = (i - 1) >> 2
+        tp = ht[p]
+        if t < tp or (t == tp and s < hs[p]):
+            ht[i] = tp
+            hs[i] = hs[p]
+            hsl[i] = hsl[p]
+            i = p
         else:
             break
     ht[i] = t
