@@ -53,7 +53,8 @@ N_IPARAMS = 8
 N_STATE = 25
 
 # queue counters
-C_HN, C_SEQ, C_MSGID = 0, 1, 2
+C_HN, C_SEQ, C_MSGID, C_NUSED, C_GN = 0, 1, 2, 3, 4
+N_CTR = 5
 
 _TWO53 = 1.0 / 9007199254740992.0
 
@@ -94,6 +95,12 @@ def _heap_push(ht, hs, hsl, ctr, t, slot):
     s = ctr[C_SEQ]
     ctr[C_SEQ] = s + 1
     ctr[C_HN] = i + 1
+    _sift_push(ht, hs, hsl, i, t, s, slot)
+
+
+@njit(cache=True, _nrt=False)
+def _sift_push(ht, hs, hsl, i, t, s, slot):
+    """Insert (t, s, slot) into a 4-ary heap holding ``i`` entries."""
     while i > 0:
         p = (i - 1) >> 2
         tp = ht[p]
@@ -119,6 +126,12 @@ def _heap_pop(ht, hs, hsl, ctr):
     """
     n = ctr[C_HN] - 1
     ctr[C_HN] = n
+    return _sift_pop(ht, hs, hsl, n)
+
+
+@njit(cache=True, _nrt=False)
+def _sift_pop(ht, hs, hsl, n):
+    """Remove the root of a 4-ary heap that now holds ``n`` entries; return its (time, payload)."""
     t0 = ht[0]
     slot0 = hsl[0]
     t = ht[n]
@@ -162,8 +175,9 @@ def _heap_pop(ht, hs, hsl, ctr):
 
 @njit(cache=True, _nrt=False)
 def _new_event(ht, hs, hsl, evi, evf, free, ctr, t, ekind, mkind, src, dst, view, dig, aux, size, cost):
-    # free slot ids live in free[hn:]: slots in use == live heap rows
-    slot = free[ctr[C_HN]]
+    # free slot ids live in free[nused:]
+    slot = free[ctr[C_NUSED]]
+    ctr[C_NUSED] += 1
     evi[slot, 0] = ekind
     evi[slot, 1] = mkind
     evi[slot, 2] = src
@@ -179,7 +193,7 @@ def _new_event(ht, hs, hsl, evi, evf, free, ctr, t, ekind, mkind, src, dst, view
 # ----------------------------------------------------------------------------- sending
 @njit(cache=True, _nrt=False)
 def _send(Q, res, spb, cnt, byt, IP, P, src, dst, mkind, view, dig, aux, size, cost, t0):
-    ht, hs, hsl, evi, evf, free, ctr = Q
+    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
     start = _fmax(t0, res[src, 0])
     done = start + size * spb[src, 0]
     res[src, 0] = done
@@ -219,7 +233,7 @@ def _unicast(Q, res, spb, cnt, byt, IP, P, i, j, mkind, view, dig, aux, size, co
 
 @njit(cache=True, _nrt=False)
 def _arm_timer(Q, st, P, i, v, now):
-    ht, hs, hsl, evi, evf, free, ctr = Q
+    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
     st[i, S_TVER] += 1
     t = now + P[P_TBASE] * float(1 << v)
     _new_event(ht, hs, hsl, evi, evf, free, ctr, t, EV_TIMER, -1, i, i, v, -1, st[i, S_TVER], 0.0, 0.0)
@@ -462,7 +476,7 @@ def _send_vc(Q, res, spb, cnt, byt, IP, P, st, pv, cv, sentvc, vccnt, bestpv, be
 # ----------------------------------------------------------------------------- the kernel
 @njit(cache=True)
 def _grow(Q):
-    ht, hs, hsl, evi, evf, free, ctr = Q
+    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
     cap = ht.shape[0]
     new = 2 * cap
     ht2 = np.empty(new, np.float64)
@@ -471,22 +485,34 @@ def _grow(Q):
     evi2 = np.empty((new, 8), np.int32)
     evf2 = np.empty((new, 2), np.float64)
     free2 = np.empty(new, np.int64)
+    nxt2 = np.empty(new, np.int64)
+    stime2 = np.empty(new, np.float64)
+    sseq2 = np.empty(new, np.int64)
     hn = ctr[C_HN]
     ht2[:hn] = ht[:hn]
     hs2[:hn] = hs[:hn]
     hsl2[:hn] = hsl[:hn]
     evi2[:cap] = evi
     evf2[:cap] = evf
-    # free slots live at free[hn:]; the old ones, then the new slots
-    free2[hn:cap] = free[hn:cap]
+    nxt2[:cap] = nxt
+    stime2[:cap] = stime
+    sseq2[:cap] = sseq
+    # free slots live at free[nused:]; the old ones, then the new slots
+    nu = ctr[C_NUSED]
+    free2[nu:cap] = free[nu:cap]
     for k in range(cap, new):
         free2[k] = k
-    return (ht2, hs2, hsl2, evi2, evf2, free2, ctr)
+    return (ht2, hs2, hsl2, evi2, evf2, free2, ctr, nxt2, stime2, sseq2, fhead, ftail, gt, gs, gn)
 
 
 @njit(cache=True, _nrt=False)
 def _pending(Q):
-    return Q[6][C_HN]
+    return Q[6][C_HN] + Q[6][C_GN]
+
+
+@njit(cache=True, _nrt=False)
+def _used(Q):
+    return Q[6][C_NUSED]
 
 
 @njit(cache=True, _nrt=False)
@@ -506,20 +532,66 @@ def _next(Q):
     The queue is only touched inside helpers compiled without reference counting, so the
     event loop does no atomic increments on the queue arrays.
     """
-    ht, hs, hsl, evi, evf, free, ctr = Q
-    t, slot = _heap_pop(ht, hs, hsl, ctr)
-    free[ctr[C_HN]] = slot
+    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
+    # the earliest of the heap (arrivals, timers) and of the per-node handle queues
+    fifo = False
+    if ctr[C_GN] > 0:
+        if ctr[C_HN] == 0:
+            fifo = True
+        else:
+            tg = gt[0]
+            tm = ht[0]
+            fifo = tg < tm or (tg == tm and gs[0] < hs[0])
+    if fifo:
+        k = gn[0]
+        t = gt[0]
+        slot = fhead[k]
+        g = ctr[C_GN] - 1
+        ctr[C_GN] = g
+        _sift_pop(gt, gs, gn, g)
+        nx = nxt[slot]
+        fhead[k] = nx
+        if nx < 0:
+            ftail[k] = -1
+        else:
+            _sift_push(gt, gs, gn, g, stime[nx], sseq[nx], k)
+            ctr[C_GN] = g + 1
+    else:
+        t, slot = _heap_pop(ht, hs, hsl, ctr)
+    nu = ctr[C_NUSED] - 1
+    ctr[C_NUSED] = nu
+    free[nu] = slot
     return (t, slot, np.int64(evi[slot, 0]), np.int64(evi[slot, 3]), np.int64(evi[slot, 1]),
             np.int64(evi[slot, 2]), np.int64(evi[slot, 4]), np.int64(evi[slot, 5]),
             np.int64(evi[slot, 6]), evf[slot, 0], evf[slot, 1])
 
 
 @njit(cache=True, _nrt=False)
-def _requeue(Q, slot, t):
-    """The arrived message ``slot`` is handled at ``t`` (same slot: nothing allocated)."""
-    ht, hs, hsl, evi, evf, free, ctr = Q
+def _requeue(Q, slot, t, dst):
+    """The arrived message ``slot`` is handled by ``dst`` at ``t`` (its slot is taken back).
+
+    A node's handle times never decrease (its CPU is a FIFO queue) and sequence numbers
+    grow, so each node's handle events form a queue already in (time, sequence) order:
+    they wait in a per-node linked list and only each list's head sits in a small heap
+    (``gt, gs, gn``), which keeps half the events out of the large heap.
+    """
+    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
+    ctr[C_NUSED] += 1
+    s = ctr[C_SEQ]
+    ctr[C_SEQ] = s + 1
     evi[slot, 0] = EV_HANDLE
-    _heap_push(ht, hs, hsl, ctr, t, slot)
+    stime[slot] = t
+    sseq[slot] = s
+    nxt[slot] = -1
+    tail = ftail[dst]
+    ftail[dst] = slot
+    if tail < 0:
+        fhead[dst] = slot
+        g = ctr[C_GN]
+        _sift_push(gt, gs, gn, g, t, s, dst)
+        ctr[C_GN] = g + 1
+    else:
+        nxt[tail] = slot
 
 
 @njit(cache=True, _nrt=False)
@@ -536,7 +608,7 @@ def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, 
     f = IP[I_F]
     H = P[P_HEADER]
     while _pending(Q) > 0:
-        if _pending(Q) + 4 * n + 16 > _capacity(Q):
+        if _used(Q) + 4 * n + 16 > _capacity(Q):
             return  # the caller grows the queue and calls again
         t, slot, ek, dst, mk, src, w, d, aux, size, cost = _next(Q)
         if ek == EV_ARRIVE:
@@ -548,7 +620,7 @@ def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, 
             res[dst, 1] = done
             c = _fmax(done, res[dst, 2]) + cost
             res[dst, 2] = c
-            _requeue(Q, slot, c)
+            _requeue(Q, slot, c, dst)
             continue
         i = dst
         if ek == EV_TIMER:
@@ -737,10 +809,13 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
     cl = np.array([-1.0, np.nan])
 
     cap = n * U + 2 * n * n + 64  # every message of two broadcast rounds in flight: no growth
-    ctr = np.zeros(3, np.int64)
+    ctr = np.zeros(N_CTR, np.int64)
     free = np.arange(cap).astype(np.int64)
     Q = (np.empty(cap, np.float64), np.empty(cap, np.int64), np.empty(cap, np.int64),
-         np.empty((cap, 8), np.int32), np.empty((cap, 2), np.float64), free, ctr)
+         np.empty((cap, 8), np.int32), np.empty((cap, 2), np.float64), free, ctr,
+         np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty(cap, np.int64),
+         np.full(E, -1, np.int64), np.full(E, -1, np.int64),
+         np.empty(E, np.float64), np.empty(E, np.int64), np.empty(E, np.int64))
 
     H = P[P_HEADER]
     # edge servers sign their update and send it to every node, primary first
