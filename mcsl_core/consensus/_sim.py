@@ -53,8 +53,9 @@ N_IPARAMS = 8
 N_STATE = 25
 
 # queue counters
-C_HN, C_SEQ, C_MSGID, C_NUSED, C_GN = 0, 1, 2, 3, 4
-N_CTR = 5
+# heap rows, next sequence number, messages sent, free-stack depth, handle-heap rows, slots ever used
+C_HN, C_SEQ, C_MSGID, C_NFREE, C_GN, C_HWM = 0, 1, 2, 3, 4, 5
+N_CTR = 6
 
 _TWO53 = 1.0 / 9007199254740992.0
 
@@ -175,9 +176,14 @@ def _sift_pop(ht, hs, hsl, n):
 
 @njit(cache=True, _nrt=False)
 def _new_event(ht, hs, hsl, evi, evf, free, ctr, t, ekind, mkind, src, dst, view, dig, aux, size, cost):
-    # free slot ids live in free[nused:]
-    slot = free[ctr[C_NUSED]]
-    ctr[C_NUSED] += 1
+    # a released slot (stack free[:nfree]) if any, else one never used (pages untouched till then)
+    k = ctr[C_NFREE]
+    if k > 0:
+        slot = free[k - 1]
+        ctr[C_NFREE] = k - 1
+    else:
+        slot = ctr[C_HWM]
+        ctr[C_HWM] = slot + 1
     evi[slot, 0] = ekind
     evi[slot, 1] = mkind
     evi[slot, 2] = src
@@ -497,11 +503,7 @@ def _grow(Q):
     nxt2[:cap] = nxt
     stime2[:cap] = stime
     sseq2[:cap] = sseq
-    # free slots live at free[nused:]; the old ones, then the new slots
-    nu = ctr[C_NUSED]
-    free2[nu:cap] = free[nu:cap]
-    for k in range(cap, new):
-        free2[k] = k
+    free2[:ctr[C_NFREE]] = free[:ctr[C_NFREE]]
     return (ht2, hs2, hsl2, evi2, evf2, free2, ctr, nxt2, stime2, sseq2, fhead, ftail, gt, gs, gn)
 
 
@@ -512,7 +514,7 @@ def _pending(Q):
 
 @njit(cache=True, _nrt=False)
 def _used(Q):
-    return Q[6][C_NUSED]
+    return Q[6][C_HWM] - Q[6][C_NFREE]
 
 
 @njit(cache=True, _nrt=False)
@@ -558,9 +560,9 @@ def _next(Q):
             ctr[C_GN] = g + 1
     else:
         t, slot = _heap_pop(ht, hs, hsl, ctr)
-    nu = ctr[C_NUSED] - 1
-    ctr[C_NUSED] = nu
-    free[nu] = slot
+    k = ctr[C_NFREE]
+    free[k] = slot
+    ctr[C_NFREE] = k + 1
     return (t, slot, np.int64(evi[slot, 0]), np.int64(evi[slot, 3]), np.int64(evi[slot, 1]),
             np.int64(evi[slot, 2]), np.int64(evi[slot, 4]), np.int64(evi[slot, 5]),
             np.int64(evi[slot, 6]), evf[slot, 0], evf[slot, 1])
@@ -576,7 +578,7 @@ def _requeue(Q, slot, t, dst):
     (``gt, gs, gn``), which keeps half the events out of the large heap.
     """
     ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
-    ctr[C_NUSED] += 1
+    ctr[C_NFREE] -= 1  # nothing was allocated since _next released it
     s = ctr[C_SEQ]
     ctr[C_SEQ] = s + 1
     evi[slot, 0] = EV_HANDLE
@@ -810,7 +812,7 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
 
     cap = n * U + 2 * n * n + 64  # every message of two broadcast rounds in flight: no growth
     ctr = np.zeros(N_CTR, np.int64)
-    free = np.arange(cap).astype(np.int64)
+    free = np.empty(cap, np.int64)
     Q = (np.empty(cap, np.float64), np.empty(cap, np.int64), np.empty(cap, np.int64),
          np.empty((cap, 8), np.int32), np.empty((cap, 2), np.float64), free, ctr,
          np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty(cap, np.int64),
