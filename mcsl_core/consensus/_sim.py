@@ -17,6 +17,12 @@ latency of the k-th message sent is a pure function of ``(seed, k)`` (splitmix64
 the pure-Python reference in ``tests/reference/consensus_ref.py`` reproduces every
 time stamp exactly. The wrapper (``_api.simulate_pbft``) validates and allocates;
 ``run_block`` only loops (STYLE.md 4).
+
+Pending events: arrivals and timers sit in a 4-ary heap on (time, sequence); handle
+events sit in per-node FIFO lists (a node's CPU queue is first-come first-served, so
+its handle times never decrease) whose heads sit in a small heap of their own. The
+event loop and the helpers are compiled with ``_nrt=False``: they create no arrays,
+so numba emits no reference counting (atomic increments) on the arrays they take.
 """
 
 from __future__ import annotations
@@ -119,9 +125,9 @@ def _sift_push(ht, hs, hsl, i, t, s, slot):
 
 @njit(cache=True, _nrt=False)
 def _heap_pop(ht, hs, hsl, ctr):
-    """Remove the earliest event; return its (time, slot). Children of i: 4i+1 .. 4i+4.
+    """Remove the earliest heap event; return its (time, slot). Children of i: 4i+1 .. 4i+4.
 
-    Bottom-up: the hole at the root follows the smaller child down to a leaf (no test
+    ``_sift_pop`` is bottom-up: the hole at the root follows the smaller child down to a leaf (no test
     against the last entry on the way), then the last entry moves up from there; it
     usually belongs near the bottom, so this saves a comparison per level.
     """
