@@ -10,7 +10,7 @@ import numpy as np
 from mcsl_core._validation import check_nonneg_int, check_range
 
 from . import _sim
-from ._closed_form import BLOCK_CARRIES, PROTOCOLS, MessageCounts, fault_tolerance
+from ._closed_form import BLOCK_CARRIES, PROTOCOLS, MessageCounts, fault_tolerance, quorum
 from ._network import NetworkModel
 
 __all__ = ["ConsensusResult", "SweepResult", "simulate_pbft", "sweep", "FAULTS", "fault_mask",
@@ -159,6 +159,7 @@ def build_inputs(n, U, update_bytes, network, mask_kind, protocol, block_carries
     IP[_sim.I_LAT] = network.latency_code
     IP[_sim.I_SEED] = seed
     IP[_sim.I_F] = f
+    IP[_sim.I_Q] = quorum(n, f)
     P = np.zeros(_sim.N_PARAMS, np.float64)
     P[_sim.P_PROC] = network.processing_s
     P[_sim.P_SIGN] = network.sign_s

@@ -47,6 +47,13 @@ def fault_tolerance(n: int) -> int:
     return (int(n) - 1) // 3
 
 
+def quorum(n: int, f: int) -> int:
+    """PBFT quorum ceil((n + f + 1) / 2): any two quorums share at least f + 1 nodes, so at
+    least one honest node, for every n >= 3f + 1 (it equals 2f + 1 when n = 3f + 1; with
+    2f + 1 at, say, n = 5 and f = 1, two quorums of 3 can share only the faulty node)."""
+    return (int(n) + int(f) + 2) // 2
+
+
 def _float(name: str, x, lo: float = 0.0) -> float:
     if np.ndim(x) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {np.shape(x)}")
@@ -118,7 +125,7 @@ def pbft_message_counts(
     else:
         m.update(vote=3 * (n - 1), qc=3 * (n - 1), reply=n)
     size = dict(submit=H + upd, pre_prepare=H + payload, prepare=H, commit=H, reply=H,
-                view_change=H, new_view=H * (2 * f + 2), vote=H, qc=H + SIG_BYTES * (2 * f + 1))
+                view_change=H, new_view=H * (quorum(n, f) + 1), vote=H, qc=H + SIG_BYTES * quorum(n, f))
     msgs = MessageCounts(**{key: int(v) for key, v in m.items()})
     byts = MessageCounts(**{key: float(m[key] * size[key]) for key in m})
     return PhaseCounts(msgs, byts)

@@ -49,8 +49,8 @@ HONEST, SILENT, EQUIVOCATE = 0, 1, 2
 P_PROC, P_SIGN, P_VERIFY, P_HASH_PB, P_LAT_MEAN, P_LAT_SHAPE, P_TBASE, P_HEADER, P_UPD = range(9)
 N_PARAMS = 9
 # int parameters IP[...]
-I_N, I_U, I_V, I_PROTO, I_DIGESTS, I_LAT, I_SEED, I_F = range(8)
-N_IPARAMS = 8
+I_N, I_U, I_V, I_PROTO, I_DIGESTS, I_LAT, I_SEED, I_F, I_Q = range(9)
+N_IPARAMS = 9
 
 # node state columns
 (S_VIEW, S_ACTIVE, S_NUPD, S_PPACC, S_ACCD, S_PREPARED, S_PREPD, S_PCNT, S_CCNT, S_COMINV,
@@ -272,7 +272,7 @@ def _vote_cost(P):
 
 @njit(cache=True, _nrt=False)
 def _cert_msgs(IP):
-    return 2 * IP[I_F] + 1
+    return IP[I_Q]
 
 
 # ----------------------------------------------------------------------------- protocol steps
@@ -345,7 +345,7 @@ def _client_reply(IP, repd, client, s, d, now):
 @njit(cache=True, _nrt=False)
 def _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, now):
     f = IP[I_F]
-    if st[i, S_COMINV] or not st[i, S_PREPARED] or st[i, S_CCNT] < 2 * f + 1:
+    if st[i, S_COMINV] or not st[i, S_PREPARED] or st[i, S_CCNT] < IP[I_Q]:
         return
     st[i, S_COMINV] = 1
     _record_commit(st, node_t, i, st[i, S_PREPD], now)
@@ -358,7 +358,7 @@ def _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, now):
 @njit(cache=True, _nrt=False)
 def _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, now):
     f = IP[I_F]
-    if st[i, S_PREPARED] or not st[i, S_PPACC] or st[i, S_PCNT] < 2 * f:
+    if st[i, S_PREPARED] or not st[i, S_PPACC] or st[i, S_PCNT] < IP[I_Q] - 1:
         return
     v = st[i, S_VIEW]
     d = st[i, S_ACCD]
@@ -449,7 +449,7 @@ def _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, now)
 @njit(cache=True, _nrt=False)
 def _check_new_view(Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now):
     f = IP[I_F]
-    if st[i, S_NVSENT] or st[i, S_VIEW] != w or vccnt[i, w] < 2 * f:
+    if st[i, S_NVSENT] or st[i, S_VIEW] != w or vccnt[i, w] < IP[I_Q] - 1:
         return
     st[i, S_NVSENT] = 1
     st[i, S_ACTIVE] = 1
@@ -464,7 +464,7 @@ def _check_new_view(Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bes
     if st[i, S_PCV] > bestpv[i, w]:
         d = st[i, S_PCD]
     st[i, S_NVD] = d
-    m = 2 * f + 2
+    m = IP[I_Q] + 1
     _bcast(Q, res, spb, cnt, byt, IP, P, i, M_NEWVIEW, w, d, d, False, 0, P[P_HEADER] * m,
            P[P_PROC] + P[P_VERIFY] * m, now, 0.0)
     _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, client, i, now)
@@ -721,13 +721,13 @@ def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, 
             elif d == st[i, S_ALTD]:
                 st[i, S_QCNT2] += 1
             qd = -1
-            if st[i, S_QCNT] >= 2 * f + 1:
+            if st[i, S_QCNT] >= IP[I_Q]:
                 qd = st[i, S_ACCD]
-            elif st[i, S_QCNT2] >= 2 * f + 1:
+            elif st[i, S_QCNT2] >= IP[I_Q]:
                 qd = st[i, S_ALTD]
             if qd < 0:
                 continue
-            m = 2 * f + 1
+            m = IP[I_Q]
             _bcast(Q, res, spb, cnt, byt, IP, P, i, M_QC, 0, qd, qd, False, ph, H + 64.0 * m,
                    P[P_PROC] + P[P_VERIFY] * (1 + m), t, 0.0)
             st[i, S_PHASE] = ph + 1

@@ -213,3 +213,18 @@ def test_closed_form_and_sweep_validation():
         sweep([4, 7], [1, 2, 3], 0)
     with pytest.raises(ValueError, match="n_nodes"):
         sweep([4, 3], 1, 0)
+
+
+@pytest.mark.parametrize("n", [5, 6, 8, 9])
+def test_quorums_intersect_when_n_exceeds_3f_plus_1(n):
+    # With 2f + 1 votes at n = 5 (f = 1) two quorums of 3 could share only the faulty
+    # node, and an equivocating primary split the honest nodes; ceil((n + f + 1) / 2)
+    # keeps every pair of quorums sharing an honest node.
+    from mcsl_core.consensus._closed_form import fault_tolerance, quorum
+
+    f = fault_tolerance(n)
+    q = quorum(n, f)
+    assert 2 * q - n >= f + 1 and (n != 3 * f + 1 or q == 2 * f + 1)
+    for seed in range(6):
+        r = simulate_pbft(n, 2, faulty=[0], fault="equivocate", leader_faulty=True, seed=seed)
+        assert r.agreement

@@ -99,6 +99,7 @@ class Node:
 class RefSim:
     def __init__(self, n, U, *, update_bytes, network, fault_kind, protocol, block_carries, seed, V, f, tbase):
         self.n, self.U, self.f, self.V = n, U, f, V
+        self.q = (n + f + 2) // 2  # PBFT quorum ceil((n + f + 1) / 2); 2f + 1 when n = 3f + 1
         self.net = network
         self.protocol = protocol
         self.digests = block_carries == "digests"
@@ -204,7 +205,7 @@ class RefSim:
     def check_prepared(self, node, now):
         if node.prepared is not None or node.accepted is None:
             return
-        if self.count_prepares(node, node.view, node.accepted) < 2 * self.f:
+        if self.count_prepares(node, node.view, node.accepted) < self.q - 1:
             return
         v, d = node.view, node.accepted
         node.prepared = d
@@ -216,7 +217,7 @@ class RefSim:
     def check_committed(self, node, now):
         if node.committed_in_view or node.prepared is None:
             return
-        if self.count_commits(node, node.view, node.prepared) < 2 * self.f + 1:
+        if self.count_commits(node, node.view, node.prepared) < self.q:
             return
         node.committed_in_view = True
         self.record_commit(node, node.prepared, now)
@@ -289,7 +290,7 @@ class RefSim:
             return
         node.sent_vc.add(w)
         self.reset_view(node, w)
-        cert = 2 * self.f + 1 if node.cert is not None else 0
+        cert = self.q if node.cert is not None else 0
         pcv, pcd = node.cert if node.cert is not None else (-1, -1)
         H = self.net.header_bytes
         self.broadcast(node.idx, "view_change", w, pcd, pcd, False, pcv, H * (1 + cert),
@@ -300,7 +301,7 @@ class RefSim:
             self.check_new_view(node, w, now)
 
     def check_new_view(self, node, w, now):
-        if node.nv_sent or node.view != w or len(node.view_changes.get(w, {})) < 2 * self.f:
+        if node.nv_sent or node.view != w or len(node.view_changes.get(w, {})) < self.q - 1:
             return
         node.nv_sent = True
         node.active = True
@@ -313,7 +314,7 @@ class RefSim:
         if node.cert is not None and (best is None or node.cert[0] > best[0]):
             d = node.cert[1]
         node.nv_digest = d
-        m = 2 * self.f + 2
+        m = self.q + 1
         self.broadcast(node.idx, "new_view", w, d, d, False, 0, self.net.header_bytes * m,
                        self.net.processing_s + self.net.verify_s * m, now)
         self.try_propose(node, now)
@@ -402,13 +403,13 @@ class RefSim:
             node.votes[m.digest] += 1
             qd = None
             for d, c in node.votes.items():  # the proposal's own digest is checked first
-                if c >= 2 * self.f + 1:
+                if c >= self.q:
                     qd = d
                     break
             if qd is None:
                 return
             ph = node.phase
-            q = 2 * self.f + 1
+            q = self.q
             self.broadcast(node.idx, "qc", 0, qd, qd, False, ph, H + 64.0 * q,
                            self.net.processing_s + self.net.verify_s * (1 + q), t)
             node.phase = ph + 1
