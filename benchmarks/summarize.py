@@ -79,9 +79,10 @@ def summarize(paths: list[Path]) -> str:
                 )
             for a in anchors:
                 ratio = a["per_item"] / k["per_item"]
+                ratio_s = f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
                 lines.append(
                     f"| {group} | {k['name']} | {_rate(krate)} {k['unit']}s | {a['name']} | "
-                    f"{_rate(1.0 / a['per_item'])} {a['unit']}s | {ratio:,.1f}x | {lim_s} | {frac} | {k['file']} |"
+                    f"{_rate(1.0 / a['per_item'])} {a['unit']}s | {ratio_s} | {lim_s} | {frac} | {k['file']} |"
                 )
     lines += ["", "## Machines", ""]
     for name, mi in sorted(machines.items()):

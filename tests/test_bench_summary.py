@@ -29,7 +29,7 @@ def test_summary_ratio_is_per_item(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "k" and cells[3] == "a"
     assert cells[2] == "100M/s points"
-    assert cells[5] == "100,000.0x"
+    assert cells[5] == "100,000x"
     assert cells[7] == "50%"
     assert "untagged" not in md
     assert "TestCPU, 2 cores" in md
