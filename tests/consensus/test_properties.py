@@ -152,7 +152,7 @@ def test_time_linear_in_updates_and_increasing_in_nodes():
     tn = np.array([sweep(n, np.full(seeds.size, 10), seeds).time_s.mean() for n in ns])
     assert (np.diff(tn) > 0).all()
     expo = np.polyfit(np.log(ns), np.log(tn), 1)[0]
-    assert 0.1 < expo < 2.0  # reported in docs/consensus.md; messages grow as n^2
+    assert 0.1 < expo < 2.0  # reported in the README (consensus section); messages grow as n^2
 
 
 def test_latency_draws():
