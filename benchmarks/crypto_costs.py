@@ -19,9 +19,14 @@ import argparse
 import hashlib
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.conftest import cpu_model  # noqa: E402
 
 UPDATE_BYTES = 300_000
 
@@ -57,23 +62,12 @@ def measure(repeat: int = 7) -> dict[str, float]:
     }
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     res = measure(args.repeat)
-    print(f"CPU: {_cpu()}  ({time.strftime('%Y-%m-%d', time.gmtime())})")
+    print(f"CPU: {cpu_model()}  ({time.strftime('%Y-%m-%d', time.gmtime())})")
     print(f"Ed25519 sign (32-byte digest):   {res['sign_s'] * 1e6:8.2f} us")
     print(f"Ed25519 verify (32-byte digest): {res['verify_s'] * 1e6:8.2f} us")
     print(f"SHA-256 of {UPDATE_BYTES} bytes:       {res['hash_300kB_s'] * 1e6:8.2f} us"
