@@ -436,16 +436,6 @@ def _grid_locations(n: int) -> tuple[list[str], np.ndarray]:
     return names, np.asarray(pts)
 
 
-def _merge(data, groups: list[np.ndarray], ids: list[str]):
-    """One client per group holding the union of its members' rows."""
-    from mcsl_core import fl
-
-    merged = data.select([int(d) for g in groups for d in g])
-    counts = np.array([int(data.num_samples[g].sum()) for g in groups], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    return fl.FederatedData(merged.x, merged.y, offsets, tuple(ids), data.num_classes)
-
-
 def _poison(updates, rows: np.ndarray, attack: str, scale: float):
     """Byzantine edge servers replace their update: -scale * u (sign flip) or scale * u."""
     import jax
@@ -569,7 +559,7 @@ def run_task(
         if members.size:
             groups.append(members)
             active.append(sidx)
-    server_data = _merge(train_all, groups, [servers[s].name for s in active])
+    server_data = fl.merge_clients(train_all, groups, [servers[s].name for s in active])
     # the requirement is judged on the held-out split of the devices whose data was used
     test_index = {cid: i for i, cid in enumerate(test_all.client_ids)}
     used = [train_all.client_ids[int(d)] for g in groups for d in g]

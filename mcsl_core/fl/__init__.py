@@ -24,6 +24,7 @@ from mcsl_core.fl._data import (
     assign_to_servers,
     bucket_steps,
     load_leaf,
+    merge_clients,
     sample_devices,
     synthetic_fedprox,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "load_leaf",
     "logistic",
     "median",
+    "merge_clients",
     "mlp",
     "num_params",
     "run_fedavg",

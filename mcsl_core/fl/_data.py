@@ -384,11 +384,20 @@ def assign_to_servers(
         raise ValueError(f"num_servers must lie in [1, {data.num_clients}] (one device at least each), got {num_servers!r}")
     seed = int(check_nonneg_int("seed", seed).reshape(-1)[0])
     groups = [np.sort(g) for g in _groups(data.num_clients, k, rule, seed)]
+    return merge_clients(data, groups, [f"server{s}" for s in range(k)]), groups
+
+
+def merge_clients(data: FederatedData, groups: Sequence[Sequence[int]], ids: Sequence[str]) -> FederatedData:
+    """One client per group holding the union of its members' rows (in group order).
+
+    ``groups[k]`` are client indices into ``data``; ``ids[k]`` names merged client ``k``.
+    """
+    if len(ids) != len(groups):
+        raise ValueError(f"ids has {len(ids)} entries for {len(groups)} groups")
     merged = data.select([int(d) for g in groups for d in g])
-    counts = np.array([data.num_samples[g].sum() for g in groups], dtype=np.int64)
+    counts = np.array([int(data.num_samples[np.asarray(g, dtype=np.int64)].sum()) for g in groups], dtype=np.int64)
     off = np.concatenate([[0], np.cumsum(counts)])
-    servers = FederatedData(merged.x, merged.y, off, tuple(f"server{s}" for s in range(k)), data.num_classes)
-    return servers, groups
+    return FederatedData(merged.x, merged.y, off, tuple(ids), data.num_classes)
 
 
 def sample_devices(data: FederatedData, fraction: float, *, seed: int = 0) -> FederatedData:
