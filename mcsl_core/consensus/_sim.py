@@ -164,19 +164,7 @@ def _sift_pop(ht, hs, hsl, n):
         hs[i] = sa
         hsl[i] = hsl[a]
         i = a
-    while i > 0:
-        p = (i - 1) >> 2
-        tp = ht[p]
-        if t < tp or (t == tp and s < hs[p]):
-            ht[i] = tp
-            hs[i] = hs[p]
-            hsl[i] = hsl[p]
-            i = p
-        else:
-            break
-    ht[i] = t
-    hs[i] = s
-    hsl[i] = sl
+    _sift_push(ht, hs, hsl, i, t, s, sl)  # then up from the leaf hole
     return t0, slot0
 
 
