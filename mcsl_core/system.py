@@ -50,6 +50,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mcsl_core._bft import max_faulty
 from mcsl_core._io import atomic_write_text, write_csv
 
 __all__ = [
@@ -213,7 +214,7 @@ def _check_config(c: TaskConfig) -> None:
         raise _bad("data_dir", "is required when dataset = 'femnist'")
     if c.num_nodes < 4:
         raise _bad("num_nodes", f"PBFT needs at least 4 nodes (n = 3f + 1), got {c.num_nodes}")
-    f = (c.num_nodes - 1) // 3
+    f = max_faulty(c.num_nodes)
     if c.faulty_nodes + (1 if c.faulty_leader_rounds else 0) > f:
         raise _bad("faulty_nodes", f"{c.num_nodes} nodes tolerate f = {f} faulty nodes; "
                    f"{c.faulty_nodes} faulty plus a faulty leader is too many for the chain to make progress")
@@ -568,7 +569,7 @@ def run_task(
     n_active = len(active)
     byz = np.zeros(n_active, dtype=bool)
     byz[: min(cfg.byzantine_servers, n_active)] = True
-    f = (cfg.num_nodes - 1) // 3
+    f = max_faulty(cfg.num_nodes)
     flcfg = fl.FLConfig(
         rounds=cfg.max_rounds, clients_per_round=n_active, local_epochs=cfg.local_epochs,
         batch_size=cfg.batch_size, client_lr=cfg.client_lr, seed=cfg.seed, aggregator=cfg.aggregator,

@@ -1,4 +1,4 @@
-"""Every ``>>>`` example in README.md runs and prints what the README says."""
+"""Every ``>>>`` example in README.md and docs/*.md runs and prints what the page says."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["README.md"])
+PAGES = ["README.md"] + sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))
+
+
+@pytest.mark.parametrize("name", PAGES)
 def test_readme_examples(name, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
     result = doctest.testfile(
@@ -19,7 +22,7 @@ def test_readme_examples(name, monkeypatch, tmp_path):
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
         verbose=False,
     )
-    assert result.attempted > 20, f"{name}: only {result.attempted} examples found"
+    assert result.attempted >= 5, f"{name}: only {result.attempted} examples found"
     assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} examples failed"
 
 

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mcsl_core._bft import max_faulty as fault_tolerance
+from mcsl_core._bft import quorum
 from mcsl_core._validation import check_nonneg_int, check_range
 
 __all__ = ["MessageCounts", "PhaseCounts", "pbft_message_counts", "PROTOCOLS", "BLOCK_CARRIES",
@@ -40,18 +42,6 @@ class PhaseCounts(NamedTuple):
 
     messages: MessageCounts
     bytes: MessageCounts
-
-
-def fault_tolerance(n: int) -> int:
-    """Largest f with n >= 3f + 1."""
-    return (int(n) - 1) // 3
-
-
-def quorum(n: int, f: int) -> int:
-    """PBFT quorum ceil((n + f + 1) / 2): any two quorums share at least f + 1 nodes, so at
-    least one honest node, for every n >= 3f + 1 (it equals 2f + 1 when n = 3f + 1; with
-    2f + 1 at, say, n = 5 and f = 1, two quorums of 3 can share only the faulty node)."""
-    return (int(n) + int(f) + 2) // 2
 
 
 def _float(name: str, x, lo: float = 0.0) -> float:

@@ -5,7 +5,7 @@ What is recorded, who may write it, and how anyone checks it:
 
 - :class:`Identity` (Ed25519 keys; roles ``node``, ``edge_server``, ``requestor``);
 - transaction payloads with canonical versioned encodings, signed into :class:`SignedTx`;
-- :class:`Block` with Merkle root and a 2f + 1 commit certificate;
+- :class:`Block` with Merkle root and a quorum commit certificate (``ceil((n + f + 1) / 2)`` signatures);
 - :class:`Consortium` builds genesis and certified blocks from the elected leader
   (:func:`elect_leader`);
 - :class:`Ledger` validates every rule on append (a :class:`LedgerError` subclass

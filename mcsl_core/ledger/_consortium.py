@@ -1,7 +1,7 @@
 """The consortium: nodes that elect a leader, build blocks and certify them.
 
 This is the block-producing side used by simulations and the end-to-end system:
-it holds every node's key, so it can produce the 2f + 1 commit signatures PBFT's
+it holds every node's key, so it can produce the quorum of commit signatures PBFT's
 commit phase would gather (the message exchange itself is simulated in
 :mod:`mcsl_core.consensus`).
 """
@@ -62,7 +62,7 @@ class Consortium:
 
     def certify(self, header: BlockHeader, signers: Sequence[str] | None = None) -> tuple[CommitSignature, ...]:
         """Commit signatures on ``header``'s hash; default signers: the proposer then the
-        other nodes in name order, up to the quorum 2f + 1."""
+        other nodes in name order, up to the quorum ``ceil((n + f + 1) / 2)``."""
         if signers is None:
             rest = [n for n in self._nodes if n != header.proposer]
             signers = ([header.proposer] if header.proposer in self._nodes else []) + rest

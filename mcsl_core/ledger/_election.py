@@ -1,23 +1,21 @@
-"""Leader election per (height, view) and PBFT quorum sizes."""
+"""Leader election per (height, view) and the certificate quorum."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Sequence
 
+from mcsl_core._bft import max_faulty, quorum
+
 __all__ = ["elect_leader", "max_faulty", "quorum_size"]
 
 
-def max_faulty(n: int) -> int:
-    """Largest f with n >= 3f + 1 (Castro-Liskov PBFT)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    return (n - 1) // 3
-
-
 def quorum_size(n: int) -> int:
-    """Commit quorum 2f + 1 for n consortium nodes."""
-    return 2 * max_faulty(n) + 1
+    """Certificate quorum for ``n`` consortium nodes: ``ceil((n + f + 1) / 2)``, f = max_faulty(n).
+
+    The rule is the package's one BFT quorum (``mcsl_core._bft``), shared with the PBFT simulator.
+    """
+    return quorum(n)
 
 
 def elect_leader(prev_hash: bytes, height: int, view: int, node_ids: Sequence[str]) -> str:

@@ -261,7 +261,7 @@ def _stage(st: ChainState, block: Block, jobs: list[SigJob]) -> _Overlay:
     if h.proposer != leader:
         raise E.WrongProposer(f"proposer {h.proposer!r} is not the elected leader {leader!r} "
                               f"for height {height}, view {h.view}")
-    # commit certificate: registered consortium nodes, each once, at least 2f + 1
+    # commit certificate: registered consortium nodes, each once, at least the quorum ceil((n + f + 1) / 2)
     seen: set[str] = set()
     for c in block.certificate:
         if c.node in seen:
