@@ -93,8 +93,13 @@ def test_fl_strategy(benchmark, bench_info, strategy):
         jax.block_until_ready(ru.updates)
 
     limit = None if benchmark.disabled else gemm_flops() / FLOP_PER_SAMPLE
-    bench_info("kernel", int(data.num_samples.sum()), "sample", note=f"{strategy}; {what}; {jax.devices()[0].device_kind}",
-               **({} if limit is None else {"limit_items_per_s": limit}))
+    bench_info(
+        "kernel",
+        int(data.num_samples.sum()),
+        "sample",
+        note=f"{strategy}; {what}; {jax.devices()[0].device_kind}",
+        **({} if limit is None else {"limit_items_per_s": limit}),
+    )
     _timed(benchmark, run)
 
 
@@ -129,7 +134,12 @@ def test_fl_anchor_fedjax_pattern(benchmark, bench_info):
             out.append(p)
         jax.block_until_ready(out)
 
-    bench_info("anchor", int(data.num_samples.sum()), "sample", note=f"jitted step per batch (FedJAX pattern); {what}")
+    bench_info(
+        "anchor",
+        int(data.num_samples.sum()),
+        "sample",
+        note=f"jitted step per batch (FedJAX pattern); {what}",
+    )
     _timed(benchmark, run)
 
 
@@ -171,8 +181,12 @@ def test_fl_anchor_pytorch_loop(benchmark, bench_info):
                 opt.step()
             out.append({k: v.clone() for k, v in net0.state_dict().items()})
 
-    bench_info("anchor", int(data.num_samples.sum()), "sample",
-               note=f"PyTorch {torch.__version__} per-client loop, {torch.get_num_threads()} threads; {what}")
+    bench_info(
+        "anchor",
+        int(data.num_samples.sum()),
+        "sample",
+        note=f"PyTorch {torch.__version__} per-client loop, {torch.get_num_threads()} threads; {what}",
+    )
     _timed(benchmark, run)
 
 
@@ -201,14 +215,24 @@ def test_fl_peak_memory_175_clients(benchmark, bench_info):
     res = {}
 
     def run():
-        out = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, str(k), "10"], capture_output=True, text=True,
-                             timeout=900, env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")})
+        out = subprocess.run(
+            [sys.executable, "-c", _MEM_SCRIPT, str(k), "10"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")},
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         res["base"], res["peak"] = (int(v) for v in out.stdout.split())
 
-    bench_info("kernel", k * 10, "sample", note="loop strategy, 10 samples per client; CNN (logistic in smoke mode)")
+    bench_info(
+        "kernel", k * 10, "sample", note="loop strategy, 10 samples per client; CNN (logistic in smoke mode)"
+    )
     benchmark.pedantic(run, rounds=1, iterations=1)
     stacked = k * (785 * 62 if benchmark.disabled else 6_603_710) * 4
-    benchmark.extra_info.update(peak_rss_mib=res["peak"] / 1024, rss_before_round_mib=res["base"] / 1024,
-                                stacked_updates_mib=stacked / 2**20)
+    benchmark.extra_info.update(
+        peak_rss_mib=res["peak"] / 1024,
+        rss_before_round_mib=res["base"] / 1024,
+        stacked_updates_mib=stacked / 2**20,
+    )
     assert res["peak"] * 1024 >= stacked  # the stacked updates alone need this much

@@ -85,7 +85,7 @@ def _plain_loop(items, keys):
         good = hashlib.sha256(content).hexdigest() == stx.tx.address
         try:
             keys[stx.signer].verify(stx.signature, stx.digest)
-        except Exception:  # noqa: BLE001 - InvalidSignature
+        except Exception:
             good = False
         ok.append(good)
     return ok
@@ -101,7 +101,9 @@ def _round_group(n: int) -> str:
     return f"ledger: verify a round of {n} signed 300 KB updates"
 
 
-ROUND_SIZES = [pytest.param(n, marks=pytest.mark.benchmark(group=_round_group(n)), id=str(n)) for n in (35, 175)]
+ROUND_SIZES = [
+    pytest.param(n, marks=pytest.mark.benchmark(group=_round_group(n)), id=str(n)) for n in (35, 175)
+]
 
 
 @pytest.mark.parametrize("n", ROUND_SIZES)
@@ -109,8 +111,15 @@ def test_verify_round_parallel(benchmark, bench_info, costs, n):
     size = 8 if benchmark.disabled else n
     members, items = _round(size)
     limit = CORES / (costs["sha_byte_s"] * UPDATE_BYTES + costs["verify_s"])
-    bench_info("kernel", size, "update", limit_items_per_s=limit, cores=CORES, **costs,
-               note=f"verify_update_round; limit = {CORES} cores / (SHA-256 of 300 KB + Ed25519 verify), same run")
+    bench_info(
+        "kernel",
+        size,
+        "update",
+        limit_items_per_s=limit,
+        cores=CORES,
+        **costs,
+        note=f"verify_update_round; limit = {CORES} cores / (SHA-256 of 300 KB + Ed25519 verify), same run",
+    )
     chk = benchmark(verify_update_round, members, items)
     assert chk.valid.all()
 
@@ -141,14 +150,21 @@ def build_chain(n_blocks: int):
         txs = tuple(txs_fn(leader))
         blocks.append(c._seal(h, prev.hash, 0, prev.header.timestamp + 1, txs, None))
 
-    seal(lambda _: [MembershipRegistration(m.role, m.name, m.public_key, n0.name).sign(n0)
-                    for m in (es.member, req.member)])
+    seal(
+        lambda _: [
+            MembershipRegistration(m.role, m.name, m.public_key, n0.name).sign(n0)
+            for m in (es.member, req.member)
+        ]
+    )
     seal(lambda _: [TaskPublication("req0", "t0", "bench", 0.9, 1e6).sign(req)])
     for r in range(n_blocks - len(blocks)):
         a = hashlib.sha256(r.to_bytes(8, "big")).hexdigest()
-        seal(lambda leader, r=r, a=a: [
-            ModelUpdate("t0", r, "es0", a, 100).sign(es),
-            AggregatedModel("t0", r, leader.name, a, ("es0",), {"accuracy": 0.5}).sign(leader)])
+        seal(
+            lambda leader, r=r, a=a: [
+                ModelUpdate("t0", r, "es0", a, 100).sign(es),
+                AggregatedModel("t0", r, leader.name, a, ("es0",), {"accuracy": 0.5}).sign(leader),
+            ]
+        )
     return blocks
 
 
@@ -186,7 +202,9 @@ def _per_block_limit(costs, blocks) -> float:
     b = blocks[-1]
     sigs = len(b.certificate) + len(b.txs)
     hashed = len(b.header.encode()) + sum(len(t.encode()) + len(t.payload) for t in b.txs)
-    per_block = sigs * costs["verify_s"] + hashed * costs["sha_byte_s"] + (2 * len(b.txs) + 2) * costs["sha_small_s"]
+    per_block = (
+        sigs * costs["verify_s"] + hashed * costs["sha_byte_s"] + (2 * len(b.txs) + 2) * costs["sha_small_s"]
+    )
     return CORES / per_block
 
 
@@ -194,10 +212,17 @@ def _per_block_limit(costs, blocks) -> float:
 def test_chain_append(benchmark, bench_info, costs, chain):
     blocks, d = chain
     path = d / "appended.db"
-    bench_info("kernel", len(blocks), "block", limit_items_per_s=_per_block_limit(costs, blocks), **costs,
-               signatures=sum(len(b.certificate) + len(b.txs) for b in blocks), cores=CORES,
-               note="append: every rule + one durable (WAL, synchronous=FULL) SQLite transaction per block; "
-                    "limit = cores / (5 Ed25519 verifies + SHA-256 work) per block")
+    bench_info(
+        "kernel",
+        len(blocks),
+        "block",
+        limit_items_per_s=_per_block_limit(costs, blocks),
+        **costs,
+        signatures=sum(len(b.certificate) + len(b.txs) for b in blocks),
+        cores=CORES,
+        note="append: every rule + one durable (WAL, synchronous=FULL) SQLite transaction per block; "
+        "limit = cores / (5 Ed25519 verifies + SHA-256 work) per block",
+    )
     n = benchmark.pedantic(_append_all, args=(path, blocks), rounds=1, iterations=1)
     assert n == len(blocks)
     _BUILT.setdefault("path", path)
@@ -208,10 +233,17 @@ def test_chain_open_verify(benchmark, bench_info, costs, chain):
     blocks, _ = chain
     path = _stored(chain)
     sigs = sum(len(b.certificate) + len(b.txs) for b in blocks)
-    bench_info("kernel", len(blocks), "block", limit_items_per_s=_per_block_limit(costs, blocks), **costs,
-               signatures=sigs, cores=CORES,
-               note=f"Ledger.open: full re-verification, {sigs} signatures; "
-                    "limit = cores / (5 Ed25519 verifies + SHA-256 work) per block")
+    bench_info(
+        "kernel",
+        len(blocks),
+        "block",
+        limit_items_per_s=_per_block_limit(costs, blocks),
+        **costs,
+        signatures=sigs,
+        cores=CORES,
+        note=f"Ledger.open: full re-verification, {sigs} signatures; "
+        "limit = cores / (5 Ed25519 verifies + SHA-256 work) per block",
+    )
 
     def open_verify():
         with Ledger.open(path) as L:
@@ -245,6 +277,10 @@ def test_chain_crypto_only(benchmark, bench_info, chain):
                 k.verify(t.signature, hashlib.sha256(b"mcsl-tx\x00" + t.payload).digest())
         return len(blocks)
 
-    bench_info("anchor", len(blocks), "block", note="hashes + signature checks only, one thread, no decoding "
-                                                   "or rules")
+    bench_info(
+        "anchor",
+        len(blocks),
+        "block",
+        note="hashes + signature checks only, one thread, no decoding or rules",
+    )
     assert benchmark.pedantic(crypto_loop, rounds=3, iterations=1) == len(blocks)

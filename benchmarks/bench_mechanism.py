@@ -66,10 +66,17 @@ def bandwidth(request) -> float:
 def _points(n: int, seed: int = 7) -> MechanismParams:
     rng = np.random.default_rng(seed)
     return MechanismParams(
-        R=rng.uniform(0, 50, n), alpha_s=rng.uniform(0, 10, n), beta_s=rng.uniform(0, 10, n),
-        v_bar=rng.uniform(1, 100, n), s_bar=rng.uniform(1, 1000, n), c_d=rng.uniform(0, 10, n),
-        eta=rng.uniform(0.05, 15, n), xi=rng.uniform(0.05, 15, n), eps=rng.uniform(0, 1, n),
-        theta=rng.uniform(0, 1, n), T=rng.uniform(0.1, 3, n),
+        R=rng.uniform(0, 50, n),
+        alpha_s=rng.uniform(0, 10, n),
+        beta_s=rng.uniform(0, 10, n),
+        v_bar=rng.uniform(1, 100, n),
+        s_bar=rng.uniform(1, 1000, n),
+        c_d=rng.uniform(0, 10, n),
+        eta=rng.uniform(0.05, 15, n),
+        xi=rng.uniform(0.05, 15, n),
+        eps=rng.uniform(0, 1, n),
+        theta=rng.uniform(0, 1, n),
+        T=rng.uniform(0.1, 3, n),
     )
 
 
@@ -135,9 +142,15 @@ def _run_kernel(benchmark, bench_info, bandwidth, workload, constrained):
     p, n = _params(benchmark, workload)
     solve(p, constrained=constrained)  # compile / load the cache before timing
     nbytes = BYTES_OUT + (BYTES_IN_POINTS if workload == "points" else 0)
-    bench_info("kernel", n, "point", limit_items_per_s=bandwidth / nbytes,
-               bandwidth_bytes_per_s=bandwidth, bytes_per_point=nbytes,
-               note=f"fused numba kernel, parallel over points ({workload})")
+    bench_info(
+        "kernel",
+        n,
+        "point",
+        limit_items_per_s=bandwidth / nbytes,
+        bandwidth_bytes_per_s=bandwidth,
+        bytes_per_point=nbytes,
+        note=f"fused numba kernel, parallel over points ({workload})",
+    )
     sol = benchmark(solve, p, constrained=constrained)
     assert sol.valid.mean() > 0.5
 
@@ -166,10 +179,10 @@ def _run_scipy(benchmark, bench_info, workload, constrained):
     p, _ = _params(benchmark, workload)
     m = 5 if benchmark.disabled else N_SCIPY
     idx = _sample(p, m, constrained)
-    bench_info("anchor", m, "point",
-               note=f"scipy.optimize.minimize_scalar per point, sample of {m} valid points")
-    s = benchmark.pedantic(_scipy_solve, args=(p, idx, constrained), rounds=3 if m > 5 else 1,
-                           iterations=1)
+    bench_info(
+        "anchor", m, "point", note=f"scipy.optimize.minimize_scalar per point, sample of {m} valid points"
+    )
+    s = benchmark.pedantic(_scipy_solve, args=(p, idx, constrained), rounds=3 if m > 5 else 1, iterations=1)
     ref = solve(p, constrained=constrained).s.reshape(-1)[idx]
     if not constrained:  # Brent finds the unconstrained s*, a maximiser at valid points
         np.testing.assert_allclose(s, ref, rtol=1e-4, atol=1e-4)
@@ -203,6 +216,7 @@ def _define():
         g[f"test_{tag}_numpy"] = numpy_
         g[f"test_{tag}_scipy"] = scipy_
         if workload == "grid":
+
             @pytest.mark.benchmark(group=group)
             def jax_(benchmark, bench_info, _w=workload, _c=constrained):
                 _run_jax(benchmark, bench_info, _w, _c)

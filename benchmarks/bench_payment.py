@@ -76,7 +76,9 @@ def test_long_run_kernel(benchmark, bench_info):
     p, q = pairs(n)
     long_run(p[:10], q[:10], X, Y)  # compile / load the cache outside the timing
     bench_info(
-        "kernel", n, "pair",
+        "kernel",
+        n,
+        "pair",
         limit_items_per_s=copy_bandwidth() / ((4 + 2 + 4 + 2) * 8 + 1),
         note="closed-form leader-follower stationary vector, numba prange",
     )
@@ -103,14 +105,18 @@ def test_long_run_axelrod_match_sample(benchmark, bench_info):
     rng = np.random.default_rng(1)
     sample = [(rng.random(4), rng.random(4)) for _ in range(20)]
     turns = 10_000
-    bench_info("anchor", len(sample), "pair", note=f"axelrod Match per pair, simultaneous game, {turns} turns")
+    bench_info(
+        "anchor", len(sample), "pair", note=f"axelrod Match per pair, simultaneous game, {turns} turns"
+    )
 
     def play_all():
         out = []
         for k, (p, q) in enumerate(sample):
             m = axl.Match(
                 (axl.MemoryOnePlayer(four_vector=tuple(p)), axl.MemoryOnePlayer(four_vector=tuple(q))),
-                turns=turns, game=game, seed=k,
+                turns=turns,
+                game=game,
+                seed=k,
             )
             m.play()
             out.append(m.final_score_per_turn())
@@ -135,7 +141,9 @@ def test_gth_kernel(benchmark, bench_info, n):
     P = chains(B, n)
     stationary(P[:4])  # compile / load the cache outside the timing
     bench_info(
-        "kernel", B, "chain",
+        "kernel",
+        B,
+        "chain",
         limit_items_per_s=copy_bandwidth() / ((n * n + n) * 8),
         note=f"GTH elimination, numba prange, {n} states (input checks included)",
     )

@@ -17,8 +17,15 @@ import pytest
 from mcsl_core.system import TaskConfig, run_task
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench_results"
-TINY = TaskConfig(num_devices=24, num_locations=36, num_edge_servers=3, max_rounds=2, target_accuracy=0.0,
-                  recruitment_budget=1000.0, game_steps=200)
+TINY = TaskConfig(
+    num_devices=24,
+    num_locations=36,
+    num_edge_servers=3,
+    max_rounds=2,
+    target_accuracy=0.0,
+    recruitment_budget=1000.0,
+    game_steps=200,
+)
 
 
 @pytest.mark.benchmark(group="system: demo task end to end")
@@ -48,8 +55,10 @@ def test_demo_task(benchmark, bench_info, tmp_path):
             "",
             "| procedure | seconds | share |",
             "|---|---|---|",
-            *[f"| {k} | {v:.3f} | {v / total:.0%} |" for k, v in
-              sorted(rep.stage_seconds.items(), key=lambda kv: -kv[1])],
+            *[
+                f"| {k} | {v:.3f} | {v / total:.0%} |"
+                for k, v in sorted(rep.stage_seconds.items(), key=lambda kv: -kv[1])
+            ],
             "",
         ]
         (RESULTS / "system_stages.md").write_text("\n".join(lines))

@@ -56,7 +56,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         import jax
 
         machine_info["jax_devices"] = [str(d) for d in jax.devices()]
-    except Exception:  # noqa: BLE001 - jax missing or no backend: record nothing
+    except Exception:
         pass
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.conftest import cpu_model  # noqa: E402
+from benchmarks.conftest import cpu_model
 
 UPDATE_BYTES = 300_000
 
@@ -70,8 +70,10 @@ def main() -> None:
     print(f"CPU: {cpu_model()}  ({time.strftime('%Y-%m-%d', time.gmtime())})")
     print(f"Ed25519 sign (32-byte digest):   {res['sign_s'] * 1e6:8.2f} us")
     print(f"Ed25519 verify (32-byte digest): {res['verify_s'] * 1e6:8.2f} us")
-    print(f"SHA-256 of {UPDATE_BYTES} bytes:       {res['hash_300kB_s'] * 1e6:8.2f} us"
-          f"  ({res['hash_s_per_byte'] * 1e9:.3f} ns/byte)")
+    print(
+        f"SHA-256 of {UPDATE_BYTES} bytes:       {res['hash_300kB_s'] * 1e6:8.2f} us"
+        f"  ({res['hash_s_per_byte'] * 1e9:.3f} ns/byte)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Record or check benchmarks.
 
     python benchmarks/run.py record [SUITE ...]   # time, write bench_results/<suite>.json, regenerate summary.md
-    python benchmarks/run.py compare [SUITE ...]  # time again and fail on a median slowdown > 30 % vs the committed JSON
+    python benchmarks/run.py compare [SUITE ...]  # time again; fail on a median slowdown > 30 % vs the JSON
 
 SUITE is a file name in benchmarks/ without ``bench_`` and ``.py`` (e.g. ``mechanism``);
 none means every suite. ``compare`` is pytest-benchmark's ``--benchmark-compare`` with
@@ -22,7 +22,7 @@ THRESHOLD = "median:30%"
 
 
 def suites(names: list[str]) -> list[str]:
-    found = sorted(p.stem[len("bench_"):] for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    found = sorted(p.stem[len("bench_") :] for p in (ROOT / "benchmarks").glob("bench_*.py"))
     if not names:
         return found
     unknown = sorted(set(names) - set(found))
@@ -33,9 +33,20 @@ def suites(names: list[str]) -> list[str]:
 
 def pytest_cmd(suite: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "pytest", f"benchmarks/bench_{suite}.py", "-q",
-        "-m", "", "-o", "addopts=", "-p", "no:cacheprovider", "--benchmark-only",
-        "--benchmark-warmup=on", *extra,
+        sys.executable,
+        "-m",
+        "pytest",
+        f"benchmarks/bench_{suite}.py",
+        "-q",
+        "-m",
+        "",
+        "-o",
+        "addopts=",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-only",
+        "--benchmark-warmup=on",
+        *extra,
     ]
 
 
@@ -48,7 +59,10 @@ def record(names: list[str]) -> int:
             return rc
     summary = subprocess.run(
         [sys.executable, "benchmarks/summarize.py", *map(str, sorted(RESULTS.glob("*.json")))],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     (RESULTS / "summary.md").write_text(summary)
     print(summary)

@@ -6,8 +6,8 @@ import csv
 import io
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_csv"]
 

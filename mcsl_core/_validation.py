@@ -11,8 +11,8 @@ import numpy as np
 __all__ = [
     "as_float64",
     "check_finite",
-    "check_range",
     "check_nonneg_int",
+    "check_range",
     "first_bad_index",
 ]
 

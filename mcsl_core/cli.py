@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run one MCS learning task end to end on the embedded default")
     p.add_argument("--out", default="mcsl_out/demo", help="output folder (default: mcsl_out/demo)")
-    p.add_argument("--data-dir", default=None, help="LEAF FEMNIST folder (train/ and test/) instead of synthetic data")
+    p.add_argument(
+        "--data-dir", default=None, help="LEAF FEMNIST folder (train/ and test/) instead of synthetic data"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
 

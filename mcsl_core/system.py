@@ -44,9 +44,10 @@ import time
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,13 +55,13 @@ from mcsl_core._bft import max_faulty
 from mcsl_core._io import atomic_write_text, write_csv
 
 __all__ = [
+    "StageTimes",
     "TaskConfig",
     "TaskReport",
-    "StageTimes",
-    "run_task",
-    "load_config",
     "demo_command",
+    "load_config",
     "run_command",
+    "run_task",
 ]
 
 _STAGES = ("mechanism", "training", "signing_verification", "consensus_simulation", "settlement", "ledger")
@@ -143,20 +144,60 @@ class TaskConfig:
     def __post_init__(self) -> None:
         _check_config(self)
 
-    def replace(self, **changes: Any) -> "TaskConfig":
+    def replace(self, **changes: Any) -> TaskConfig:
         return dataclasses.replace(self, **changes)
 
 
 #: TOML section -> the TaskConfig fields it holds.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "task": ("task_id", "description", "target_accuracy", "max_rounds", "recruitment_budget", "seed"),
-    "data": ("dataset", "data_dir", "num_devices", "synthetic_alpha", "synthetic_beta", "num_locations", "bid_cost"),
-    "mechanism": ("constrained", "R", "alpha_s", "beta_s", "v_bar", "s_bar", "c_d", "eta", "xi", "eps", "theta"),
-    "learning": ("model", "num_edge_servers", "aggregator", "local_epochs", "batch_size", "client_lr", "strategy",
-                 "byzantine_servers", "byzantine_attack", "byzantine_scale"),
+    "data": (
+        "dataset",
+        "data_dir",
+        "num_devices",
+        "synthetic_alpha",
+        "synthetic_beta",
+        "num_locations",
+        "bid_cost",
+    ),
+    "mechanism": (
+        "constrained",
+        "R",
+        "alpha_s",
+        "beta_s",
+        "v_bar",
+        "s_bar",
+        "c_d",
+        "eta",
+        "xi",
+        "eps",
+        "theta",
+    ),
+    "learning": (
+        "model",
+        "num_edge_servers",
+        "aggregator",
+        "local_epochs",
+        "batch_size",
+        "client_lr",
+        "strategy",
+        "byzantine_servers",
+        "byzantine_attack",
+        "byzantine_scale",
+    ),
     "chain": ("num_nodes", "faulty_nodes", "faulty_leader_rounds", "protocol", "update_bytes"),
-    "payment": ("w_l", "w_a", "w_b", "minor_unit", "zd_chi", "zd_phi_fraction", "requestor_q0", "requestor_rule",
-                "game_steps", "game_lr"),
+    "payment": (
+        "w_l",
+        "w_a",
+        "w_b",
+        "minor_unit",
+        "zd_chi",
+        "zd_phi_fraction",
+        "requestor_q0",
+        "requestor_rule",
+        "game_steps",
+        "game_lr",
+    ),
 }
 
 
@@ -172,15 +213,33 @@ def _check_config(c: TaskConfig) -> None:
     hints = typing.get_type_hints(TaskConfig)
     for f in dataclasses.fields(c):
         _check_type(f.name, getattr(c, f.name), hints[f.name])
-    for name in ("max_rounds", "num_devices", "num_locations", "num_edge_servers", "local_epochs", "batch_size",
-                 "num_nodes", "game_steps"):
+    for name in (
+        "max_rounds",
+        "num_devices",
+        "num_locations",
+        "num_edge_servers",
+        "local_epochs",
+        "batch_size",
+        "num_nodes",
+        "game_steps",
+    ):
         if getattr(c, name) < 1:
             raise _bad(name, f"must be >= 1, got {getattr(c, name)}")
     for name in ("faulty_nodes", "byzantine_servers", "update_bytes", "seed"):
         if getattr(c, name) < 0:
             raise _bad(name, f"must be >= 0, got {getattr(c, name)}")
-    for name in ("recruitment_budget", "R", "alpha_s", "beta_s", "c_d", "w_l", "w_a", "w_b", "synthetic_alpha",
-                 "synthetic_beta"):
+    for name in (
+        "recruitment_budget",
+        "R",
+        "alpha_s",
+        "beta_s",
+        "c_d",
+        "w_l",
+        "w_a",
+        "w_b",
+        "synthetic_alpha",
+        "synthetic_beta",
+    ):
         if not getattr(c, name) >= 0:
             raise _bad(name, f"must be >= 0, got {getattr(c, name)}")
     for name in ("v_bar", "s_bar", "client_lr", "minor_unit", "byzantine_scale", "game_lr"):
@@ -193,11 +252,21 @@ def _check_config(c: TaskConfig) -> None:
         raise _bad("zd_phi_fraction", f"must lie in (0, 1], got {c.zd_phi_fraction}")
     if c.zd_chi < 1.0:
         raise _bad("zd_chi", f"must be >= 1 (cooperation enforcing), got {c.zd_chi}")
-    for name, lo, hi in (("eta", 0, None), ("xi", 0, None), ("eps", 0, 1), ("theta", 0, 1), ("bid_cost", 0, None)):
+    for name, lo, hi in (
+        ("eta", 0, None),
+        ("xi", 0, None),
+        ("eps", 0, 1),
+        ("theta", 0, 1),
+        ("bid_cost", 0, None),
+    ):
         a, b = getattr(c, name)
         if not (a <= b and a >= lo and (hi is None or b <= hi)) or (name == "bid_cost" and a <= 0):
-            raise _bad(name, f"must be a range [low, high] with {lo} {'<' if name == 'bid_cost' else '<='} low <= high"
-                       + (f" <= {hi}" if hi is not None else "") + f", got {[a, b]}")
+            raise _bad(
+                name,
+                f"must be a range [low, high] with {lo} {'<' if name == 'bid_cost' else '<='} low <= high"
+                + (f" <= {hi}" if hi is not None else "")
+                + f", got {[a, b]}",
+            )
     choices = {
         "dataset": ("synthetic", "femnist"),
         "model": ("logistic", "mlp", "cnn"),
@@ -216,8 +285,11 @@ def _check_config(c: TaskConfig) -> None:
         raise _bad("num_nodes", f"PBFT needs at least 4 nodes (n = 3f + 1), got {c.num_nodes}")
     f = max_faulty(c.num_nodes)
     if c.faulty_nodes + (1 if c.faulty_leader_rounds else 0) > f:
-        raise _bad("faulty_nodes", f"{c.num_nodes} nodes tolerate f = {f} faulty nodes; "
-                   f"{c.faulty_nodes} faulty plus a faulty leader is too many for the chain to make progress")
+        raise _bad(
+            "faulty_nodes",
+            f"{c.num_nodes} nodes tolerate f = {f} faulty nodes; "
+            f"{c.faulty_nodes} faulty plus a faulty leader is too many for the chain to make progress",
+        )
     if any(r < 1 for r in c.faulty_leader_rounds):
         raise _bad("faulty_leader_rounds", "rounds are numbered from 1")
     if c.byzantine_servers >= c.num_edge_servers:
@@ -253,7 +325,8 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
         str: lambda v: isinstance(v, str),
     }[hint](value)
     if not ok:
-        raise _bad(name, f"must be {'a finite number' if hint is float else 'an ' + hint.__name__ if hint is int else 'a ' + hint.__name__}, got {value!r}")
+        kind = {float: "a finite number", int: "an int"}.get(hint, f"a {hint.__name__}")
+        raise _bad(name, f"must be {kind}, got {value!r}")
 
 
 def config_from_mapping(data: dict[str, Any], *, base: TaskConfig | None = None) -> TaskConfig:
@@ -270,7 +343,9 @@ def config_from_mapping(data: dict[str, Any], *, base: TaskConfig | None = None)
             raise ValueError(f"[{section}] must be a table of key = value pairs")
         for key, value in body.items():
             if key not in SECTIONS[section]:
-                raise ValueError(f"unknown key {section}.{key}; keys of [{section}] are {', '.join(SECTIONS[section])}")
+                raise ValueError(
+                    f"unknown key {section}.{key}; keys of [{section}] are {', '.join(SECTIONS[section])}"
+                )
             changes[key] = tuple(value) if isinstance(value, list) else value
     return dataclasses.replace(base or TaskConfig(), **changes)
 
@@ -368,22 +443,37 @@ class TaskReport:
         """A readable table of the task."""
         rows = [
             ("task", self.task_id),
-            ("requirement met", f"{'yes' if self.requirement_met else 'no'} "
-                                f"(accuracy {self.final_accuracy:.3f} after {self.rounds} rounds)"),
-            ("devices", f"{self.devices_bidding} bid, {self.devices_recruited} recruited, "
-                        f"{self.devices_accepted} accepted, {self.devices_rejected} rejected"),
+            (
+                "requirement met",
+                f"{'yes' if self.requirement_met else 'no'} "
+                f"(accuracy {self.final_accuracy:.3f} after {self.rounds} rounds)",
+            ),
+            (
+                "devices",
+                f"{self.devices_bidding} bid, {self.devices_recruited} recruited, "
+                f"{self.devices_accepted} accepted, {self.devices_rejected} rejected",
+            ),
             ("edge servers active", str(self.edge_servers_active)),
             ("updates dropped", str(self.updates_dropped)),
-            ("consensus (simulated)", f"{self.consensus_time_s:.3f} s, {self.consensus_messages:,} messages, "
-                                      f"{self.view_changes} view change(s)"),
+            (
+                "consensus (simulated)",
+                f"{self.consensus_time_s:.3f} s, {self.consensus_messages:,} messages, "
+                f"{self.view_changes} view change(s)",
+            ),
             ("bill W", f"{self.total_bill:,.2f}"),
             ("paid to devices", f"{self.paid['devices']:,.2f}"),
             ("paid to edge servers", f"{self.paid['edge_servers']:,.2f}"),
             ("paid to nodes", f"{self.paid['nodes']:,.2f}"),
-            ("requestor cooperation", f"{self.requestor_cooperation:.3f} (payoffs: leader "
-                                      f"{self.leader_payoff:.2f}, requestor {self.requestor_payoff:.2f})"),
-            ("ledger", f"height {self.ledger_height}, "
-                       f"{'verified' if self.ledger_verified else 'VERIFICATION FAILED'}"),
+            (
+                "requestor cooperation",
+                f"{self.requestor_cooperation:.3f} (payoffs: leader "
+                f"{self.leader_payoff:.2f}, requestor {self.requestor_payoff:.2f})",
+            ),
+            (
+                "ledger",
+                f"height {self.ledger_height}, "
+                f"{'verified' if self.ledger_verified else 'VERIFICATION FAILED'}",
+            ),
             ("time by stage", ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items())),
             ("wall time", f"{self.wall_seconds:.1f} s"),
         ]
@@ -405,8 +495,9 @@ def _load_devices(cfg: TaskConfig):
     from mcsl_core import fl
 
     if cfg.dataset == "synthetic":
-        return fl.synthetic_fedprox(cfg.synthetic_alpha, cfg.synthetic_beta, num_clients=cfg.num_devices,
-                                    seed=cfg.seed)
+        return fl.synthetic_fedprox(
+            cfg.synthetic_alpha, cfg.synthetic_beta, num_clients=cfg.num_devices, seed=cfg.seed
+        )
     root = Path(cfg.data_dir)
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise ValueError(f"data.data_dir: {root} must hold LEAF train/ and test/ folders")
@@ -428,7 +519,7 @@ def _make_model(cfg: TaskConfig, dim: int, num_classes: int):
 
 
 def _grid_locations(n: int) -> tuple[list[str], np.ndarray]:
-    side = int(math.ceil(math.sqrt(n)))
+    side = math.ceil(math.sqrt(n))
     names, pts = [], []
     for k in range(n):
         i, j = divmod(k, side)
@@ -473,7 +564,8 @@ def run_task(
     import optax
     from tqdm.auto import tqdm
 
-    from mcsl_core import consensus, fl, ledger as L, mechanism, payment
+    from mcsl_core import consensus, fl, mechanism, payment
+    from mcsl_core import ledger as L
 
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
@@ -486,18 +578,29 @@ def run_task(
     t0 = time.perf_counter()
     nodes = L.Consortium.generate(cfg.num_nodes, seed=f"{cfg.seed}/nodes")
     requestor = L.Identity.generate("requestor", "requestor", seed=f"{cfg.seed}/requestor")
-    servers = [L.Identity.generate("edge_server", f"edge{k}", seed=f"{cfg.seed}/edge{k}")
-               for k in range(cfg.num_edge_servers)]
+    servers = [
+        L.Identity.generate("edge_server", f"edge{k}", seed=f"{cfg.seed}/edge{k}")
+        for k in range(cfg.num_edge_servers)
+    ]
     ledger_path = out / "ledger.sqlite"
-    for stale in (ledger_path, ledger_path.with_name(ledger_path.name + "-journal"),
-                  ledger_path.with_name(ledger_path.name + "-wal")):
+    for stale in (
+        ledger_path,
+        ledger_path.with_name(ledger_path.name + "-journal"),
+        ledger_path.with_name(ledger_path.name + "-wal"),
+    ):
         stale.unlink(missing_ok=True)
     chain = L.Ledger.create(ledger_path, nodes.genesis())
     store = L.ModelStore(out / "store")
     admit = nodes.names[0]
-    regs = [L.MembershipRegistration("requestor", requestor.name, requestor.public_key, admit).sign(nodes.node(admit))]
-    regs += [L.MembershipRegistration("edge_server", s.name, s.public_key, admit).sign(nodes.node(admit))
-             for s in servers]
+    regs = [
+        L.MembershipRegistration("requestor", requestor.name, requestor.public_key, admit).sign(
+            nodes.node(admit)
+        )
+    ]
+    regs += [
+        L.MembershipRegistration("edge_server", s.name, s.public_key, admit).sign(nodes.node(admit))
+        for s in servers
+    ]
     chain.append(nodes.propose(chain, regs))
     times.add("ledger", time.perf_counter() - t0)
 
@@ -512,21 +615,34 @@ def run_task(
     reach = 1.0 / math.ceil(math.sqrt(cfg.num_locations))
     near = np.linalg.norm(dev_pts[:, None, :] - loc_pts[None, :, :], axis=-1) <= reach
     costs = rng.uniform(*cfg.bid_cost, size=n_dev)
-    bids = [L.Bid(device_ids[i], round(float(costs[i]), 2),
-                  tuple(loc_names[j] for j in np.flatnonzero(near[i])) or (loc_names[int(np.argmin(
-                      np.linalg.norm(loc_pts - dev_pts[i], axis=-1)))],))
-            for i in range(n_dev)]
+    bids = [
+        L.Bid(
+            device_ids[i],
+            round(float(costs[i]), 2),
+            tuple(loc_names[j] for j in np.flatnonzero(near[i]))
+            or (loc_names[int(np.argmin(np.linalg.norm(loc_pts - dev_pts[i], axis=-1)))],),
+        )
+        for i in range(n_dev)
+    ]
 
     t0 = time.perf_counter()
-    publication = L.TaskPublication(requestor.name, cfg.task_id, cfg.description, cfg.target_accuracy,
-                                    cfg.recruitment_budget, tuple(loc_names))
+    publication = L.TaskPublication(
+        requestor.name,
+        cfg.task_id,
+        cfg.description,
+        cfg.target_accuracy,
+        cfg.recruitment_budget,
+        tuple(loc_names),
+    )
     chain.append(nodes.propose(chain, [publication.sign(requestor)]))
     recruitment = L.recruit_for_task(chain, cfg.task_id, bids)
     chain.append(nodes.propose(chain, [recruitment]))
     times.add("ledger", time.perf_counter() - t0)
     recruited = np.array(sorted(device_ids.index(d) for d in recruitment.selected), dtype=np.int64)
-    say(f"recruitment: {recruited.size} of {n_dev} devices within budget {cfg.recruitment_budget:g}, "
-        f"covering {len(recruitment.covered)} of {len(loc_names)} locations")
+    say(
+        f"recruitment: {recruited.size} of {n_dev} devices within budget {cfg.recruitment_budget:g}, "
+        f"covering {len(recruitment.covered)} of {len(loc_names)} locations"
+    )
     if recruited.size == 0:
         raise ValueError("task.recruitment_budget: no device could be recruited within the budget")
 
@@ -535,21 +651,27 @@ def run_task(
     nearest = np.argmin(np.linalg.norm(dev_pts[recruited, None, :] - srv_pts[None, :, :], axis=-1), axis=1)
     k = recruited.size
     draw = {name: rng.uniform(*getattr(cfg, name), size=k) for name in ("eta", "xi", "eps", "theta")}
-    params = mechanism.MechanismParams(R=cfg.R, alpha_s=cfg.alpha_s, beta_s=cfg.beta_s, v_bar=cfg.v_bar,
-                                       s_bar=cfg.s_bar, c_d=cfg.c_d, **draw)
+    params = mechanism.MechanismParams(
+        R=cfg.R, alpha_s=cfg.alpha_s, beta_s=cfg.beta_s, v_bar=cfg.v_bar, s_bar=cfg.s_bar, c_d=cfg.c_d, **draw
+    )
     sol = mechanism.solve(params, constrained=cfg.constrained)
     accepted = np.asarray(sol.valid & sol.accepted)
     times.add("mechanism", time.perf_counter() - t0)
     say(f"mechanism: {int(accepted.sum())} of {k} submissions accepted")
     if not accepted.any():
-        raise ValueError("no data submission was accepted by any edge server; widen mechanism parameter ranges")
+        raise ValueError(
+            "no data submission was accepted by any edge server; widen mechanism parameter ranges"
+        )
 
     t0 = time.perf_counter()
     pay_txs = []
     for i in np.flatnonzero(accepted):
         srv = servers[int(nearest[i])]
-        pay_txs.append(L.DataSubmissionPayment(cfg.task_id, device_ids[int(recruited[i])], srv.name,
-                                               float(sol.v[i]), float(sol.s[i])).sign(srv))
+        pay_txs.append(
+            L.DataSubmissionPayment(
+                cfg.task_id, device_ids[int(recruited[i])], srv.name, float(sol.v[i]), float(sol.s[i])
+            ).sign(srv)
+        )
     chain.append(nodes.propose(chain, pay_txs))
     times.add("ledger", time.perf_counter() - t0)
 
@@ -569,13 +691,21 @@ def run_task(
     n_active = len(active)
     byz = np.zeros(n_active, dtype=bool)
     byz[: min(cfg.byzantine_servers, n_active)] = True
-    f = max_faulty(cfg.num_nodes)
+    max_faulty(cfg.num_nodes)
     flcfg = fl.FLConfig(
-        rounds=cfg.max_rounds, clients_per_round=n_active, local_epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size, client_lr=cfg.client_lr, seed=cfg.seed, aggregator=cfg.aggregator,
-        num_byzantine=int(byz.sum()), strategy=cfg.strategy,
+        rounds=cfg.max_rounds,
+        clients_per_round=n_active,
+        local_epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        client_lr=cfg.client_lr,
+        seed=cfg.seed,
+        aggregator=cfg.aggregator,
+        num_byzantine=int(byz.sum()),
+        strategy=cfg.strategy,
         multi_krum=max(1, n_active - int(byz.sum())) if cfg.aggregator == "krum" else 1,
-        trim_fraction=min(0.45, max(0.1, float(byz.sum()) / n_active)) if cfg.aggregator == "trimmed_mean" else 0.1,
+        trim_fraction=min(0.45, max(0.1, float(byz.sum()) / n_active))
+        if cfg.aggregator == "trimmed_mean"
+        else 0.1,
     )
     opt = optax.sgd(1.0)
     gparams = fl.init_params(model, train_all.dim, jax.random.key(cfg.seed))
@@ -583,7 +713,7 @@ def run_task(
     store.put(jax.tree_util.tree_map(np.asarray, gparams))
     key = jax.random.key(cfg.seed)
     clients = np.arange(n_active, dtype=np.int64)
-    faulty_names = set(nodes.names[len(nodes.names) - cfg.faulty_nodes:]) if cfg.faulty_nodes else set()
+    faulty_names = set(nodes.names[len(nodes.names) - cfg.faulty_nodes :]) if cfg.faulty_nodes else set()
 
     accuracy: list[float] = []
     rows = []
@@ -608,7 +738,7 @@ def run_task(
         t0 = time.perf_counter()
         signed, blobs = [], []
         for j, sidx in enumerate(active):
-            one = jax.tree_util.tree_map(lambda u: u[j], host)
+            one = jax.tree_util.tree_map(lambda u: u[j], host)  # noqa: B023 (used at once)
             blob = L.encode_tree(one)
             address = store.put_bytes(blob)
             tx = L.ModelUpdate(cfg.task_id, r - 1, servers[sidx].name, address, int(ru.num_samples[j]))
@@ -621,7 +751,7 @@ def run_task(
 
         # the elected leader aggregates the valid updates
         t0 = time.perf_counter()
-        kept = jax.tree_util.tree_map(lambda u: u[keep], updates)
+        kept = jax.tree_util.tree_map(lambda u: u[keep], updates)  # noqa: B023 (used at once)
         agg = fl.aggregate(kept, ru.num_samples[keep], flcfg, key=jax.random.fold_in(key, r))
         gparams, opt_state = fl.server_update(opt, gparams, opt_state, agg)
         ev = fl.evaluate(model, gparams, test_data)
@@ -632,9 +762,15 @@ def run_task(
         t0 = time.perf_counter()
         leader_faulty = r in cfg.faulty_leader_rounds
         upd_bytes = cfg.update_bytes or max(len(b) for b in blobs)
-        cres = consensus.simulate_pbft(cfg.num_nodes, int(keep.size), update_bytes=float(upd_bytes),
-                                       faulty=cfg.faulty_nodes + int(leader_faulty), leader_faulty=leader_faulty,
-                                       protocol=cfg.protocol, seed=cfg.seed * 100_003 + r)
+        cres = consensus.simulate_pbft(
+            cfg.num_nodes,
+            int(keep.size),
+            update_bytes=float(upd_bytes),
+            faulty=cfg.faulty_nodes + int(leader_faulty),
+            leader_faulty=leader_faulty,
+            protocol=cfg.protocol,
+            seed=cfg.seed * 100_003 + r,
+        )
         times.add("consensus_simulation", time.perf_counter() - t0)
         if not cres.committed:
             raise RuntimeError(f"round {r}: the simulated consensus did not commit the block")
@@ -650,23 +786,42 @@ def run_task(
         signers = [n for n in nodes.names if n not in silent]
         gaddr = store.put(jax.tree_util.tree_map(np.asarray, gparams))
         leader = nodes.leader(chain, view).name
-        aggtx = L.AggregatedModel(cfg.task_id, r - 1, leader, gaddr, tuple(servers[active[j]].name for j in keep),
-                                  {"accuracy": float(ev.accuracy), "loss": float(ev.loss)})
+        aggtx = L.AggregatedModel(
+            cfg.task_id,
+            r - 1,
+            leader,
+            gaddr,
+            tuple(servers[active[j]].name for j in keep),
+            {"accuracy": float(ev.accuracy), "loss": float(ev.loss)},
+        )
         block_txs = [signed[j] for j in keep] + [aggtx]
         met = ev.accuracy >= cfg.target_accuracy
         if met:
             block_txs.append(L.ResultBinding(cfg.task_id, r - 1, requestor.name, gaddr))
         chain.append(nodes.propose(chain, block_txs, view=view, signers=signers))
         times.add("ledger", time.perf_counter() - t0)
-        rows.append((r, float(ev.accuracy), float(ev.loss), float(np.mean(ru.loss)), int(keep.size),
-                     float(cres.time_s), int(cres.messages), int(cres.view_changes), leader))
+        rows.append(
+            (
+                r,
+                float(ev.accuracy),
+                float(ev.loss),
+                float(np.mean(ru.loss)),
+                int(keep.size),
+                float(cres.time_s),
+                int(cres.messages),
+                int(cres.view_changes),
+                leader,
+            )
+        )
         bar.update(1)
         bar.set_postfix(acc=f"{ev.accuracy:.3f}")
         if met:
             break
     bar.close()
-    say(f"learning: accuracy {accuracy[-1]:.3f} after {r} rounds "
-        f"({'requirement met' if met else 'round budget exhausted'})")
+    say(
+        f"learning: accuracy {accuracy[-1]:.3f} after {r} rounds "
+        f"({'requirement met' if met else 'round budget exhausted'})"
+    )
 
     # ---- 4. settlement: ZD payment game, then the payment contract ------
     t0 = time.perf_counter()
@@ -674,16 +829,25 @@ def run_task(
     lo, hi = payment.zd_phi_bounds(x, y, cfg.zd_chi)
     phi = hi * cfg.zd_phi_fraction if hi > 0 else lo * cfg.zd_phi_fraction
     p = payment.zd_strategy(x, y, cfg.zd_chi, phi)
-    traj = payment.evolve_requestor(p, np.array([cfg.requestor_q0, cfg.requestor_q0]), rule=cfg.requestor_rule,
-                                    steps=cfg.game_steps, lr=cfg.game_lr, seed=cfg.seed,
-                                    record_every=max(1, cfg.game_steps // 100))
+    traj = payment.evolve_requestor(
+        p,
+        np.array([cfg.requestor_q0, cfg.requestor_q0]),
+        rule=cfg.requestor_rule,
+        steps=cfg.game_steps,
+        lr=cfg.game_lr,
+        seed=cfg.seed,
+        record_every=max(1, cfg.game_steps // 100),
+    )
     q_final = np.asarray(traj.q[-1])
     stable = payment.long_run(p, q_final, x, y)
-    coop = float(np.asarray(stable.v)[0] + np.asarray(stable.v)[2])  # P(requestor pays in full) at the stable state
+    coop = float(
+        np.asarray(stable.v)[0] + np.asarray(stable.v)[2]
+    )  # P(requestor pays in full) at the stable state
     settlement = None
     if met:
-        settlement = L.settle_task(chain, cfg.task_id, w_l=cfg.w_l, w_a=cfg.w_a, w_b=cfg.w_b,
-                                   minor_unit=cfg.minor_unit)
+        settlement = L.settle_task(
+            chain, cfg.task_id, w_l=cfg.w_l, w_a=cfg.w_a, w_b=cfg.w_b, minor_unit=cfg.minor_unit
+        )
     times.add("settlement", time.perf_counter() - t0)
     paid = {"devices": 0.0, "edge_servers": 0.0, "nodes": 0.0}
     total_bill = 0.0
@@ -706,14 +870,30 @@ def run_task(
     times.add("ledger", time.perf_counter() - t0)
 
     report = TaskReport(
-        task_id=cfg.task_id, requirement_met=bool(met), rounds=r, accuracy=tuple(accuracy),
-        final_accuracy=accuracy[-1], devices_bidding=n_dev, devices_recruited=int(recruited.size),
-        devices_accepted=int(accepted.sum()), devices_rejected=int(k - accepted.sum()),
-        edge_servers_active=n_active, consensus_time_s=total_time, consensus_messages=total_msgs,
-        view_changes=total_views, updates_dropped=dropped, total_bill=total_bill, paid=paid,
-        requestor_cooperation=coop, leader_payoff=float(stable.E_b), requestor_payoff=float(stable.E_r), ledger_height=height, ledger_verified=verified,
+        task_id=cfg.task_id,
+        requirement_met=bool(met),
+        rounds=r,
+        accuracy=tuple(accuracy),
+        final_accuracy=accuracy[-1],
+        devices_bidding=n_dev,
+        devices_recruited=int(recruited.size),
+        devices_accepted=int(accepted.sum()),
+        devices_rejected=int(k - accepted.sum()),
+        edge_servers_active=n_active,
+        consensus_time_s=total_time,
+        consensus_messages=total_msgs,
+        view_changes=total_views,
+        updates_dropped=dropped,
+        total_bill=total_bill,
+        paid=paid,
+        requestor_cooperation=coop,
+        leader_payoff=float(stable.E_b),
+        requestor_payoff=float(stable.E_r),
+        ledger_height=height,
+        ledger_verified=verified,
         stage_seconds={s: round(getattr(times, s), 4) for s in _STAGES},
-        wall_seconds=time.perf_counter() - t_start, out_dir=str(out),
+        wall_seconds=time.perf_counter() - t_start,
+        out_dir=str(out),
     )
     _write_outputs(out, cfg, report, rows)
     return report
@@ -722,8 +902,21 @@ def run_task(
 def _write_outputs(out: Path, cfg: TaskConfig, report: TaskReport, rows: list[tuple]) -> None:
     from mcsl_core.experiments._common import pyplot, save_figure
 
-    write_csv(out / "rounds.csv", ["round", "accuracy", "loss", "train_loss", "updates_kept", "consensus_s",
-                                   "messages", "view_changes", "leader"], rows)
+    write_csv(
+        out / "rounds.csv",
+        [
+            "round",
+            "accuracy",
+            "loss",
+            "train_loss",
+            "updates_kept",
+            "consensus_s",
+            "messages",
+            "view_changes",
+            "leader",
+        ],
+        rows,
+    )
     atomic_write_text(out / "config.toml", config_to_toml(cfg))
     atomic_write_text(out / "summary.txt", report.summary() + "\n")
     plt = pyplot()
@@ -754,9 +947,18 @@ def demo_command(*, out: Path, data_dir: str | None = None, quiet: bool = False)
     """``mcsl demo``: the embedded default task (synthetic devices), or LEAF FEMNIST with ``data_dir``."""
     cfg = TaskConfig()
     if data_dir is not None:
-        cfg = cfg.replace(dataset="femnist", data_dir=str(Path(data_dir).resolve()), model="cnn",
-                          num_edge_servers=5, target_accuracy=0.6, max_rounds=30, recruitment_budget=600.0,
-                          client_lr=0.05, local_epochs=1, batch_size=20)
+        cfg = cfg.replace(
+            dataset="femnist",
+            data_dir=str(Path(data_dir).resolve()),
+            model="cnn",
+            num_edge_servers=5,
+            target_accuracy=0.6,
+            max_rounds=30,
+            recruitment_budget=600.0,
+            client_lr=0.05,
+            local_epochs=1,
+            batch_size=20,
+        )
     return _run_and_print(cfg, out, quiet)
 
 

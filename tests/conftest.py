@@ -22,7 +22,9 @@ def tol(dtype) -> dict[str, float]:
 
 #: The real FEMNIST subset beside the project (never committed; tests skip without it).
 FEMNIST_DIR = Path(
-    os.environ.get("MCSL_FEMNIST_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "femnist_leaf")
+    os.environ.get(
+        "MCSL_FEMNIST_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "femnist_leaf"
+    )
 )
 
 

@@ -7,18 +7,36 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.summarize import summarize  # noqa: E402
+from benchmarks.summarize import summarize
 
 
 def test_summary_ratio_is_per_item(tmp_path):
     data = {
-        "machine_info": {"cpu_model": "TestCPU", "cores": 2, "python_version": "3.11", "libraries": {"numpy": "2"}},
+        "machine_info": {
+            "cpu_model": "TestCPU",
+            "cores": 2,
+            "python_version": "3.11",
+            "libraries": {"numpy": "2"},
+        },
         "benchmarks": [
             # kernel: 1e6 items in 0.01 s -> 1e-8 s/item; anchor: 100 items in 0.1 s -> 1e-3 s/item
-            {"group": "g", "name": "k", "stats": {"median": 0.01},
-             "extra_info": {"role": "kernel", "items": 1_000_000, "unit": "point", "limit_items_per_s": 2e8}},
-            {"group": "g", "name": "a", "stats": {"median": 0.1},
-             "extra_info": {"role": "anchor", "items": 100, "unit": "point"}},
+            {
+                "group": "g",
+                "name": "k",
+                "stats": {"median": 0.01},
+                "extra_info": {
+                    "role": "kernel",
+                    "items": 1_000_000,
+                    "unit": "point",
+                    "limit_items_per_s": 2e8,
+                },
+            },
+            {
+                "group": "g",
+                "name": "a",
+                "stats": {"median": 0.1},
+                "extra_info": {"role": "anchor", "items": 100, "unit": "point"},
+            },
             {"group": "g", "name": "untagged", "stats": {"median": 1.0}, "extra_info": {}},
         ],
     }

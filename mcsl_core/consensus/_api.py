@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,8 +14,7 @@ from . import _sim
 from ._closed_form import BLOCK_CARRIES, PROTOCOLS, MessageCounts, fault_tolerance, quorum
 from ._network import NetworkModel
 
-__all__ = ["ConsensusResult", "SweepResult", "simulate_pbft", "sweep", "FAULTS", "fault_mask",
-           "build_inputs"]
+__all__ = ["FAULTS", "ConsensusResult", "SweepResult", "build_inputs", "fault_mask", "simulate_pbft", "sweep"]
 
 FAULTS = ("silent", "equivocate")
 
@@ -91,9 +91,9 @@ def fault_mask(n: int, faulty, leader_faulty: bool) -> np.ndarray:
                 raise ValueError("leader_faulty=True needs faulty >= 1 (the leader is one of them)")
             mask[0] = True
             if k > 1:
-                mask[n - (k - 1):] = True
+                mask[n - (k - 1) :] = True
         elif k:
-            mask[n - k:] = True
+            mask[n - k :] = True
         return mask
     idx = check_nonneg_int("faulty", np.asarray(faulty))
     if idx.ndim != 1:
@@ -120,8 +120,11 @@ def _auto_timeout(n: int, U: int, upd: float, payload: float, net: NetworkModel)
         6 * lat_hi
         + n * (H + upd) * spb[2]  # an edge server uploads its update to every node
         + U * ((H + upd) * spb[1] + sub)  # a node downloads and checks every update
-        + (n - 1) * (H + payload) * spb[0] + (H + payload) * spb[1]  # the block to every backup
-        + net.processing_s + net.verify_s * (1 + U) + 2 * net.hash_s_per_byte * payload
+        + (n - 1) * (H + payload) * spb[0]
+        + (H + payload) * spb[1]  # the block to every backup
+        + net.processing_s
+        + net.verify_s * (1 + U)
+        + 2 * net.hash_s_per_byte * payload
         + 3 * n * (H * (spb[0] + spb[1]) + vote)  # vote rounds
         + 8 * net.sign_s
     )
@@ -179,7 +182,7 @@ def _entity_spb(n: int, U: int, network: NetworkModel) -> np.ndarray:
     spb = np.empty((n + 1 + U, 2))
     spb[:n] = s[0], s[1]
     spb[n] = s[0], s[3]
-    spb[n + 1:] = s[2], s[1]
+    spb[n + 1 :] = s[2], s[1]
     return spb
 
 
@@ -238,8 +241,9 @@ def simulate_pbft(
     U = _int("n_updates", n_updates)
     code = _fault_code(fault)
     mask = fault_mask(n, faulty, bool(leader_faulty))
-    IP, P, fcode = build_inputs(n, U, update_bytes, network, mask * code, protocol, block_carries,
-                                seed, max_views)
+    IP, P, fcode = build_inputs(
+        n, U, update_bytes, network, mask * code, protocol, block_carries, seed, max_views
+    )
     spb = _entity_spb(n, U, network)
     cnt = np.zeros(_sim.N_PHASES, np.int64)
     byt = np.zeros(_sim.N_PHASES)
@@ -308,8 +312,10 @@ def sweep(
     scalar is used for every configuration. ``parallel=False`` runs the same loop on one
     thread (results are identical: each configuration is independent and deterministic).
     """
-    cols = {k: _column(k, v) for k, v in
-            dict(n_nodes=n_nodes, n_updates=n_updates, seeds=seeds, faulty=faulty).items()}
+    cols = {
+        k: _column(k, v)
+        for k, v in dict(n_nodes=n_nodes, n_updates=n_updates, seeds=seeds, faulty=faulty).items()
+    }
     lengths = {k: v.shape[0] for k, v in cols.items() if v.ndim == 1}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"1-D arguments must have one length; got {lengths}")
@@ -328,11 +334,20 @@ def sweep(
         n = int(ns[c])
         mask = fault_mask(n, full["faulty"][c], bool(leader_faulty))
         IPs[c], Ps[c], faults[c, :n] = build_inputs(
-            n, full["n_updates"][c], update_bytes, network, mask * code, protocol, block_carries,
-            full["seeds"][c], None)
+            n,
+            full["n_updates"][c],
+            update_bytes,
+            network,
+            mask * code,
+            protocol,
+            block_carries,
+            full["seeds"][c],
+            None,
+        )
     SPB = np.tile(network.seconds_per_byte(), (C, 1))
-    out = SweepResult(np.zeros(C), np.zeros(C, np.int64), np.zeros(C), np.zeros(C, bool),
-                      np.zeros(C, np.int64))
+    out = SweepResult(
+        np.zeros(C), np.zeros(C, np.int64), np.zeros(C), np.zeros(C, bool), np.zeros(C, np.int64)
+    )
     fn = _sim.sweep_parallel if parallel else _sim.sweep_serial
     fn(IPs, Ps, SPB, faults, *out)
     return out

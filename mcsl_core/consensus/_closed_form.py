@@ -10,8 +10,14 @@ from mcsl_core._bft import max_faulty as fault_tolerance
 from mcsl_core._bft import quorum
 from mcsl_core._validation import check_nonneg_int, check_range
 
-__all__ = ["MessageCounts", "PhaseCounts", "pbft_message_counts", "PROTOCOLS", "BLOCK_CARRIES",
-           "fault_tolerance"]
+__all__ = [
+    "BLOCK_CARRIES",
+    "PROTOCOLS",
+    "MessageCounts",
+    "PhaseCounts",
+    "fault_tolerance",
+    "pbft_message_counts",
+]
 
 PROTOCOLS = ("pbft", "paper", "hotstuff")
 BLOCK_CARRIES = ("updates", "digests")
@@ -23,7 +29,9 @@ class MessageCounts(NamedTuple):
     """One number per message kind (a count, a byte total or a time)."""
 
     submit: float  # edge server -> every consortium node, one signed update each
-    pre_prepare: float  # primary -> backups: the block (PBFT pre-prepare, paper's broadcast, HotStuff proposal)
+    pre_prepare: (
+        float  # primary -> backups: the block (PBFT pre-prepare, paper's broadcast, HotStuff proposal)
+    )
     prepare: float  # PBFT: backup -> all others
     commit: float  # PBFT: every node -> all others
     reply: float  # node -> client (PBFT, HotStuff) or follower -> leader (paper)
@@ -104,18 +112,33 @@ def pbft_message_counts(
     if protocol != "pbft" and k:
         raise ValueError(f"view_changes is modelled for protocol='pbft' only; got {k} with {protocol!r}")
     payload = U * (upd if block_carries == "updates" else DIGEST_BYTES)
-    zero = dict(submit=0, pre_prepare=0, prepare=0, commit=0, reply=0, view_change=0, new_view=0,
-                vote=0, qc=0)
+    zero = dict(
+        submit=0, pre_prepare=0, prepare=0, commit=0, reply=0, view_change=0, new_view=0, vote=0, qc=0
+    )
     m = dict(zero, submit=n * U, pre_prepare=n - 1)
     if protocol == "pbft":
-        m.update(prepare=(n - 1 - k) * (n - 1), commit=(n - k) * (n - 1), reply=n - k,
-                 view_change=k * (n - k) * (n - 1), new_view=(n - 1) if k else 0)
+        m.update(
+            prepare=(n - 1 - k) * (n - 1),
+            commit=(n - k) * (n - 1),
+            reply=n - k,
+            view_change=k * (n - k) * (n - 1),
+            new_view=(n - 1) if k else 0,
+        )
     elif protocol == "paper":
         m.update(reply=n - 1)
     else:
         m.update(vote=3 * (n - 1), qc=3 * (n - 1), reply=n)
-    size = dict(submit=H + upd, pre_prepare=H + payload, prepare=H, commit=H, reply=H,
-                view_change=H, new_view=H * (quorum(n, f) + 1), vote=H, qc=H + SIG_BYTES * quorum(n, f))
+    size = dict(
+        submit=H + upd,
+        pre_prepare=H + payload,
+        prepare=H,
+        commit=H,
+        reply=H,
+        view_change=H,
+        new_view=H * (quorum(n, f) + 1),
+        vote=H,
+        qc=H + SIG_BYTES * quorum(n, f),
+    )
     msgs = MessageCounts(**{key: int(v) for key, v in m.items()})
     byts = MessageCounts(**{key: float(m[key] * size[key]) for key in m})
     return PhaseCounts(msgs, byts)

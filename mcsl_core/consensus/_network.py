@@ -8,7 +8,7 @@ import numpy as np
 
 from mcsl_core._validation import check_range
 
-__all__ = ["NetworkModel", "LATENCY_KINDS"]
+__all__ = ["LATENCY_KINDS", "NetworkModel"]
 
 LATENCY_KINDS = ("constant", "exponential", "pareto")
 
@@ -79,6 +79,10 @@ class NetworkModel:
     def seconds_per_byte(self) -> np.ndarray:
         """``[consortium up, consortium down, edge up, client down]`` seconds per byte."""
         return np.array(
-            [8.0 / self.upload_bps, 8.0 / self.download_bps, 8.0 / self.edge_upload_bps,
-             8.0 / self.client_download_bps]
+            [
+                8.0 / self.upload_bps,
+                8.0 / self.download_bps,
+                8.0 / self.edge_upload_bps,
+                8.0 / self.client_download_bps,
+            ]
         )

@@ -39,7 +39,15 @@ M_SUBMIT, M_PREPREPARE, M_PREPARE, M_COMMIT, M_REPLY = 0, 1, 2, 3, 4
 M_VIEWCHANGE, M_NEWVIEW, M_VOTE, M_QC = 5, 6, 7, 8
 N_PHASES = 9
 PHASES = (
-    "submit", "pre_prepare", "prepare", "commit", "reply", "view_change", "new_view", "vote", "qc",
+    "submit",
+    "pre_prepare",
+    "prepare",
+    "commit",
+    "reply",
+    "view_change",
+    "new_view",
+    "vote",
+    "qc",
 )
 PROTO_PBFT, PROTO_PAPER, PROTO_HOTSTUFF = 0, 1, 2
 LAT_CONSTANT, LAT_EXPONENTIAL, LAT_PARETO = 0, 1, 2
@@ -53,9 +61,33 @@ I_N, I_U, I_V, I_PROTO, I_DIGESTS, I_LAT, I_SEED, I_F, I_Q = range(9)
 N_IPARAMS = 9
 
 # node state columns
-(S_VIEW, S_ACTIVE, S_NUPD, S_PPACC, S_ACCD, S_PREPARED, S_PREPD, S_PCNT, S_CCNT, S_COMINV,
- S_PROPOSED, S_NVSENT, S_COMD, S_PCV, S_PCD, S_DONE, S_TVER, S_CONFLICT, S_FAULT, S_PHASE,
- S_QCNT, S_QCNT2, S_ALTD, S_MAXINST, S_NVD) = range(25)
+(
+    S_VIEW,
+    S_ACTIVE,
+    S_NUPD,
+    S_PPACC,
+    S_ACCD,
+    S_PREPARED,
+    S_PREPD,
+    S_PCNT,
+    S_CCNT,
+    S_COMINV,
+    S_PROPOSED,
+    S_NVSENT,
+    S_COMD,
+    S_PCV,
+    S_PCD,
+    S_DONE,
+    S_TVER,
+    S_CONFLICT,
+    S_FAULT,
+    S_PHASE,
+    S_QCNT,
+    S_QCNT2,
+    S_ALTD,
+    S_MAXINST,
+    S_NVD,
+) = range(25)
 N_STATE = 25
 
 # queue counters
@@ -193,7 +225,7 @@ def _new_event(ht, hs, hsl, evi, evf, free, ctr, t, ekind, mkind, src, dst, view
 # ----------------------------------------------------------------------------- sending
 @njit(cache=True, _nrt=False)
 def _send(Q, res, spb, cnt, byt, IP, P, src, dst, mkind, view, dig, aux, size, cost, t0):
-    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
+    ht, hs, hsl, evi, evf, free, ctr, _nxt, _stime, _sseq, _fhead, _ftail, _gt, _gs, _gn = Q
     start = _fmax(t0, res[src, 0])
     done = start + size * spb[src, 0]
     res[src, 0] = done
@@ -202,7 +234,9 @@ def _send(Q, res, spb, cnt, byt, IP, P, src, dst, mkind, view, dig, aux, size, c
     arrive = done + link_latency(IP[I_LAT], P[P_LAT_MEAN], P[P_LAT_SHAPE], u)
     cnt[mkind] += 1
     byt[mkind] += size
-    _new_event(ht, hs, hsl, evi, evf, free, ctr, arrive, EV_ARRIVE, mkind, src, dst, view, dig, aux, size, cost)
+    _new_event(
+        ht, hs, hsl, evi, evf, free, ctr, arrive, EV_ARRIVE, mkind, src, dst, view, dig, aux, size, cost
+    )
 
 
 @njit(cache=True, _nrt=False)
@@ -233,7 +267,7 @@ def _unicast(Q, res, spb, cnt, byt, IP, P, i, j, mkind, view, dig, aux, size, co
 
 @njit(cache=True, _nrt=False)
 def _arm_timer(Q, st, P, i, v, now):
-    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
+    ht, hs, hsl, evi, evf, free, ctr, _nxt, _stime, _sseq, _fhead, _ftail, _gt, _gs, _gn = Q
     st[i, S_TVER] += 1
     t = now + P[P_TBASE] * float(1 << v)
     _new_event(ht, hs, hsl, evi, evf, free, ctr, t, EV_TIMER, -1, i, i, v, -1, st[i, S_TVER], 0.0, 0.0)
@@ -332,20 +366,36 @@ def _client_reply(IP, repd, client, s, d, now):
 
 @njit(cache=True, _nrt=False)
 def _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, now):
-    f = IP[I_F]
+    IP[I_F]
     if st[i, S_COMINV] or not st[i, S_PREPARED] or st[i, S_CCNT] < IP[I_Q]:
         return
     st[i, S_COMINV] = 1
     _record_commit(st, node_t, i, st[i, S_PREPD], now)
-    _unicast(Q, res, spb, cnt, byt, IP, P, i, IP[I_N], M_REPLY, st[i, S_VIEW], st[i, S_PREPD], 0,
-             P[P_HEADER], _vote_cost(P), now)
+    _unicast(
+        Q,
+        res,
+        spb,
+        cnt,
+        byt,
+        IP,
+        P,
+        i,
+        IP[I_N],
+        M_REPLY,
+        st[i, S_VIEW],
+        st[i, S_PREPD],
+        0,
+        P[P_HEADER],
+        _vote_cost(P),
+        now,
+    )
     st[i, S_DONE] = 1
     st[i, S_TVER] += 1  # cancels the pending view-change timer
 
 
 @njit(cache=True, _nrt=False)
 def _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, now):
-    f = IP[I_F]
+    IP[I_F]
     if st[i, S_PREPARED] or not st[i, S_PPACC] or st[i, S_PCNT] < IP[I_Q] - 1:
         return
     v = st[i, S_VIEW]
@@ -371,15 +421,54 @@ def _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_
     forged = v + 1
     equiv = st[i, S_FAULT] == EQUIVOCATE
     payload = _payload(IP, P)
-    _bcast(Q, res, spb, cnt, byt, IP, P, i, M_PREPREPARE, v, d, forged, equiv, 0,
-           P[P_HEADER] + payload, _pp_cost(IP, P), now, P[P_HASH_PB] * payload)
+    _bcast(
+        Q,
+        res,
+        spb,
+        cnt,
+        byt,
+        IP,
+        P,
+        i,
+        M_PREPREPARE,
+        v,
+        d,
+        forged,
+        equiv,
+        0,
+        P[P_HEADER] + payload,
+        _pp_cost(IP, P),
+        now,
+        P[P_HASH_PB] * payload,
+    )
     st[i, S_PPACC] = 1
     st[i, S_ACCD] = d
     proto = IP[I_PROTO]
     if proto == PROTO_PBFT:
         if equiv:
-            _bcast(Q, res, spb, cnt, byt, IP, P, i, M_COMMIT, v, d, forged, True, 0, P[P_HEADER], _vote_cost(P), now, 0.0)
-            _unicast(Q, res, spb, cnt, byt, IP, P, i, n, M_REPLY, v, forged, 0, P[P_HEADER], _vote_cost(P), now)
+            _bcast(
+                Q,
+                res,
+                spb,
+                cnt,
+                byt,
+                IP,
+                P,
+                i,
+                M_COMMIT,
+                v,
+                d,
+                forged,
+                True,
+                0,
+                P[P_HEADER],
+                _vote_cost(P),
+                now,
+                0.0,
+            )
+            _unicast(
+                Q, res, spb, cnt, byt, IP, P, i, n, M_REPLY, v, forged, 0, P[P_HEADER], _vote_cost(P), now
+            )
             return
         st[i, S_PCNT] = _count(pv, i, v, d, i)
         _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, now)
@@ -435,8 +524,10 @@ def _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, now)
 
 
 @njit(cache=True, _nrt=False)
-def _check_new_view(Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now):
-    f = IP[I_F]
+def _check_new_view(
+    Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now
+):
+    IP[I_F]
     if st[i, S_NVSENT] or st[i, S_VIEW] != w or vccnt[i, w] < IP[I_Q] - 1:
         return
     st[i, S_NVSENT] = 1
@@ -453,24 +544,64 @@ def _check_new_view(Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bes
         d = st[i, S_PCD]
     st[i, S_NVD] = d
     m = IP[I_Q] + 1
-    _bcast(Q, res, spb, cnt, byt, IP, P, i, M_NEWVIEW, w, d, d, False, 0, P[P_HEADER] * m,
-           P[P_PROC] + P[P_VERIFY] * m, now, 0.0)
+    _bcast(
+        Q,
+        res,
+        spb,
+        cnt,
+        byt,
+        IP,
+        P,
+        i,
+        M_NEWVIEW,
+        w,
+        d,
+        d,
+        False,
+        0,
+        P[P_HEADER] * m,
+        P[P_PROC] + P[P_VERIFY] * m,
+        now,
+        0.0,
+    )
     _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, client, i, now)
 
 
 @njit(cache=True, _nrt=False)
-def _send_vc(Q, res, spb, cnt, byt, IP, P, st, pv, cv, sentvc, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now):
+def _send_vc(
+    Q, res, spb, cnt, byt, IP, P, st, pv, cv, sentvc, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now
+):
     if w >= IP[I_V] or w <= st[i, S_VIEW] or sentvc[i, w]:
         return
     sentvc[i, w] = 1
     _reset_view(st, i, w)
     cert = _cert_msgs(IP) if st[i, S_PCV] >= 0 else 0
-    _bcast(Q, res, spb, cnt, byt, IP, P, i, M_VIEWCHANGE, w, st[i, S_PCD], st[i, S_PCD], False, st[i, S_PCV],
-           P[P_HEADER] * (1 + cert), P[P_PROC] + P[P_VERIFY] * (1 + cert), now, 0.0)
+    _bcast(
+        Q,
+        res,
+        spb,
+        cnt,
+        byt,
+        IP,
+        P,
+        i,
+        M_VIEWCHANGE,
+        w,
+        st[i, S_PCD],
+        st[i, S_PCD],
+        False,
+        st[i, S_PCV],
+        P[P_HEADER] * (1 + cert),
+        P[P_PROC] + P[P_VERIFY] * (1 + cert),
+        now,
+        0.0,
+    )
     if not st[i, S_DONE]:
         _arm_timer(Q, st, P, i, w, now)
     if _primary(IP, w) == i:
-        _check_new_view(Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now)
+        _check_new_view(
+            Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now
+        )
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -497,7 +628,7 @@ def _grow(Q):
     nxt2[:cap] = nxt
     stime2[:cap] = stime
     sseq2[:cap] = sseq
-    free2[:ctr[C_NFREE]] = free[:ctr[C_NFREE]]
+    free2[: ctr[C_NFREE]] = free[: ctr[C_NFREE]]
     return (ht2, hs2, hsl2, evi2, evf2, free2, ctr, nxt2, stime2, sseq2, fhead, ftail, gt, gs, gn)
 
 
@@ -557,9 +688,19 @@ def _next(Q):
     k = ctr[C_NFREE]
     free[k] = slot
     ctr[C_NFREE] = k + 1
-    return (t, slot, np.int64(evi[slot, 0]), np.int64(evi[slot, 3]), np.int64(evi[slot, 1]),
-            np.int64(evi[slot, 2]), np.int64(evi[slot, 4]), np.int64(evi[slot, 5]),
-            np.int64(evi[slot, 6]), evf[slot, 0], evf[slot, 1])
+    return (
+        t,
+        slot,
+        np.int64(evi[slot, 0]),
+        np.int64(evi[slot, 3]),
+        np.int64(evi[slot, 1]),
+        np.int64(evi[slot, 2]),
+        np.int64(evi[slot, 4]),
+        np.int64(evi[slot, 5]),
+        np.int64(evi[slot, 6]),
+        evf[slot, 0],
+        evf[slot, 1],
+    )
 
 
 @njit(cache=True, _nrt=False)
@@ -571,7 +712,7 @@ def _requeue(Q, slot, t, dst):
     they wait in a per-node linked list and only each list's head sits in a small heap
     (``gt, gs, gn``), which keeps half the events out of the large heap.
     """
-    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
+    _ht, _hs, _hsl, evi, _evf, _free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
     ctr[C_NFREE] -= 1  # nothing was allocated since _next released it
     s = ctr[C_SEQ]
     ctr[C_SEQ] = s + 1
@@ -591,8 +732,30 @@ def _requeue(Q, slot, t, dst):
 
 
 @njit(cache=True, _nrt=False)
-def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, vcf, vinit, ppdig, vccnt,
-                sentvc, bestpv, bestpd, repd, cl):
+def _event_loop(
+    Q,
+    IP,
+    P,
+    spb,
+    fault,
+    cnt,
+    byt,
+    ptime,
+    node_t,
+    res,
+    st,
+    pv,
+    cv,
+    vcf,
+    vinit,
+    ppdig,
+    vccnt,
+    sentvc,
+    bestpv,
+    bestpd,
+    repd,
+    cl,
+):
     """Handle events in time order until the queue is empty or nearly full.
 
     Compiled without reference counting (no array is created or rebound here), so the
@@ -624,7 +787,28 @@ def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, 
                 continue
             if w + 1 < V:
                 _touch_view(pv, cv, vcf, vinit, w + 1)
-            _send_vc(Q, res, spb, cnt, byt, IP, P, st, pv, cv, sentvc, vccnt, bestpv, bestpd, node_t, repd, cl, i, w + 1, t)
+            _send_vc(
+                Q,
+                res,
+                spb,
+                cnt,
+                byt,
+                IP,
+                P,
+                st,
+                pv,
+                cv,
+                sentvc,
+                vccnt,
+                bestpv,
+                bestpd,
+                node_t,
+                repd,
+                cl,
+                i,
+                w + 1,
+                t,
+            )
             continue
         # EV_HANDLE
         ptime[mk] = t
@@ -646,8 +830,13 @@ def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, 
             if w < st[i, S_VIEW] or src == _primary(IP, w) or pv[w, i, src] >= 0:
                 continue
             pv[w, i, src] = d
-            if (w == st[i, S_VIEW] and st[i, S_PPACC] and not st[i, S_PREPARED]
-                    and d == st[i, S_ACCD] and st[i, S_FAULT] == HONEST):
+            if (
+                w == st[i, S_VIEW]
+                and st[i, S_PPACC]
+                and not st[i, S_PREPARED]
+                and d == st[i, S_ACCD]
+                and st[i, S_FAULT] == HONEST
+            ):
                 st[i, S_PCNT] += 1
                 _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, t)
         elif mk == M_COMMIT:
@@ -682,9 +871,32 @@ def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, 
                     bestpv[i, w] = aux
                     bestpd[i, w] = d
             if vccnt[i, w] >= f + 1 and w > st[i, S_VIEW]:
-                _send_vc(Q, res, spb, cnt, byt, IP, P, st, pv, cv, sentvc, vccnt, bestpv, bestpd, node_t, repd, cl, i, w, t)
+                _send_vc(
+                    Q,
+                    res,
+                    spb,
+                    cnt,
+                    byt,
+                    IP,
+                    P,
+                    st,
+                    pv,
+                    cv,
+                    sentvc,
+                    vccnt,
+                    bestpv,
+                    bestpd,
+                    node_t,
+                    repd,
+                    cl,
+                    i,
+                    w,
+                    t,
+                )
             if _primary(IP, w) == i and st[i, S_VIEW] == w and not st[i, S_ACTIVE]:
-                _check_new_view(Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, cl, i, w, t)
+                _check_new_view(
+                    Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, cl, i, w, t
+                )
         elif mk == M_NEWVIEW:
             if src != _primary(IP, w) or w < st[i, S_VIEW] or (w == st[i, S_VIEW] and st[i, S_ACTIVE]):
                 continue
@@ -716,8 +928,26 @@ def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, 
             if qd < 0:
                 continue
             m = IP[I_Q]
-            _bcast(Q, res, spb, cnt, byt, IP, P, i, M_QC, 0, qd, qd, False, ph, H + 64.0 * m,
-                   P[P_PROC] + P[P_VERIFY] * (1 + m), t, 0.0)
+            _bcast(
+                Q,
+                res,
+                spb,
+                cnt,
+                byt,
+                IP,
+                P,
+                i,
+                M_QC,
+                0,
+                qd,
+                qd,
+                False,
+                ph,
+                H + 64.0 * m,
+                P[P_PROC] + P[P_VERIFY] * (1 + m),
+                t,
+                0.0,
+            )
             st[i, S_PHASE] = ph + 1
             st[i, S_ACCD] = qd
             st[i, S_ALTD] = -1
@@ -746,7 +976,6 @@ def _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, 
                 _unicast(Q, res, spb, cnt, byt, IP, P, i, n, M_REPLY, 0, rd, 0, H, _vote_cost(P), t)
 
 
-
 @njit(cache=True)
 def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client):
     """Run one block's agreement; fill the output arrays; return the number of messages sent.
@@ -764,7 +993,7 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
     n = IP[I_N]
     U = IP[I_U]
     V = IP[I_V]
-    f = IP[I_F]
+    IP[I_F]
     proto = IP[I_PROTO]
     E = n + 1 + U
     res = np.zeros((E, 3), np.float64)  # uplink free, downlink free, CPU free
@@ -807,11 +1036,23 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
     cap = n * U + 2 * n * n + 64  # every message of two broadcast rounds in flight: no growth
     ctr = np.zeros(N_CTR, np.int64)
     free = np.empty(cap, np.int64)
-    Q = (np.empty(cap, np.float64), np.empty(cap, np.int64), np.empty(cap, np.int64),
-         np.empty((cap, 8), np.int32), np.empty((cap, 2), np.float64), free, ctr,
-         np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty(cap, np.int64),
-         np.full(E, -1, np.int64), np.full(E, -1, np.int64),
-         np.empty(E, np.float64), np.empty(E, np.int64), np.empty(E, np.int64))
+    Q = (
+        np.empty(cap, np.float64),
+        np.empty(cap, np.int64),
+        np.empty(cap, np.int64),
+        np.empty((cap, 8), np.int32),
+        np.empty((cap, 2), np.float64),
+        free,
+        ctr,
+        np.empty(cap, np.int64),
+        np.empty(cap, np.float64),
+        np.empty(cap, np.int64),
+        np.full(E, -1, np.int64),
+        np.full(E, -1, np.int64),
+        np.empty(E, np.float64),
+        np.empty(E, np.int64),
+        np.empty(E, np.int64),
+    )
 
     H = P[P_HEADER]
     # edge servers sign their update and send it to every node, primary first
@@ -830,8 +1071,30 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
         _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, cl, 0, 0.0)
 
     while True:
-        _event_loop(Q, IP, P, spb, fault, cnt, byt, ptime, node_t, res, st, pv, cv, vcf, vinit, ppdig,
-                    vccnt, sentvc, bestpv, bestpd, repd, cl)
+        _event_loop(
+            Q,
+            IP,
+            P,
+            spb,
+            fault,
+            cnt,
+            byt,
+            ptime,
+            node_t,
+            res,
+            st,
+            pv,
+            cv,
+            vcf,
+            vinit,
+            ppdig,
+            vccnt,
+            sentvc,
+            bestpv,
+            bestpd,
+            repd,
+            cl,
+        )
         if _pending(Q) == 0:
             break
         Q = _grow(Q)

@@ -35,6 +35,4 @@ def run_figure(
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r}; choose from {', '.join(FIGURES)}")
     module = importlib.import_module(f"{__name__}.{name}")
-    return module.run(
-        Path(out_dir), full=full, data_dir=None if data_dir is None else Path(data_dir)
-    )
+    return module.run(Path(out_dir), full=full, data_dir=None if data_dir is None else Path(data_dir))

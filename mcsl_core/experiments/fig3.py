@@ -57,15 +57,22 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
         E, X = np.meshgrid(axis, axis, indexing="ij")
         cols = [getattr(sol, c).ravel() for c in COLUMNS]
         for i in range(E.size):
-            rows.append([name, _fmt(E.flat[i]), _fmt(X.flat[i]),
-                         *(_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols)])
+            rows.append(
+                [
+                    name,
+                    _fmt(E.flat[i]),
+                    _fmt(X.flat[i]),
+                    *(_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols),
+                ]
+            )
     paths = [write_csv(out_dir / "fig3_grid.csv", ("model", "eta", "xi", *COLUMNS), rows)]
     rows = []
     for name, sol in dsols.items():
         cols = [getattr(sol, c) for c in COLUMNS]
         for i in range(diag.size):
-            rows.append([name, _fmt(diag[i]),
-                         *(_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols)])
+            rows.append(
+                [name, _fmt(diag[i]), *(_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols)]
+            )
     paths.append(write_csv(out_dir / "fig3_diagonal.csv", ("model", "eta_equals_xi", *COLUMNS), rows))
 
     plt = pyplot()
@@ -75,16 +82,30 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
         for c, util in enumerate(("U_s", "U_d")):
             ax = axes[r, c]
             u = getattr(sol, util)
-            im = ax.imshow(np.log10(np.where(u > 0, u, np.nan)).T, origin="lower", extent=ext,
-                           aspect="auto", cmap="viridis")
+            im = ax.imshow(
+                np.log10(np.where(u > 0, u, np.nan)).T,
+                origin="lower",
+                extent=ext,
+                aspect="auto",
+                cmap="viridis",
+            )
             fig.colorbar(im, ax=ax, label=f"log10 {util}")
             if name == "paper":
-                ax.contour(axis, axis, (sol.v < 0).T.astype(float), levels=[0.5], colors="w",
-                           linewidths=1.0, linestyles="--")
+                ax.contour(
+                    axis,
+                    axis,
+                    (sol.v < 0).T.astype(float),
+                    levels=[0.5],
+                    colors="w",
+                    linewidths=1.0,
+                    linestyles="--",
+                )
             e, x, m = _peak(axis, axis, u)
             ax.plot([e], [x], "r*", ms=10)
-            ax.set_title(f"{name}: max {util} (eps = 0.9)" + ("; white dashes: v* = 0" if name == "paper" else ""),
-                         fontsize=9)
+            ax.set_title(
+                f"{name}: max {util} (eps = 0.9)" + ("; white dashes: v* = 0" if name == "paper" else ""),
+                fontsize=9,
+            )
             ax.set_xlabel("eta")
             ax.set_ylabel("xi")
         ax = axes[r, 2]
@@ -107,16 +128,22 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
         ok = sol.valid
         for util in ("U_s", "U_d"):
             e, x, m = _peak(axis, axis, getattr(sol, util))
-            print(f"  {name:11s} {util} peaks at eta*xi = {e * x:.4g} (grid point eta = {e:.3g},"
-                  f" xi = {x:.3g}): {m:.4g}")
+            print(
+                f"  {name:11s} {util} peaks at eta*xi = {e * x:.4g} (grid point eta = {e:.3g},"
+                f" xi = {x:.3g}): {m:.4g}"
+            )
         dsol = dsols[name]
         for util in ("U_s", "U_d"):
             u = getattr(dsol, util)
             j = int(np.nanargmax(u))
-            print(f"  {name:11s} diagonal {util} peaks at eta = xi = {diag[j]:.3g}: {u[j]:.4g};"
-                  f" at eta = xi = 15: {u[-1]:.4g}")
+            print(
+                f"  {name:11s} diagonal {util} peaks at eta = xi = {diag[j]:.3g}: {u[j]:.4g};"
+                f" at eta = xi = 15: {u[-1]:.4g}"
+            )
         if name == "paper":
-            print(f"  paper model: v* < 0 at {np.mean(sol.v[ok] < 0):.1%} of the traded grid points;"
-                  f" g outside [0, 1] at {np.mean((sol.g[ok] < 0) | (sol.g[ok] > 1)):.1%};"
-                  f" on the diagonal v* < 0 from eta = xi = {diag[dsol.v < 0][0]:.3g}")
+            print(
+                f"  paper model: v* < 0 at {np.mean(sol.v[ok] < 0):.1%} of the traded grid points;"
+                f" g outside [0, 1] at {np.mean((sol.g[ok] < 0) | (sol.g[ok] > 1)):.1%};"
+                f" on the diagonal v* < 0 from eta = xi = {diag[dsol.v < 0][0]:.3g}"
+            )
     return paths

@@ -48,8 +48,14 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
         for r, ex in enumerate(ETA_XI):
             cols = [getattr(sol, c)[r] for c in COLUMNS]
             for i in range(eps.size):
-                rows.append([name, _fmt(ex), _fmt(eps[i]),
-                             *(_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols)])
+                rows.append(
+                    [
+                        name,
+                        _fmt(ex),
+                        _fmt(eps[i]),
+                        *(_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols),
+                    ]
+                )
     paths = [write_csv(out_dir / "fig4.csv", ("model", "eta_equals_xi", "eps", *COLUMNS), rows)]
 
     plt = pyplot()
@@ -59,9 +65,14 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
         ax = axes[c]
         for name, sol in sols.items():
             for r, ex in enumerate(ETA_XI):
-                ax.plot(eps, getattr(sol, util)[r], color=colors[ex],
-                        ls="-" if name == "paper" else "--", lw=1.8 if ex == 5.0 else 1.0,
-                        label=f"{name}, eta = xi = {ex:g}")
+                ax.plot(
+                    eps,
+                    getattr(sol, util)[r],
+                    color=colors[ex],
+                    ls="-" if name == "paper" else "--",
+                    lw=1.8 if ex == 5.0 else 1.0,
+                    label=f"{name}, eta = xi = {ex:g}",
+                )
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xlabel("eps")
         ax.set_title(f"max {util} (solid: paper's model, dashed: constrained)", fontsize=9)
@@ -91,7 +102,7 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
             extra = ""
             if name == "paper":
                 neg = ok & (sol.v[r] < 0)
-                extra = (f"; no maximiser for eps < {eps[ok][0]:.4g}" if not ok[0] else "")
+                extra = f"; no maximiser for eps < {eps[ok][0]:.4g}" if not ok[0] else ""
                 if neg.any():
                     extra += f"; v* < 0 for eps in [{eps[neg][0]:.4g}, {eps[neg][-1]:.4g}]"
             print(f"  {name:11s} eta = xi = {ex:g}: " + "; ".join(parts) + extra)

@@ -45,14 +45,26 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
         devices = fl.load_leaf(data_dir / "train", num_classes=62)
         test = fl.load_leaf(data_dir / "test", num_classes=62)
         model = fl.femnist_cnn()
-        cfg = fl.FLConfig(rounds=2000 if full else 40, batch_size=10, client_lr=0.06, eval_every=1 if full else 2,
-                          strategy="auto", progress=True)
+        cfg = fl.FLConfig(
+            rounds=2000 if full else 40,
+            batch_size=10,
+            client_lr=0.06,
+            eval_every=1 if full else 2,
+            strategy="auto",
+            progress=True,
+        )
         source = f"LEAF FEMNIST at {data_dir} ({devices.num_clients} writers), LEAF CNN"
     else:
         devices, test = fl.synthetic_fedprox(1.0, 1.0, num_clients=180, dim=60, num_classes=10, seed=0)
         model = fl.logistic(60, 10)
-        cfg = fl.FLConfig(rounds=2000 if full else 30, batch_size=10, client_lr=0.01, eval_every=1 if full else 3,
-                          strategy="loop", progress=full)  # heavy-tailed sizes: per-client buckets
+        cfg = fl.FLConfig(
+            rounds=2000 if full else 30,
+            batch_size=10,
+            client_lr=0.01,
+            eval_every=1 if full else 3,
+            strategy="loop",
+            progress=full,
+        )  # heavy-tailed sizes: per-client buckets
         source = "FedProx Synthetic(1, 1), 180 devices, logistic regression"
     n = devices.num_clients
     if full:
@@ -70,19 +82,30 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     for f in fractions:
         s, samples, res = _curve(fl, model, devices, test, f, 35, cfg)
         curves["a"].append((f"fraction {f:g} ({samples} samples, {s} servers)", res.history))
-        rows += [("a", f, s, int(r), float(a), float(lo)) for r, a, lo in
-                 zip(res.history.round, res.history.eval_accuracy, res.history.eval_loss) if np.isfinite(a)]
+        rows += [
+            ("a", f, s, int(r), float(a), float(lo))
+            for r, a, lo in zip(res.history.round, res.history.eval_accuracy, res.history.eval_loss)
+            if np.isfinite(a)
+        ]
     for c in counts:
         s, samples, res = _curve(fl, model, devices, test, fixed_fraction, c, cfg)
         curves["b"].append((f"{s} edge servers ({samples} samples)", res.history))
-        rows += [("b", fixed_fraction, s, int(r), float(a), float(lo)) for r, a, lo in
-                 zip(res.history.round, res.history.eval_accuracy, res.history.eval_loss) if np.isfinite(a)]
-    csv = write_csv(out_dir / "fig5.csv", ["panel", "dataset_fraction", "edge_servers", "round", "test_accuracy",
-                                            "test_loss"], rows)
+        rows += [
+            ("b", fixed_fraction, s, int(r), float(a), float(lo))
+            for r, a, lo in zip(res.history.round, res.history.eval_accuracy, res.history.eval_loss)
+            if np.isfinite(a)
+        ]
+    csv = write_csv(
+        out_dir / "fig5.csv",
+        ["panel", "dataset_fraction", "edge_servers", "round", "test_accuracy", "test_loss"],
+        rows,
+    )
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key, title in ((axes[0], "a", "35 edge servers, varying dataset fraction"),
-                           (axes[1], "b", f"dataset fraction {fixed_fraction:g}, varying edge servers")):
+    for ax, key, title in (
+        (axes[0], "a", "35 edge servers, varying dataset fraction"),
+        (axes[1], "b", f"dataset fraction {fixed_fraction:g}, varying edge servers"),
+    ):
         for label, h in curves[key]:
             ok = np.isfinite(h.eval_accuracy)
             ax.plot(h.round[ok], h.eval_accuracy[ok], label=label)

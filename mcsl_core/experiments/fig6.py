@@ -24,8 +24,14 @@ UPDATE_BYTES = 300_000
 
 def _mean_over_seeds(n, U, seeds, protocol="pbft"):
     C = seeds.size
-    r = sweep(np.full(C, n), np.full(C, U), seeds, update_bytes=UPDATE_BYTES, protocol=protocol,
-              network=NetworkModel())
+    r = sweep(
+        np.full(C, n),
+        np.full(C, U),
+        seeds,
+        update_bytes=UPDATE_BYTES,
+        protocol=protocol,
+        network=NetworkModel(),
+    )
     if not r.committed.all():
         raise RuntimeError(f"a fault-free run did not commit (n={n}, U={U}, {protocol})")
     return r.time_s.mean(), r.time_s.std(), int(r.messages[0]), float(r.bytes[0])
@@ -38,8 +44,10 @@ def _r2(y, fit):
 def fits(edge_U, edge_t, nodes_n, nodes_t, nodes_m):
     """Linear fit in edge servers; power-law and exponential fits in nodes."""
     a, b = np.polyfit(edge_U, edge_t, 1)
-    out = [("time_vs_edge_servers", "linear", "slope_s_per_server", a, _r2(edge_t, a * edge_U + b)),
-           ("time_vs_edge_servers", "linear", "intercept_s", b, _r2(edge_t, a * edge_U + b))]
+    out = [
+        ("time_vs_edge_servers", "linear", "slope_s_per_server", a, _r2(edge_t, a * edge_U + b)),
+        ("time_vs_edge_servers", "linear", "intercept_s", b, _r2(edge_t, a * edge_U + b)),
+    ]
     ln, lt = np.log(nodes_n), np.log(nodes_t)
     p, q = np.polyfit(ln, lt, 1)
     out.append(("time_vs_nodes", "power", "exponent", p, _r2(lt, p * ln + q)))
@@ -60,8 +68,9 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     out_dir = Path(out_dir)
     seeds = np.arange(32 if full else 8)
     edge_U = np.arange(10, (201 if full else 101), 10)
-    nodes_n = np.array([4, 7, 10, 13, 16, 22, 31, 40, 49, 61, 70, 82, 91, 100]
-                       + ([121, 151, 202] if full else []))
+    nodes_n = np.array(
+        [4, 7, 10, 13, 16, 22, 31, 40, 49, 61, 70, 82, 91, 100] + ([121, 151, 202] if full else [])
+    )
 
     edge_rows = []
     for U in edge_U:
@@ -78,12 +87,27 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     fit_rows = fits(E[:, 1], E[:, 2], N[:, 0], N[:, 2], N[:, 4])
 
     paths = [
-        write_csv(out_dir / "fig6_edge_servers.csv",
-                  ["n_nodes", "n_edge_servers", "time_mean_s", "time_std_s", "messages", "bytes"], edge_rows),
-        write_csv(out_dir / "fig6_nodes.csv",
-                  ["n_nodes", "n_edge_servers", "time_mean_s", "time_std_s", "messages", "bytes",
-                   "paper_time_mean_s", "paper_messages", "hotstuff_time_mean_s", "hotstuff_messages"],
-                  node_rows),
+        write_csv(
+            out_dir / "fig6_edge_servers.csv",
+            ["n_nodes", "n_edge_servers", "time_mean_s", "time_std_s", "messages", "bytes"],
+            edge_rows,
+        ),
+        write_csv(
+            out_dir / "fig6_nodes.csv",
+            [
+                "n_nodes",
+                "n_edge_servers",
+                "time_mean_s",
+                "time_std_s",
+                "messages",
+                "bytes",
+                "paper_time_mean_s",
+                "paper_messages",
+                "hotstuff_time_mean_s",
+                "hotstuff_messages",
+            ],
+            node_rows,
+        ),
         write_csv(out_dir / "fig6_fits.csv", ["series", "model", "parameter", "value", "r2"], fit_rows),
     ]
 
@@ -92,8 +116,14 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     slope = fit_rows[0][3]
     icpt = fit_rows[1][3]
     ax1.errorbar(E[:, 1], E[:, 2], yerr=E[:, 3], fmt="o", color="C0", label="PBFT (simulated)")
-    ax1.plot(E[:, 1], slope * E[:, 1] + icpt, "-", color="C0", alpha=0.6,
-             label=f"linear fit: {slope * 1e3:.1f} ms / edge server (R²={fit_rows[0][4]:.4f})")
+    ax1.plot(
+        E[:, 1],
+        slope * E[:, 1] + icpt,
+        "-",
+        color="C0",
+        alpha=0.6,
+        label=f"linear fit: {slope * 1e3:.1f} ms / edge server (R²={fit_rows[0][4]:.4f})",
+    )
     ax1.set_xlabel("number of edge servers (10 nodes, 300 KB updates)")
     ax1.set_ylabel("consensus time (s)")
     a1 = ax1.twinx()
@@ -107,8 +137,9 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     ax2.plot(N[:, 0], N[:, 8], "v-", color="C4", alpha=0.7, label="HotStuff (basic)")
     ax2.set_xlabel("number of consortium nodes (10 edge servers)")
     ax2.set_ylabel("consensus time (s)")
-    ax2.set_title(f"time ~ n^{expo:.2f} (R²={fit_rows[2][4]:.3f}); "
-                  f"exp. fit R²={fit_rows[3][4]:.3f}", fontsize=9)
+    ax2.set_title(
+        f"time ~ n^{expo:.2f} (R²={fit_rows[2][4]:.3f}); exp. fit R²={fit_rows[3][4]:.3f}", fontsize=9
+    )
     a2 = ax2.twinx()
     a2.plot(N[:, 0], N[:, 4], "s--", color="C3", alpha=0.5, label=f"PBFT messages ~ n^{fit_rows[4][3]:.2f}")
     a2.set_ylabel("messages per block", color="C3")
@@ -118,8 +149,10 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     fig.subplots_adjust(wspace=0.5)
     paths.append(save_figure(fig, out_dir / "fig6.png"))
 
-    print(f"fig6: time vs edge servers at 10 nodes: {slope * 1e3:.2f} ms per server "
-          f"(R^2 {fit_rows[0][4]:.4f}); time vs nodes at 10 servers: exponent {expo:.2f} "
-          f"(R^2 {fit_rows[2][4]:.3f}), exponential fit R^2 {fit_rows[3][4]:.3f}; "
-          f"messages ~ n^{fit_rows[4][3]:.2f}")
+    print(
+        f"fig6: time vs edge servers at 10 nodes: {slope * 1e3:.2f} ms per server "
+        f"(R^2 {fit_rows[0][4]:.4f}); time vs nodes at 10 servers: exponent {expo:.2f} "
+        f"(R^2 {fit_rows[2][4]:.3f}), exponential fit R^2 {fit_rows[3][4]:.3f}; "
+        f"messages ~ n^{fit_rows[4][3]:.2f}"
+    )
     return paths

@@ -31,7 +31,7 @@ from mcsl_core.payment import (
     zd_strategy,
 )
 
-__all__ = ["run", "leaders", "simulate", "Q0", "CHI", "PHI_FRACTION"]
+__all__ = ["CHI", "PHI_FRACTION", "Q0", "leaders", "run", "simulate"]
 
 Q0 = (0.2, 0.4, 0.6, 0.8)
 CHI = 2.0
@@ -64,9 +64,15 @@ def simulate(*, full: bool = False, seed: int = 7) -> list[dict]:
         for b, q in enumerate(Q0):
             out.append(
                 dict(
-                    rule="gradient", leader=name, q0=q, t=grad.t,
-                    q1=grad.q[:, a, b, 0], q2=grad.q[:, a, b, 1],
-                    E_b=grad.E_b[:, a, b], E_r=grad.E_r[:, a, b], valid=grad.valid[:, a, b].astype(float),
+                    rule="gradient",
+                    leader=name,
+                    q0=q,
+                    t=grad.t,
+                    q1=grad.q[:, a, b, 0],
+                    q2=grad.q[:, a, b, 1],
+                    E_b=grad.E_b[:, a, b],
+                    E_r=grad.E_r[:, a, b],
+                    valid=grad.valid[:, a, b].astype(float),
                 )
             )
     reps, rounds = (1000, 50_000) if full else (100, 20_000)
@@ -80,9 +86,15 @@ def simulate(*, full: bool = False, seed: int = 7) -> list[dict]:
                 er = np.where(val, bm.E_r[:, a, b], 0).sum(-1) / np.maximum(val.sum(-1), 1)
             out.append(
                 dict(
-                    rule="bush_mosteller", leader=name, q0=q, t=bm.t,
-                    q1=bm.q[:, a, b, :, 0].mean(-1), q2=bm.q[:, a, b, :, 1].mean(-1),
-                    E_b=eb, E_r=er, valid=val.mean(-1),
+                    rule="bush_mosteller",
+                    leader=name,
+                    q0=q,
+                    t=bm.t,
+                    q1=bm.q[:, a, b, :, 0].mean(-1),
+                    q2=bm.q[:, a, b, :, 1].mean(-1),
+                    E_b=eb,
+                    E_r=er,
+                    valid=val.mean(-1),
                 )
             )
     return out
@@ -93,7 +105,17 @@ def write_trajectories(path: Path, rows: list[dict]) -> Path:
         path,
         ["rule", "leader", "q0", "t", "q1", "q2", "E_b", "E_r", "valid"],
         (
-            (r["rule"], r["leader"], r["q0"], int(t), f"{q1:.6g}", f"{q2:.6g}", f"{eb:.6g}", f"{er:.6g}", f"{v:.4g}")
+            (
+                r["rule"],
+                r["leader"],
+                r["q0"],
+                int(t),
+                f"{q1:.6g}",
+                f"{q2:.6g}",
+                f"{eb:.6g}",
+                f"{er:.6g}",
+                f"{v:.4g}",
+            )
             for r in rows
             for t, q1, q2, eb, er, v in zip(r["t"], r["q1"], r["q2"], r["E_b"], r["E_r"], r["valid"])
         ),
@@ -115,7 +137,9 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
             for r in rows:
                 if r["rule"] == rule and r["q0"] == q:
                     ax.plot(r["t"], r["q1"], color=colors[r["leader"]], label=f"{r['leader']} q1")
-                    ax.plot(r["t"], r["q2"], color=colors[r["leader"]], ls="--", lw=0.8, label=f"{r['leader']} q2")
+                    ax.plot(
+                        r["t"], r["q2"], color=colors[r["leader"]], ls="--", lw=0.8, label=f"{r['leader']} q2"
+                    )
             ax.set_title(f"{rule}, q0 = {q}")
             ax.set_xlabel("gradient step" if rule == "gradient" else "round")
             ax.set_ylim(-0.03, 1.03)

@@ -42,7 +42,13 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
             sel = [r for r in rows if r["rule"] == rule and r["leader"] == name]
             xs = np.arange(len(Q0))
             ax.bar(xs + (2 * a) * width - 0.4, [r["E_b"][-1] for r in sel], width, label=f"{name} leader")
-            ax.bar(xs + (2 * a + 1) * width - 0.4, [r["E_r"][-1] for r in sel], width, hatch="//", label=f"{name} requestor")
+            ax.bar(
+                xs + (2 * a + 1) * width - 0.4,
+                [r["E_r"][-1] for r in sel],
+                width,
+                hatch="//",
+                label=f"{name} requestor",
+            )
         ax.set_xticks(np.arange(len(Q0)) - 0.4 + len(names) * width - width / 2, [f"q0={q}" for q in Q0])
         ax.set_ylim(0, 8)
         ax.set_ylabel("utility at the stable state")
@@ -64,6 +70,10 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     print("fig8: stable-state utilities (E_b, E_r) per q0")
     for rule in rules:
         for name in names:
-            vals = [f"({r['E_b'][-1]:.3f}, {r['E_r'][-1]:.3f})" for r in rows if r["rule"] == rule and r["leader"] == name]
+            vals = [
+                f"({r['E_b'][-1]:.3f}, {r['E_r'][-1]:.3f})"
+                for r in rows
+                if r["rule"] == rule and r["leader"] == name
+            ]
             print(f"  {rule:15s} {name:5s}: {' '.join(vals)}")
     return paths

@@ -28,7 +28,7 @@ from mcsl_core.fl._data import (
     sample_devices,
     synthetic_fedprox,
 )
-from mcsl_core.fl._models import FemnistCNN, Logistic, MLP, femnist_cnn, logistic, mlp, num_params
+from mcsl_core.fl._models import MLP, FemnistCNN, Logistic, femnist_cnn, logistic, mlp, num_params
 from mcsl_core.fl._train import (
     AGGREGATORS,
     STRATEGIES,
@@ -49,6 +49,7 @@ from mcsl_core.fl._train import (
 
 __all__ = [
     "AGGREGATORS",
+    "MLP",
     "STRATEGIES",
     "EvalResult",
     "FLConfig",
@@ -57,7 +58,6 @@ __all__ = [
     "FederatedData",
     "FemnistCNN",
     "Logistic",
-    "MLP",
     "PackedClients",
     "RoundUpdates",
     "aggregate",
@@ -67,8 +67,8 @@ __all__ = [
     "clip_updates",
     "dp_fedavg",
     "evaluate",
-    "federated_round",
     "fedavg",
+    "federated_round",
     "femnist_cnn",
     "flatten_updates",
     "init_params",

@@ -114,7 +114,9 @@ def clip_updates(updates: PyTree, clip_norm: float) -> PyTree:
     if not float(clip_norm) > 0.0:
         raise ValueError(f"clip_norm must be > 0, got {clip_norm!r}")
     k = _num_clients(updates)
-    norms = jnp.sqrt(sum(jnp.sum(leaf.reshape(k, -1) ** 2, axis=1) for leaf in jax.tree_util.tree_leaves(updates)))
+    norms = jnp.sqrt(
+        sum(jnp.sum(leaf.reshape(k, -1) ** 2, axis=1) for leaf in jax.tree_util.tree_leaves(updates))
+    )
     scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-30))
     return jax.tree_util.tree_map(lambda u: u * scale.reshape((k,) + (1,) * (u.ndim - 1)), updates)
 

@@ -11,10 +11,10 @@ sizes (:func:`bucket_steps`) with masks; masked steps leave the model unchanged.
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -172,7 +172,7 @@ class FederatedData:
         return PackedClients(x, y, m)
 
     # -- subsets ---------------------------------------------------------------
-    def select(self, clients: Sequence[int]) -> "FederatedData":
+    def select(self, clients: Sequence[int]) -> FederatedData:
         """A new FederatedData holding only the given clients, in that order."""
         idx = [self._index(int(c)) for c in clients]
         if not idx:
@@ -275,10 +275,14 @@ def load_leaf(path: str | Path | Sequence[str | Path], *, num_classes: int | Non
                 raise ValueError(f"{where}: x holds NaN or infinite values")
             if np.any(y_raw != np.round(y_raw)) or np.any(y_raw < 0):
                 bad = int(np.flatnonzero((y_raw != np.round(y_raw)) | (y_raw < 0))[0])
-                raise ValueError(f"{where}: label {y_raw[bad]!r} at index {bad} is not a non-negative integer")
+                raise ValueError(
+                    f"{where}: label {y_raw[bad]!r} at index {bad} is not a non-negative integer"
+                )
             if num_classes is not None and y_raw.size and y_raw.max() >= num_classes:
                 bad = int(np.flatnonzero(y_raw >= num_classes)[0])
-                raise ValueError(f"{where}: label {int(y_raw[bad])} at index {bad} outside [0, {num_classes})")
+                raise ValueError(
+                    f"{where}: label {int(y_raw[bad])} at index {bad} outside [0, {num_classes})"
+                )
             xs.append(x)
             ys.append(y_raw.astype(np.int32))
             ids.append(u)
@@ -381,7 +385,9 @@ def assign_to_servers(
     """
     k = int(check_nonneg_int("num_servers", num_servers).reshape(-1)[0])
     if not 1 <= k <= data.num_clients:
-        raise ValueError(f"num_servers must lie in [1, {data.num_clients}] (one device at least each), got {num_servers!r}")
+        raise ValueError(
+            f"num_servers must lie in [1, {data.num_clients}] (one device at least each), got {num_servers!r}"
+        )
     seed = int(check_nonneg_int("seed", seed).reshape(-1)[0])
     groups = [np.sort(g) for g in _groups(data.num_clients, k, rule, seed)]
     return merge_clients(data, groups, [f"server{s}" for s in range(k)]), groups
@@ -395,7 +401,9 @@ def merge_clients(data: FederatedData, groups: Sequence[Sequence[int]], ids: Seq
     if len(ids) != len(groups):
         raise ValueError(f"ids has {len(ids)} entries for {len(groups)} groups")
     merged = data.select([int(d) for g in groups for d in g])
-    counts = np.array([int(data.num_samples[np.asarray(g, dtype=np.int64)].sum()) for g in groups], dtype=np.int64)
+    counts = np.array(
+        [int(data.num_samples[np.asarray(g, dtype=np.int64)].sum()) for g in groups], dtype=np.int64
+    )
     off = np.concatenate([[0], np.cumsum(counts)])
     return FederatedData(merged.x, merged.y, off, tuple(ids), data.num_classes)
 
@@ -404,6 +412,10 @@ def sample_devices(data: FederatedData, fraction: float, *, seed: int = 0) -> Fe
     """Keep a seeded random share ``fraction`` of the devices (LEAF's ``--sf``);
     at least one device, order preserved. Fig. 5's "dataset fraction"."""
     f = float(check_range("fraction", fraction, 0.0, 1.0, lo_open=True).reshape(-1)[0])
-    n = max(1, int(round(f * data.num_clients)))
-    keep = np.sort(np.random.default_rng(int(check_nonneg_int("seed", seed).reshape(-1)[0])).choice(data.num_clients, n, replace=False))
+    n = max(1, round(f * data.num_clients))
+    keep = np.sort(
+        np.random.default_rng(int(check_nonneg_int("seed", seed).reshape(-1)[0])).choice(
+            data.num_clients, n, replace=False
+        )
+    )
     return data.select(keep.tolist())

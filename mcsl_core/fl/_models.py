@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["FemnistCNN", "Logistic", "MLP", "femnist_cnn", "logistic", "mlp", "num_params"]
+__all__ = ["MLP", "FemnistCNN", "Logistic", "femnist_cnn", "logistic", "mlp", "num_params"]
 
 _init_kernel = nn.initializers.lecun_normal()
 _init_zero = nn.initializers.zeros
@@ -44,9 +44,7 @@ def _conv_same(x: jax.Array, kernel: jax.Array, bias: jax.Array, impl: str) -> j
         cols = _patches_same(x, kh)
         y = cols @ kernel.reshape(kh * kw * cin, cout)
     else:
-        y = lax.conv_general_dilated(
-            x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias
 
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mcsl_core.fl._aggregate import dp_fedavg, fedavg, krum, median, trimmed_mean
-from mcsl_core.fl._data import FederatedData, bucket_steps
+from mcsl_core.fl._data import FederatedData
 
 __all__ = [
     "AGGREGATORS",
@@ -290,15 +291,23 @@ def _device_data(data: FederatedData, sharding=None):
 def _run_loop(model, params, data, clients, keys, cfg):
     x_all, y_all = _device_data(data)
     k = len(clients)
-    stack = jax.tree_util.tree_map(lambda p: jnp.zeros((k,) + p.shape, p.dtype), params)
+    stack = jax.tree_util.tree_map(lambda p: jnp.zeros((k, *p.shape), p.dtype), params)
     losses = jnp.zeros((k,), jnp.float32)
     padded = data.padded_steps(cfg.batch_size)
     lr = jnp.float32(cfg.client_lr)
     for j, c in enumerate(clients):
         fn = _loop_fn(model, int(padded[c]), cfg.batch_size, cfg.local_epochs)
         stack, losses = fn(
-            params, stack, losses, jnp.int32(j), x_all, y_all,
-            jnp.int32(data.offsets[c]), jnp.int32(data.num_samples[c]), keys[j], lr,
+            params,
+            stack,
+            losses,
+            jnp.int32(j),
+            x_all,
+            y_all,
+            jnp.int32(data.offsets[c]),
+            jnp.int32(data.num_samples[c]),
+            keys[j],
+            lr,
         )
     return stack, losses
 
@@ -311,9 +320,13 @@ def _run_vmap(model, params, data, clients, keys, cfg):
     x_all, y_all = _device_data(data)
     fn = _vmap_fn(model, _round_steps(data, clients, cfg), cfg.batch_size, cfg.local_epochs)
     return fn(
-        params, x_all, y_all,
-        jnp.asarray(data.offsets[clients], jnp.int32), jnp.asarray(data.num_samples[clients], jnp.int32),
-        keys, jnp.float32(cfg.client_lr),
+        params,
+        x_all,
+        y_all,
+        jnp.asarray(data.offsets[clients], jnp.int32),
+        jnp.asarray(data.num_samples[clients], jnp.int32),
+        keys,
+        jnp.float32(cfg.client_lr),
     )
 
 
@@ -327,12 +340,16 @@ def _run_shard(model, params, data, clients, keys, cfg):
     start = np.zeros(kp, np.int32)
     n = np.zeros(kp, np.int32)  # dummy clients: no rows, zero update, dropped below
     start[:k], n[:k] = data.offsets[clients], data.num_samples[clients]
-    kd = np.zeros((kp,) + keys.shape[1:], np.uint32)
+    kd = np.zeros((kp, *keys.shape[1:]), np.uint32)
     kd[:k] = np.asarray(keys)
     x_all, y_all = _device_data(data, repl)
     deltas, losses = fn(
-        jax.device_put(params, repl), x_all, y_all,
-        jax.device_put(start, split), jax.device_put(n, split), jax.device_put(kd, split),
+        jax.device_put(params, repl),
+        x_all,
+        y_all,
+        jax.device_put(start, split),
+        jax.device_put(n, split),
+        jax.device_put(kd, split),
         jnp.float32(cfg.client_lr),
     )
     if kp != k:
@@ -360,8 +377,14 @@ def choose_strategy(model, params, data: FederatedData, config: FLConfig, client
     cands = ["loop", "vmap"] + (["shard"] if jax.device_count() > 1 else [])
     trial = np.asarray(clients, dtype=np.int64)[:4]
     ck = (
-        jax.default_backend(), jax.device_count(), model, _shape_key(params), data.dim,
-        config.batch_size, config.local_epochs, len(clients),
+        jax.default_backend(),
+        jax.device_count(),
+        model,
+        _shape_key(params),
+        data.dim,
+        config.batch_size,
+        config.local_epochs,
+        len(clients),
         tuple(sorted(set(data.padded_steps(config.batch_size)[trial].tolist()))),
     )
     if ck in _AUTO_CACHE:
@@ -369,7 +392,7 @@ def choose_strategy(model, params, data: FederatedData, config: FLConfig, client
     key = jax.random.key(config.seed)
     best, best_rate = cands[0], -1.0
     for s in cands:
-        for rep in range(2):
+        for _rep in range(2):
             t0 = time.perf_counter()
             ru = federated_round(model, params, data, trial, config, key=key, strategy=s)
             jax.block_until_ready(ru.updates)
@@ -442,8 +465,14 @@ def aggregate(updates: PyTree, num_samples, config: FLConfig, *, key: jax.Array 
     ``config.dp_clip_norm`` is set; ``key`` then seeds the noise)."""
     if config.dp_clip_norm is not None and key is None:
         raise ValueError("key is required for DP-FedAvg noise")
-    rule = _agg_fn(config.aggregator, config.trim_fraction, config.num_byzantine, config.multi_krum,
-                   config.dp_clip_norm, config.dp_noise_multiplier)
+    rule = _agg_fn(
+        config.aggregator,
+        config.trim_fraction,
+        config.num_byzantine,
+        config.multi_krum,
+        config.dp_clip_norm,
+        config.dp_noise_multiplier,
+    )
     if key is None:
         key = jax.random.key(0)  # unused without DP
     return rule(updates, jnp.asarray(num_samples, jnp.float32), key)
@@ -452,20 +481,26 @@ def aggregate(updates: PyTree, num_samples, config: FLConfig, *, key: jax.Array 
 @functools.lru_cache(maxsize=32)
 def _agg_fn(aggregator, trim, num_byzantine, multi, clip_norm, noise_multiplier):
     if clip_norm is not None:
+
         def rule(u, w, key):
             return dp_fedavg(u, None, clip_norm=clip_norm, noise_multiplier=noise_multiplier, key=key)
     elif aggregator == "fedavg":
+
         def rule(u, w, key):
             return fedavg(u, w)
     elif aggregator == "median":
+
         def rule(u, w, key):
             return median(u)
     elif aggregator == "trimmed_mean":
+
         def rule(u, w, key):
             return trimmed_mean(u, trim=trim)
     else:
+
         def rule(u, w, key):
             return krum(u, num_byzantine=num_byzantine, multi=multi)
+
     return jax.jit(rule)
 
 
@@ -547,7 +582,9 @@ def run_fedavg(
     ``params`` (optional) starts from given weights instead of a seeded init.
     """
     if config.clients_per_round > train.num_clients:
-        raise ValueError(f"clients_per_round={config.clients_per_round} exceeds the {train.num_clients} clients")
+        raise ValueError(
+            f"clients_per_round={config.clients_per_round} exceeds the {train.num_clients} clients"
+        )
     key = jax.random.key(config.seed)
     init_key, train_key, noise_key = jax.random.split(key, 3)
     if params is None:
@@ -570,7 +607,9 @@ def run_fedavg(
     for r in range(config.rounds):
         t0 = time.perf_counter()
         clients = select_clients(train.num_clients, config.clients_per_round, config.seed, r)
-        ru = federated_round(model, params, train, clients, config, key=train_key, round_index=r, strategy=strategy)
+        ru = federated_round(
+            model, params, train, clients, config, key=train_key, round_index=r, strategy=strategy
+        )
         agg = aggregate(ru.updates, ru.num_samples, config, key=jax.random.fold_in(noise_key, r))
         train_loss = float(np.average(ru.loss, weights=np.maximum(ru.num_samples, 1)))
         del ru  # free the stacked updates before the server step

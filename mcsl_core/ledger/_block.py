@@ -10,14 +10,15 @@ transaction count). The certificate holds node signatures over
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 from mcsl_core.ledger._encoding import canonical_json, check_hex, check_text, loads_json, parse_canonical_json
 from mcsl_core.ledger._errors import BadEncoding
 from mcsl_core.ledger._tx import SignedTx
 
-__all__ = ["BlockHeader", "Block", "CommitSignature", "merkle_root", "commit_digest", "ZERO_HASH"]
+__all__ = ["ZERO_HASH", "Block", "BlockHeader", "CommitSignature", "commit_digest", "merkle_root"]
 
 ZERO_HASH = bytes(32)
 _BLOCK_DOMAIN = b"mcsl-block\x00"
@@ -35,7 +36,9 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     if not level:
         return hashlib.sha256(b"").digest()
     while len(level) > 1:
-        nxt = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        nxt = [
+            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
@@ -81,16 +84,25 @@ class BlockHeader:
         cached = self.__dict__.get("_bytes")
         if cached is not None:
             return cached
-        data = canonical_json({
-            "v": self.VERSION, "height": self.height, "prev_hash": self.prev_hash.hex(),
-            "proposer": self.proposer, "view": self.view, "merkle_root": self.merkle_root.hex(),
-            "timestamp": self.timestamp, "n_tx": self.n_tx,
-        }, "header", checked=True)
+        data = canonical_json(
+            {
+                "v": self.VERSION,
+                "height": self.height,
+                "prev_hash": self.prev_hash.hex(),
+                "proposer": self.proposer,
+                "view": self.view,
+                "merkle_root": self.merkle_root.hex(),
+                "timestamp": self.timestamp,
+                "n_tx": self.n_tx,
+            },
+            "header",
+            checked=True,
+        )
         object.__setattr__(self, "_bytes", data)
         return data
 
     @classmethod
-    def decode(cls, data: bytes) -> "BlockHeader":
+    def decode(cls, data: bytes) -> BlockHeader:
         d = loads_json(data, "block header")  # canonical form: checked by re-encoding below
         keys = {"v", "height", "prev_hash", "proposer", "view", "merkle_root", "timestamp", "n_tx"}
         if not isinstance(d, dict) or set(d) != keys:
@@ -98,9 +110,15 @@ class BlockHeader:
         if d["v"] != cls.VERSION or isinstance(d["v"], bool):
             raise BadEncoding(f"unsupported block version {d['v']!r}")
         try:
-            h = cls(d["height"], bytes.fromhex(check_hex("prev_hash", d["prev_hash"], 32)), d["proposer"],
-                    d["view"], bytes.fromhex(check_hex("merkle_root", d["merkle_root"], 32)),
-                    d["timestamp"], d["n_tx"])
+            h = cls(
+                d["height"],
+                bytes.fromhex(check_hex("prev_hash", d["prev_hash"], 32)),
+                d["proposer"],
+                d["view"],
+                bytes.fromhex(check_hex("merkle_root", d["merkle_root"], 32)),
+                d["timestamp"],
+                d["n_tx"],
+            )
         except (ValueError, TypeError) as exc:
             raise BadEncoding(f"block header: {exc}") from None
         if h.encode() != bytes(data):
@@ -129,8 +147,12 @@ def decode_certificate(data: bytes) -> tuple[CommitSignature, ...]:
         try:
             if not isinstance(item, list) or len(item) != 2:
                 raise ValueError("entry must be [node, signature]")
-            out.append(CommitSignature(check_text("node", item[0], max_len=200),
-                                       bytes.fromhex(check_hex("signature", item[1], 64))))
+            out.append(
+                CommitSignature(
+                    check_text("node", item[0], max_len=200),
+                    bytes.fromhex(check_hex("signature", item[1], 64)),
+                )
+            )
         except ValueError as exc:
             raise BadEncoding(f"certificate[{i}]: {exc}") from None
     return tuple(out)
@@ -157,9 +179,12 @@ class Block:
         return self.header.encode(), encode_certificate(self.certificate), [t.encode() for t in self.txs]
 
     @classmethod
-    def decode_parts(cls, header: bytes, certificate: bytes, txs: Sequence[bytes]) -> "Block":
-        return cls(BlockHeader.decode(header), tuple(SignedTx.decode(t) for t in txs),
-                   decode_certificate(certificate))
+    def decode_parts(cls, header: bytes, certificate: bytes, txs: Sequence[bytes]) -> Block:
+        return cls(
+            BlockHeader.decode(header),
+            tuple(SignedTx.decode(t) for t in txs),
+            decode_certificate(certificate),
+        )
 
     def encode(self) -> bytes:
         """One self-delimiting byte string (for transport between processes)."""
@@ -168,16 +193,16 @@ class Block:
         return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
     @classmethod
-    def decode(cls, data: bytes) -> "Block":
+    def decode(cls, data: bytes) -> Block:
         data = bytes(data)
         parts, i = [], 0
         while i < len(data):
             if i + 4 > len(data):
                 raise BadEncoding("truncated block")
-            n = int.from_bytes(data[i:i + 4], "big")
+            n = int.from_bytes(data[i : i + 4], "big")
             if i + 4 + n > len(data):
                 raise BadEncoding("truncated block")
-            parts.append(data[i + 4:i + 4 + n])
+            parts.append(data[i + 4 : i + 4 + n])
             i += 4 + n
         if len(parts) < 2:
             raise BadEncoding("block needs a header and a certificate")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from mcsl_core.ledger import _errors as E
 from mcsl_core.ledger._block import Block
@@ -70,7 +71,9 @@ def _iter_stored(conn: sqlite3.Connection) -> Iterator[tuple[int, bytes, bytes, 
     """
     tx_cur = conn.execute("SELECT height, idx, CAST(data AS BLOB) FROM txs ORDER BY height, idx")
     pending = tx_cur.fetchone()
-    for height, header, cert in conn.execute("SELECT height, CAST(header AS BLOB), CAST(certificate AS BLOB) FROM blocks ORDER BY height"):
+    for height, header, cert in conn.execute(
+        "SELECT height, CAST(header AS BLOB), CAST(certificate AS BLOB) FROM blocks ORDER BY height"
+    ):
         while pending is not None and pending[0] < height:
             yield -1, b"", b"", [(pending[1], bytes(pending[2]))]
             pending = tx_cur.fetchone()
@@ -83,28 +86,33 @@ def _iter_stored(conn: sqlite3.Connection) -> Iterator[tuple[int, bytes, bytes, 
         yield -1, b"", b"", [(pending[1], bytes(pending[2]))]
 
 
-def _decode_stored(col_height: int, expected: int, header: bytes, cert: bytes,
-                   txs: list[tuple[int, bytes]]) -> Block:
+def _decode_stored(
+    col_height: int, expected: int, header: bytes, cert: bytes, txs: list[tuple[int, bytes]]
+) -> Block:
     if col_height != expected:
-        raise E.BadHeight(f"expected a block at height {expected}, found "
-                          f"{'a transaction without a block' if col_height < 0 else f'height {col_height}'}",
-                          height=expected)
+        raise E.BadHeight(
+            f"expected a block at height {expected}, found "
+            f"{'a transaction without a block' if col_height < 0 else f'height {col_height}'}",
+            height=expected,
+        )
     if [i for i, _ in txs] != list(range(len(txs))):
         raise E.BadEncoding("transaction indices are not 0..n-1", height=col_height)
     try:
         block = Block.decode_parts(header, cert, [t for _, t in txs])
     except E.BadEncoding as exc:
-        raise exc.at(col_height)
+        raise exc.at(col_height) from None
     except ValueError as exc:
         raise E.BadEncoding(str(exc), height=col_height) from None
     if block.header.height != col_height:
-        raise E.BadHeight(f"block stored at height {col_height} says height {block.header.height}",
-                          height=col_height)
+        raise E.BadHeight(
+            f"block stored at height {col_height} says height {block.header.height}", height=col_height
+        )
     return block
 
 
-def _verify_conn(conn: sqlite3.Connection, *, max_workers: int | None = None
-                 ) -> tuple[ChainState, VerifyReport, E.LedgerError | None]:
+def _verify_conn(
+    conn: sqlite3.Connection, *, max_workers: int | None = None
+) -> tuple[ChainState, VerifyReport, E.LedgerError | None]:
     """Replay every stored block into a fresh state; stop at the first failure.
 
     Signature checks are batched over ``_VERIFY_BATCH`` blocks and run on a
@@ -192,7 +200,7 @@ class Ledger:
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, path: str | os.PathLike, genesis: Block, *, durable: bool = True) -> "Ledger":
+    def create(cls, path: str | os.PathLike, genesis: Block, *, durable: bool = True) -> Ledger:
         """New ledger file holding ``genesis``; the file must not exist yet.
 
         ``durable=False`` skips the fsync per append (SQLite ``synchronous=NORMAL``
@@ -219,7 +227,7 @@ class Ledger:
         return cls(path, conn, st)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, max_workers: int | None = None, durable: bool = True) -> "Ledger":
+    def open(cls, path: str | os.PathLike, *, max_workers: int | None = None, durable: bool = True) -> Ledger:
         """Open and re-verify the whole chain; a bad chain raises the first failure (height, rule).
 
         ``max_workers`` threads check signatures (default: every usable core);
@@ -229,7 +237,7 @@ class Ledger:
         if not path.is_file():
             raise FileNotFoundError(f"no ledger at {path}")
         conn = _open_existing(path, durable)
-        st, report, err = _verify_conn(conn, max_workers=max_workers)
+        st, _report, err = _verify_conn(conn, max_workers=max_workers)
         if err is not None:
             conn.close()
             raise err
@@ -238,7 +246,7 @@ class Ledger:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -261,8 +269,11 @@ class Ledger:
             self._conn.execute("BEGIN IMMEDIATE")
             top = self._conn.execute("SELECT MAX(height) FROM blocks").fetchone()[0]
             if top != snapshot[0]:
-                raise E.BadHeight(f"the file changed under this ledger (stored top {top}, "
-                                  f"expected {snapshot[0]}); the state was re-read, propose again", height=block.height)
+                raise E.BadHeight(
+                    f"the file changed under this ledger (stored top {top}, "
+                    f"expected {snapshot[0]}); the state was re-read, propose again",
+                    height=block.height,
+                )
             _insert(self._conn, block)
             self._conn.execute("COMMIT")
         except BaseException:
@@ -340,9 +351,15 @@ class Ledger:
         """The stored block at ``height`` (decoded from the file)."""
         if isinstance(height, bool) or not isinstance(height, int) or not 0 <= height <= self.height:
             raise ValueError(f"height must be an int in [0, {self.height}], got {height!r}")
-        row = self._conn.execute("SELECT CAST(header AS BLOB), CAST(certificate AS BLOB) FROM blocks WHERE height=?", (height,)).fetchone()
-        txs = [bytes(r[0]) for r in self._conn.execute(
-            "SELECT CAST(data AS BLOB) FROM txs WHERE height=? ORDER BY idx", (height,))]
+        row = self._conn.execute(
+            "SELECT CAST(header AS BLOB), CAST(certificate AS BLOB) FROM blocks WHERE height=?", (height,)
+        ).fetchone()
+        txs = [
+            bytes(r[0])
+            for r in self._conn.execute(
+                "SELECT CAST(data AS BLOB) FROM txs WHERE height=? ORDER BY idx", (height,)
+            )
+        ]
         return Block.decode_parts(bytes(row[0]), bytes(row[1]), txs)
 
     def __repr__(self) -> str:

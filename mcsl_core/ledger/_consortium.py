@@ -8,7 +8,7 @@ commit phase would gather (the message exchange itself is simulated in
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from mcsl_core.ledger._block import ZERO_HASH, Block, BlockHeader, CommitSignature, commit_digest, merkle_root
 from mcsl_core.ledger._chain import Ledger
@@ -35,7 +35,7 @@ class Consortium:
         self._nodes = {n.name: n for n in sorted(nodes, key=lambda n: n.name)}
 
     @classmethod
-    def generate(cls, n: int, *, seed: int | str | bytes | None = None, prefix: str = "node") -> "Consortium":
+    def generate(cls, n: int, *, seed: int | str | bytes | None = None, prefix: str = "node") -> Consortium:
         """``n`` nodes named ``{prefix}0..`` (deterministic keys when ``seed`` is given)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
@@ -60,7 +60,9 @@ class Consortium:
         """The elected leader of the next block of ``ledger`` in ``view``."""
         return self._nodes[elect_leader(ledger.head_hash, len(ledger), view, self.names)]
 
-    def certify(self, header: BlockHeader, signers: Sequence[str] | None = None) -> tuple[CommitSignature, ...]:
+    def certify(
+        self, header: BlockHeader, signers: Sequence[str] | None = None
+    ) -> tuple[CommitSignature, ...]:
         """Commit signatures on ``header``'s hash; default signers: the proposer then the
         other nodes in name order, up to the quorum ``ceil((n + f + 1) / 2)``."""
         if signers is None:
@@ -72,8 +74,9 @@ class Consortium:
 
     def genesis(self, *, timestamp: int = 0, view: int = 0) -> Block:
         """Block 0: every node registers itself; certified by a quorum."""
-        txs = tuple(MembershipRegistration("node", n.name, n.public_key, n.name).sign(n)
-                    for n in self._nodes.values())
+        txs = tuple(
+            MembershipRegistration("node", n.name, n.public_key, n.name).sign(n) for n in self._nodes.values()
+        )
         return self._seal(0, ZERO_HASH, view, timestamp, txs, None)
 
     def propose(
@@ -106,6 +109,7 @@ class Consortium:
 
     def _seal(self, height, prev, view, timestamp, txs, signers) -> Block:
         proposer = elect_leader(prev, height, view, self.names)
-        header = BlockHeader(height, prev, proposer, view, merkle_root([t.encode() for t in txs]),
-                             int(timestamp), len(txs))
+        header = BlockHeader(
+            height, prev, proposer, view, merkle_root([t.encode() for t in txs]), int(timestamp), len(txs)
+        )
         return Block(header, txs, self.certify(header, signers))

@@ -16,7 +16,8 @@ gets byte-identical results.
 from __future__ import annotations
 
 import re
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,11 +31,11 @@ from mcsl_core.ledger._tx import (
     WorkerRecruitment,
 )
 
-__all__ = ["recruit_for_task", "choose_initial_model", "settle_task", "SettlementInputs", "settlement_inputs"]
+__all__ = ["SettlementInputs", "choose_initial_model", "recruit_for_task", "settle_task", "settlement_inputs"]
 
 
 def _state(ledger):
-    return ledger._st  # noqa: SLF001 - contracts read the verified chain state
+    return ledger._st
 
 
 def recruit_for_task(ledger, task_id: str, bids: Sequence[Bid | tuple]) -> WorkerRecruitment:
@@ -123,9 +124,12 @@ def _inputs(st, task_id: str) -> SettlementInputs:
         blocks[p] = blocks.get(p, 0) + 1
     devs, servers, nodes = sorted(amounts), sorted(trainings), list(st.nodes)
     return SettlementInputs(
-        tuple(devs), np.array([amounts[d] for d in devs], dtype=np.float64),
-        tuple(servers), np.array([trainings[s] for s in servers], dtype=np.int64),
-        tuple(nodes), np.array([aggs[n] for n in nodes], dtype=np.int64),
+        tuple(devs),
+        np.array([amounts[d] for d in devs], dtype=np.float64),
+        tuple(servers),
+        np.array([trainings[s] for s in servers], dtype=np.int64),
+        tuple(nodes),
+        np.array([aggs[n] for n in nodes], dtype=np.int64),
         np.array([blocks[n] for n in nodes], dtype=np.int64),
     )
 
@@ -136,8 +140,16 @@ def _default_settle() -> Callable:
     return settle
 
 
-def settle_task(ledger, task_id: str, *, w_l: float, w_a: float, w_b: float, minor_unit: float = 0.01,
-                settle: Callable | None = None) -> PaymentRecord:
+def settle_task(
+    ledger,
+    task_id: str,
+    *,
+    w_l: float,
+    w_a: float,
+    w_b: float,
+    minor_unit: float = 0.01,
+    settle: Callable | None = None,
+) -> PaymentRecord:
     """The payment contract: settle a finished task and return its (unsigned) PaymentRecord.
 
     Calls ``settle(device_amounts, server_trainings, producer_aggregations,
@@ -145,8 +157,9 @@ def settle_task(ledger, task_id: str, *, w_l: float, w_a: float, w_b: float, min
     :func:`mcsl_core.payment.settle`) on :func:`settlement_inputs` and lists
     every payee's integer amount: devices, then edge servers, then nodes.
     """
-    return _settle_state(_state(ledger), task_id, w_l=w_l, w_a=w_a, w_b=w_b, minor_unit=minor_unit,
-                         settle=settle)
+    return _settle_state(
+        _state(ledger), task_id, w_l=w_l, w_a=w_a, w_b=w_b, minor_unit=minor_unit, settle=settle
+    )
 
 
 def _settle_state(st, task_id, *, w_l, w_a, w_b, minor_unit, settle=None) -> PaymentRecord:
@@ -156,8 +169,16 @@ def _settle_state(st, task_id, *, w_l, w_a, w_b, minor_unit, settle=None) -> Pay
     if t.binding is None:
         raise ValueError(f"task_id: task {task_id!r} has no bound result yet")
     inp = _inputs(st, task_id)
-    s = (settle or _default_settle())(inp.device_amounts, inp.server_trainings, inp.producer_aggregations,
-                                      inp.producer_blocks, w_l=w_l, w_a=w_a, w_b=w_b, minor_unit=minor_unit)
+    s = (settle or _default_settle())(
+        inp.device_amounts,
+        inp.server_trainings,
+        inp.producer_aggregations,
+        inp.producer_blocks,
+        w_l=w_l,
+        w_a=w_a,
+        w_b=w_b,
+        minor_unit=minor_unit,
+    )
     allocs = (
         [("device", d, int(a)) for d, a in zip(inp.devices, s.devices)]
         + [("edge_server", e, int(a)) for e, a in zip(inp.servers, s.servers)]

@@ -15,7 +15,7 @@ from typing import Any
 
 from mcsl_core.ledger._errors import BadEncoding
 
-__all__ = ["canonical_json", "loads_json", "parse_canonical_json", "check_hex", "check_text"]
+__all__ = ["canonical_json", "check_hex", "check_text", "loads_json", "parse_canonical_json"]
 
 
 def _check_value(x: Any, path: str) -> None:

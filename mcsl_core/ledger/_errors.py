@@ -8,26 +8,26 @@ index in the block (``err.tx_index``).
 from __future__ import annotations
 
 __all__ = [
-    "LedgerError",
+    "BadCertificate",
     "BadEncoding",
     "BadHeight",
-    "BadPrevHash",
-    "BadTimestamp",
-    "WrongProposer",
     "BadMerkleRoot",
-    "BadCertificate",
-    "QuorumNotReached",
+    "BadPrevHash",
     "BadSignature",
-    "UnregisteredKey",
-    "WrongRole",
-    "SignerMismatch",
-    "ReplayedTransaction",
-    "RoundOutOfOrder",
-    "TaskStateError",
+    "BadTimestamp",
     "ContractMismatch",
     "GenesisError",
+    "LedgerError",
     "MembershipError",
+    "QuorumNotReached",
+    "ReplayedTransaction",
+    "RoundOutOfOrder",
+    "SignerMismatch",
     "StoreIntegrityError",
+    "TaskStateError",
+    "UnregisteredKey",
+    "WrongProposer",
+    "WrongRole",
 ]
 
 
@@ -57,7 +57,7 @@ class LedgerError(ValueError):
         tx = "" if self.tx_index is None else f"tx {self.tx_index}: "
         return f"{where}rule '{self.rule}' failed: {tx}{self.detail}"
 
-    def at(self, height: int) -> "LedgerError":
+    def at(self, height: int) -> LedgerError:
         """Return this error with its block height set (used while validating a block)."""
         self.height = height
         self.args = (self._message(),)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from mcsl_core._io import atomic_write_bytes
 from mcsl_core.ledger._encoding import check_text
 
-__all__ = ["ROLES", "Identity", "Member", "verify_signature", "public_key_from_bytes"]
+__all__ = ["ROLES", "Identity", "Member", "public_key_from_bytes", "verify_signature"]
 
 #: Roles a chain member can hold (SPEC.md: consortium nodes, edge servers, requestors).
 ROLES: tuple[str, ...] = ("node", "edge_server", "requestor")
@@ -106,7 +106,7 @@ class Identity:
         object.__setattr__(self, "_public_bytes", raw)
 
     @classmethod
-    def generate(cls, role: str, name: str, *, seed: int | str | bytes | None = None) -> "Identity":
+    def generate(cls, role: str, name: str, *, seed: int | str | bytes | None = None) -> Identity:
         """New identity; with ``seed`` the key is ``SHA-256(domain, role, name, seed)`` (reproducible demos).
 
         Seeded keys are for simulations only: anyone who knows the seed knows the key.
@@ -116,7 +116,9 @@ class Identity:
         if seed is None:
             key = Ed25519PrivateKey.generate()
         else:
-            material = b"\x00".join([b"mcsl-identity-seed", role.encode(), name.encode("utf-8"), _seed_bytes(seed)])
+            material = b"\x00".join(
+                [b"mcsl-identity-seed", role.encode(), name.encode("utf-8"), _seed_bytes(seed)]
+            )
             key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(material).digest())
         return cls(role, name, key)
 
@@ -144,7 +146,7 @@ class Identity:
         return atomic_write_bytes(path, json.dumps(doc, indent=1).encode("utf-8"))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, passphrase: str | bytes) -> "Identity":
+    def load(cls, path: str | os.PathLike, passphrase: str | bytes) -> Identity:
         """Read an identity written by :meth:`save`; a wrong passphrase raises ``ValueError``."""
         path = Path(path)
         raw = path.read_bytes()

@@ -9,11 +9,12 @@ deterministic function of the bids, so every node computes the same result.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from mcsl_core.ledger._tx import Bid, make_bid
 
-__all__ = ["Recruitment", "recruit_workers", "RECRUITMENT_RULE"]
+__all__ = ["RECRUITMENT_RULE", "Recruitment", "recruit_workers"]
 
 #: Name (and version) of the rule, recorded in every WorkerRecruitment transaction.
 RECRUITMENT_RULE = "greedy-budgeted-max-coverage/1"
@@ -60,7 +61,12 @@ def recruit_workers(
     bids = [make_bid(i, b) for i, b in enumerate(bids)]
     if len({b.device for b in bids}) != len(bids):
         raise ValueError("bids has two bids from one device")
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, (int, float))
+        or not math.isfinite(budget)
+        or budget < 0
+    ):
         raise ValueError(f"budget must be a finite number >= 0, got {budget!r}")
     budget = float(budget)
     if locations:
@@ -94,5 +100,7 @@ def recruit_workers(
         if b.cost <= budget and (single is None or len(cover[b.device]) > len(cover[single.device])):
             single = b
     if single is not None and len(cover[single.device]) > len(covered):
-        return Recruitment((single.device,), single.cost, tuple(sorted(cover[single.device])), RECRUITMENT_RULE)
+        return Recruitment(
+            (single.device,), single.cost, tuple(sorted(cover[single.device])), RECRUITMENT_RULE
+        )
     return Recruitment(tuple(b.device for b in chosen), spent, tuple(sorted(covered)), RECRUITMENT_RULE)

@@ -12,9 +12,10 @@ Signature checks can be deferred into a job list and run in parallel
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -37,7 +38,7 @@ from mcsl_core.ledger._tx import (
     WorkerRecruitment,
 )
 
-__all__ = ["ChainState", "TaskInfo", "TxRecord", "SigJob", "apply_block", "run_signature_jobs"]
+__all__ = ["ChainState", "SigJob", "TaskInfo", "TxRecord", "apply_block", "run_signature_jobs"]
 
 
 class TxRecord(NamedTuple):
@@ -94,8 +95,9 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_signature_jobs(jobs: Sequence[SigJob], *, max_workers: int | None = None,
-                       pool: ThreadPoolExecutor | None = None) -> SigJob | None:
+def run_signature_jobs(
+    jobs: Sequence[SigJob], *, max_workers: int | None = None, pool: ThreadPoolExecutor | None = None
+) -> SigJob | None:
     """Verify ``jobs`` (in parallel when worth it); return the first bad one in order, or None."""
     if not jobs:
         return None
@@ -108,7 +110,7 @@ def run_signature_jobs(jobs: Sequence[SigJob], *, max_workers: int | None = None
     own = pool is None
     ex = pool or ThreadPoolExecutor(max_workers=workers)
     try:
-        results = list(ex.map(lambda s: _check_chunk(jobs[s:s + chunk]), starts))
+        results = list(ex.map(lambda s: _check_chunk(jobs[s : s + chunk]), starts))
     finally:
         if own:
             ex.shutdown()
@@ -242,8 +244,9 @@ def _stage(st: ChainState, block: Block, jobs: list[SigJob]) -> _Overlay:
     if height != st.height + 1:
         raise E.BadHeight(f"expected height {st.height + 1}, got {height}")
     if h.prev_hash != st.head_hash:
-        raise E.BadPrevHash(f"previous hash {h.prev_hash.hex()[:16]}... does not match head "
-                            f"{st.head_hash.hex()[:16]}...")
+        raise E.BadPrevHash(
+            f"previous hash {h.prev_hash.hex()[:16]}... does not match head {st.head_hash.hex()[:16]}..."
+        )
     if height > 0 and h.timestamp < st.head_timestamp:
         raise E.BadTimestamp(f"timestamp {h.timestamp} is before the previous block's {st.head_timestamp}")
     if h.n_tx != len(block.txs):
@@ -259,8 +262,9 @@ def _stage(st: ChainState, block: Block, jobs: list[SigJob]) -> _Overlay:
     assert nodes is not None
     leader = elect_leader(h.prev_hash, height, h.view, nodes)
     if h.proposer != leader:
-        raise E.WrongProposer(f"proposer {h.proposer!r} is not the elected leader {leader!r} "
-                              f"for height {height}, view {h.view}")
+        raise E.WrongProposer(
+            f"proposer {h.proposer!r} is not the elected leader {leader!r} for height {height}, view {h.view}"
+        )
     # commit certificate: registered consortium nodes, each once, at least the quorum ceil((n + f + 1) / 2)
     seen: set[str] = set()
     for c in block.certificate:
@@ -272,8 +276,9 @@ def _stage(st: ChainState, block: Block, jobs: list[SigJob]) -> _Overlay:
             raise E.BadCertificate(f"certificate signer {c.node!r} is not a consortium node")
     need = quorum_size(len(nodes))
     if len(seen) < need:
-        raise E.QuorumNotReached(f"certificate has {len(seen)} node signatures, quorum is {need} "
-                                 f"of {len(nodes)}")
+        raise E.QuorumNotReached(
+            f"certificate has {len(seen)} node signatures, quorum is {need} of {len(nodes)}"
+        )
     msg = commit_digest(block.hash)
     for c in block.certificate:
         jobs.append(SigJob(height, None, ov.key(c.node), c.signature, msg, f"node {c.node!r}"))
@@ -316,8 +321,9 @@ def _apply_tx(ov: _Overlay, stx: SignedTx, i: int, height: int, proposer: str, j
     if tx.actor is not None and tx.actor != signer:
         raise E.SignerMismatch(f"{tx.KIND} names {tx.actor!r} but is signed by {signer!r}")
     if tx.BY_PROPOSER and height > 0 and signer != proposer:
-        raise E.SignerMismatch(f"{tx.KIND} must be signed by the block's proposer {proposer!r}, "
-                               f"not {signer!r}")
+        raise E.SignerMismatch(
+            f"{tx.KIND} must be signed by the block's proposer {proposer!r}, not {signer!r}"
+        )
     jobs.append(SigJob(height, i, ov.key(signer), stx.signature, stx.digest, f"{tx.KIND} by {signer!r}"))
     txid = stx.digest
     if txid in ov.txids or txid in ov.st.txids:
@@ -360,8 +366,10 @@ def _rule_recruitment(ov: _Overlay, tx: WorkerRecruitment, height: int) -> None:
     want = recruit_workers(tx.bids, t.publication.budget, t.publication.locations)
     got = (tx.selected, tx.cost, tx.covered, tx.rule)
     if got != tuple(want):
-        raise E.ContractMismatch(f"recruitment for {tx.task_id!r} differs from the contract's result "
-                                 f"{want.selected} (cost {want.cost})")
+        raise E.ContractMismatch(
+            f"recruitment for {tx.task_id!r} differs from the contract's result "
+            f"{want.selected} (cost {want.cost})"
+        )
     ov.tasks[tx.task_id] = replace(t, recruitment=tx)
 
 
@@ -379,19 +387,22 @@ def _rule_update(ov: _Overlay, tx: ModelUpdate, height: int) -> None:
     t = _open_task(ov, tx.task_id)
     key = (tx.task_id, tx.round, tx.edge_server)
     if ov.has_update(key):
-        raise E.ReplayedTransaction(f"update for task {tx.task_id!r}, round {tx.round}, "
-                                    f"server {tx.edge_server!r} already recorded")
+        raise E.ReplayedTransaction(
+            f"update for task {tx.task_id!r}, round {tx.round}, server {tx.edge_server!r} already recorded"
+        )
     if tx.round != t.next_round:
-        raise E.RoundOutOfOrder(f"update for round {tx.round} of task {tx.task_id!r}, "
-                                f"which expects round {t.next_round}")
+        raise E.RoundOutOfOrder(
+            f"update for round {tx.round} of task {tx.task_id!r}, which expects round {t.next_round}"
+        )
     ov.updates[key] = tx
 
 
 def _rule_aggregate(ov: _Overlay, tx: AggregatedModel, height: int) -> None:
     t = _open_task(ov, tx.task_id)
     if tx.round != t.next_round:
-        raise E.RoundOutOfOrder(f"aggregate for round {tx.round} of task {tx.task_id!r}, "
-                                f"which expects round {t.next_round}")
+        raise E.RoundOutOfOrder(
+            f"aggregate for round {tx.round} of task {tx.task_id!r}, which expects round {t.next_round}"
+        )
     missing = [s for s in tx.edge_servers if not ov.has_update((tx.task_id, tx.round, s))]
     if missing:
         raise E.TaskStateError(f"aggregate uses updates not on the chain: {missing[:3]}")
@@ -401,12 +412,14 @@ def _rule_aggregate(ov: _Overlay, tx: AggregatedModel, height: int) -> None:
 def _rule_binding(ov: _Overlay, tx: ResultBinding, height: int) -> None:
     t = _open_task(ov, tx.task_id)
     if tx.requestor != t.publication.requestor:
-        raise E.TaskStateError(f"task {tx.task_id!r} belongs to {t.publication.requestor!r}, "
-                               f"not {tx.requestor!r}")
+        raise E.TaskStateError(
+            f"task {tx.task_id!r} belongs to {t.publication.requestor!r}, not {tx.requestor!r}"
+        )
     agg = _aggregate_of(ov, tx.task_id, tx.round)
     if agg is None or agg.address != tx.address:
-        raise E.TaskStateError(f"no aggregate of round {tx.round} with address {tx.address[:16]}... "
-                               f"for task {tx.task_id!r}")
+        raise E.TaskStateError(
+            f"no aggregate of round {tx.round} with address {tx.address[:16]}... for task {tx.task_id!r}"
+        )
     ov.tasks[tx.task_id] = replace(t, binding=tx)
 
 
@@ -435,8 +448,9 @@ def _rule_payment(ov: _Overlay, tx: PaymentRecord, height: int) -> None:
     except ValueError as exc:
         raise E.ContractMismatch(f"payment contract cannot run: {exc}") from None
     if want != tx:
-        raise E.ContractMismatch(f"payment record for {tx.task_id!r} differs from the contract's "
-                                 f"(total {want.total} minor units)")
+        raise E.ContractMismatch(
+            f"payment record for {tx.task_id!r} differs from the contract's (total {want.total} minor units)"
+        )
     ov.tasks[tx.task_id] = replace(t, payment=tx)
 
 

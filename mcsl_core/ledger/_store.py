@@ -20,7 +20,7 @@ from mcsl_core._io import atomic_write_bytes
 from mcsl_core.ledger._encoding import check_hex
 from mcsl_core.ledger._errors import StoreIntegrityError
 
-__all__ = ["ModelStore", "encode_tree", "decode_tree", "tree_address"]
+__all__ = ["ModelStore", "decode_tree", "encode_tree", "tree_address"]
 
 _MAGIC = b"MCSLTREE1"
 
@@ -49,7 +49,7 @@ def _enc(x: Any, out: list[bytes], path: str, depth: int) -> None:
         return
     try:
         a = np.asarray(x)
-    except Exception as exc:  # noqa: BLE001 - anything np.asarray refuses
+    except Exception as exc:
         raise ValueError(f"tree{path}: not array-like ({exc})") from None
     if a.dtype.kind not in "biufc":
         raise ValueError(f"tree{path}: dtype {a.dtype} is not numeric or bool")
@@ -83,7 +83,7 @@ class _Reader:
     def take(self, n: int) -> memoryview:
         if self.i + n > len(self.b):
             raise ValueError("truncated tree encoding")
-        v = self.b[self.i:self.i + n]
+        v = self.b[self.i : self.i + n]
         self.i += n
         return v
 

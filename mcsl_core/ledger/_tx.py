@@ -22,19 +22,19 @@ from mcsl_core.ledger._errors import BadEncoding
 from mcsl_core.ledger._keys import Identity, check_role, verify_signature
 
 __all__ = [
-    "Bid",
-    "Allocation",
-    "Transaction",
-    "MembershipRegistration",
-    "TaskPublication",
-    "WorkerRecruitment",
-    "DataSubmissionPayment",
-    "ModelUpdate",
-    "AggregatedModel",
-    "ResultBinding",
-    "PaymentRecord",
-    "SignedTx",
     "TX_KINDS",
+    "AggregatedModel",
+    "Allocation",
+    "Bid",
+    "DataSubmissionPayment",
+    "MembershipRegistration",
+    "ModelUpdate",
+    "PaymentRecord",
+    "ResultBinding",
+    "SignedTx",
+    "TaskPublication",
+    "Transaction",
+    "WorkerRecruitment",
     "decode_tx",
     "tx_digest",
 ]
@@ -128,7 +128,7 @@ class Transaction:
         raise NotImplementedError
 
     @classmethod
-    def _from_fields(cls, d: dict[str, Any]) -> "Transaction":  # pragma: no cover
+    def _from_fields(cls, d: dict[str, Any]) -> Transaction:  # pragma: no cover
         raise NotImplementedError
 
     @property
@@ -142,17 +142,18 @@ class Transaction:
 
     def encode(self) -> bytes:
         """Canonical versioned bytes (what the signature covers)."""
-        return canonical_json({"kind": self.KIND, "v": self.VERSION, "body": self._fields()}, self.KIND,
-                              checked=True)
+        return canonical_json(
+            {"kind": self.KIND, "v": self.VERSION, "body": self._fields()}, self.KIND, checked=True
+        )
 
     @classmethod
-    def decode(cls, data: bytes) -> "Transaction":
+    def decode(cls, data: bytes) -> Transaction:
         tx = decode_tx(data)
         if cls is not Transaction and not isinstance(tx, cls):
             raise BadEncoding(f"expected a {cls.KIND} transaction, got {tx.KIND}")
         return tx
 
-    def sign(self, identity: Identity) -> "SignedTx":
+    def sign(self, identity: Identity) -> SignedTx:
         """Sign with ``identity``; the role and name rules are checked by the ledger on append."""
         payload = self.encode()
         return SignedTx(payload, identity.public_key, identity.sign(tx_digest(payload)))
@@ -192,14 +193,22 @@ class MembershipRegistration(Transaction):
         return self.admitted_by
 
     def _fields(self):
-        return {"role": self.role, "name": self.name, "public_key": self.public_key.hex(),
-                "admitted_by": self.admitted_by}
+        return {
+            "role": self.role,
+            "name": self.name,
+            "public_key": self.public_key.hex(),
+            "admitted_by": self.admitted_by,
+        }
 
     @classmethod
     def _from_fields(cls, d):
         d = _expect_keys(cls.KIND, d, {"role", "name", "public_key", "admitted_by"})
-        return cls(d["role"], d["name"], bytes.fromhex(check_hex("public_key", d["public_key"], 32)),
-                   d["admitted_by"])
+        return cls(
+            d["role"],
+            d["name"],
+            bytes.fromhex(check_hex("public_key", d["public_key"], 32)),
+            d["admitted_by"],
+        )
 
 
 @dataclass(frozen=True)
@@ -237,17 +246,32 @@ class TaskPublication(Transaction):
         return self.requestor
 
     def _fields(self):
-        return {"requestor": self.requestor, "task_id": self.task_id, "description": self.description,
-                "requirement": self.requirement, "budget": self.budget, "locations": list(self.locations),
-                "initial_model": self.initial_model}
+        return {
+            "requestor": self.requestor,
+            "task_id": self.task_id,
+            "description": self.description,
+            "requirement": self.requirement,
+            "budget": self.budget,
+            "locations": list(self.locations),
+            "initial_model": self.initial_model,
+        }
 
     @classmethod
     def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"requestor", "task_id", "description", "requirement", "budget",
-                                       "locations", "initial_model"})
-        return cls(d["requestor"], d["task_id"], d["description"], d["requirement"], d["budget"],
-                   tuple(d["locations"]) if isinstance(d["locations"], list) else d["locations"],
-                   d["initial_model"])
+        d = _expect_keys(
+            cls.KIND,
+            d,
+            {"requestor", "task_id", "description", "requirement", "budget", "locations", "initial_model"},
+        )
+        return cls(
+            d["requestor"],
+            d["task_id"],
+            d["description"],
+            d["requirement"],
+            d["budget"],
+            tuple(d["locations"]) if isinstance(d["locations"], list) else d["locations"],
+            d["initial_model"],
+        )
 
 
 @dataclass(frozen=True)
@@ -283,18 +307,26 @@ class WorkerRecruitment(Transaction):
         check_text("rule", self.rule, max_len=200)
 
     def _fields(self):
-        return {"task_id": self.task_id,
-                "bids": [[b.device, b.cost, list(b.locations)] for b in self.bids],
-                "selected": list(self.selected), "cost": self.cost, "covered": list(self.covered),
-                "rule": self.rule}
+        return {
+            "task_id": self.task_id,
+            "bids": [[b.device, b.cost, list(b.locations)] for b in self.bids],
+            "selected": list(self.selected),
+            "cost": self.cost,
+            "covered": list(self.covered),
+            "rule": self.rule,
+        }
 
     @classmethod
     def _from_fields(cls, d):
         d = _expect_keys(cls.KIND, d, {"task_id", "bids", "selected", "cost", "covered", "rule"})
         if not isinstance(d["bids"], list):
             raise ValueError("bids must be a list")
-        bids = tuple((b[0], b[1], tuple(b[2]) if isinstance(b[2], list) else b[2])
-                     if isinstance(b, list) and len(b) == 3 else b for b in d["bids"])
+        bids = tuple(
+            (b[0], b[1], tuple(b[2]) if isinstance(b[2], list) else b[2])
+            if isinstance(b, list) and len(b) == 3
+            else b
+            for b in d["bids"]
+        )
         return cls(d["task_id"], bids, _tuple(d["selected"]), d["cost"], _tuple(d["covered"]), d["rule"])
 
 
@@ -331,8 +363,13 @@ class DataSubmissionPayment(Transaction):
         return self.v + self.s
 
     def _fields(self):
-        return {"task_id": self.task_id, "device": self.device, "edge_server": self.edge_server,
-                "v": self.v, "s": self.s}
+        return {
+            "task_id": self.task_id,
+            "device": self.device,
+            "edge_server": self.edge_server,
+            "v": self.v,
+            "s": self.s,
+        }
 
     @classmethod
     def _from_fields(cls, d):
@@ -365,8 +402,13 @@ class ModelUpdate(Transaction):
         return self.edge_server
 
     def _fields(self):
-        return {"task_id": self.task_id, "round": self.round, "edge_server": self.edge_server,
-                "address": self.address, "num_samples": self.num_samples}
+        return {
+            "task_id": self.task_id,
+            "round": self.round,
+            "edge_server": self.edge_server,
+            "address": self.address,
+            "num_samples": self.num_samples,
+        }
 
     @classmethod
     def _from_fields(cls, d):
@@ -400,8 +442,10 @@ class AggregatedModel(Transaction):
             raise ValueError("edge_servers must name at least one update")
         if not isinstance(self.metrics, dict):
             raise ValueError("metrics must be a dict of name -> number")
-        m = {check_text("metrics key", k, max_len=200): _float(f"metrics[{k!r}]", v, None)
-             for k, v in self.metrics.items()}
+        m = {
+            check_text("metrics key", k, max_len=200): _float(f"metrics[{k!r}]", v, None)
+            for k, v in self.metrics.items()
+        }
         object.__setattr__(self, "metrics", dict(sorted(m.items())))
 
     @property
@@ -409,14 +453,21 @@ class AggregatedModel(Transaction):
         return self.leader
 
     def _fields(self):
-        return {"task_id": self.task_id, "round": self.round, "leader": self.leader,
-                "address": self.address, "edge_servers": list(self.edge_servers), "metrics": self.metrics}
+        return {
+            "task_id": self.task_id,
+            "round": self.round,
+            "leader": self.leader,
+            "address": self.address,
+            "edge_servers": list(self.edge_servers),
+            "metrics": self.metrics,
+        }
 
     @classmethod
     def _from_fields(cls, d):
         d = _expect_keys(cls.KIND, d, {"task_id", "round", "leader", "address", "edge_servers", "metrics"})
-        return cls(d["task_id"], d["round"], d["leader"], d["address"], _tuple(d["edge_servers"]),
-                   d["metrics"])
+        return cls(
+            d["task_id"], d["round"], d["leader"], d["address"], _tuple(d["edge_servers"]), d["metrics"]
+        )
 
 
 @dataclass(frozen=True)
@@ -439,8 +490,12 @@ class ResultBinding(Transaction):
         _address("address", self.address)
 
     def _fields(self):
-        return {"task_id": self.task_id, "round": self.round, "requestor": self.requestor,
-                "address": self.address}
+        return {
+            "task_id": self.task_id,
+            "round": self.round,
+            "requestor": self.requestor,
+            "address": self.address,
+        }
 
     @classmethod
     def _from_fields(cls, d):
@@ -485,28 +540,48 @@ class PaymentRecord(Transaction):
                 raise ValueError(f"allocations[{i}] must be (role, payee, amount)")
             if a[0] not in _PAYEE_ROLES:
                 raise ValueError(f"allocations[{i}].role must be one of {_PAYEE_ROLES}, got {a[0]!r}")
-            allocs.append(Allocation(a[0], check_text(f"allocations[{i}].payee", a[1], max_len=200),
-                                     _int(f"allocations[{i}].amount", a[2])))
+            allocs.append(
+                Allocation(
+                    a[0],
+                    check_text(f"allocations[{i}].payee", a[1], max_len=200),
+                    _int(f"allocations[{i}].amount", a[2]),
+                )
+            )
         if len({(a.role, a.payee) for a in allocs}) != len(allocs):
             raise ValueError("allocations has a payee twice")
         object.__setattr__(self, "allocations", tuple(allocs))
 
     def _fields(self):
-        return {"task_id": self.task_id, "w_l": self.w_l, "w_a": self.w_a, "w_b": self.w_b,
-                "minor_unit": self.minor_unit, "total": self.total,
-                "allocations": [list(a) for a in self.allocations]}
+        return {
+            "task_id": self.task_id,
+            "w_l": self.w_l,
+            "w_a": self.w_a,
+            "w_b": self.w_b,
+            "minor_unit": self.minor_unit,
+            "total": self.total,
+            "allocations": [list(a) for a in self.allocations],
+        }
 
     @classmethod
     def _from_fields(cls, d):
         d = _expect_keys(cls.KIND, d, {"task_id", "w_l", "w_a", "w_b", "minor_unit", "total", "allocations"})
-        return cls(d["task_id"], d["w_l"], d["w_a"], d["w_b"], d["minor_unit"], d["total"],
-                   _tuple(d["allocations"]))
+        return cls(
+            d["task_id"], d["w_l"], d["w_a"], d["w_b"], d["minor_unit"], d["total"], _tuple(d["allocations"])
+        )
 
 
 TX_KINDS: dict[str, type[Transaction]] = {
     c.KIND: c
-    for c in (MembershipRegistration, TaskPublication, WorkerRecruitment, DataSubmissionPayment,
-              ModelUpdate, AggregatedModel, ResultBinding, PaymentRecord)
+    for c in (
+        MembershipRegistration,
+        TaskPublication,
+        WorkerRecruitment,
+        DataSubmissionPayment,
+        ModelUpdate,
+        AggregatedModel,
+        ResultBinding,
+        PaymentRecord,
+    )
 }
 
 
@@ -579,10 +654,10 @@ class SignedTx:
         return _STX_MAGIC + bytes(self.signer) + bytes(self.signature) + bytes(self.payload)
 
     @classmethod
-    def decode(cls, data: bytes) -> "SignedTx":
+    def decode(cls, data: bytes) -> SignedTx:
         data = bytes(data)
         if len(data) < 8 + 96 or data[:8] != _STX_MAGIC:
             raise BadEncoding("signed transaction has a bad header")
         stx = cls(data[104:], data[8:40], data[40:104])
-        stx.tx  # decode now: a malformed payload is an encoding error
+        _ = stx.tx  # decode now: a malformed payload is an encoding error
         return stx

@@ -8,11 +8,11 @@ Both release the GIL, so a thread pool uses every core.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
-
 from cryptography.exceptions import InvalidSignature
 
 from mcsl_core.ledger._keys import Member, public_key_from_bytes
@@ -99,7 +99,11 @@ def verify_update_round(
     by_key = _members_by_key(members)
     items = list(updates)
     for i, it in enumerate(items):
-        if not isinstance(it, (tuple, list)) or len(it) != 2 or not isinstance(it[1], (bytes, bytearray, memoryview)):
+        if (
+            not isinstance(it, (tuple, list))
+            or len(it) != 2
+            or not isinstance(it[1], (bytes, bytearray, memoryview))
+        ):
             raise ValueError(f"updates[{i}] must be (SignedTx, bytes)")
     workers = max_workers or default_workers()
     keys: dict[bytes, object] = {}

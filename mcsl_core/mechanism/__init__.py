@@ -23,11 +23,11 @@ from mcsl_core.mechanism._solve import (
 __all__ = [
     "MechanismParams",
     "MechanismSolution",
-    "success_probability",
-    "server_utility",
-    "device_utility",
     "device_rule",
-    "server_best_response",
-    "solve",
+    "device_utility",
     "incentive_gap",
+    "server_best_response",
+    "server_utility",
+    "solve",
+    "success_probability",
 ]

@@ -17,7 +17,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-__all__ = ["solve_fields", "gap_fields"]
+__all__ = ["gap_fields", "solve_fields"]
 
 
 def _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta):
@@ -70,8 +70,9 @@ def _best_con(a, b, M, p, q, v_bar, s_bar, extra=None):
     if extra is not None:
         cands.append((extra, jnp.isfinite(extra)))
     shape = zero.shape
-    S = jnp.stack([jnp.broadcast_to(jnp.clip(jnp.where(ok, c, 0.0), 0.0, s_bar), shape)
-                   for c, ok in cands], axis=-1)
+    S = jnp.stack(
+        [jnp.broadcast_to(jnp.clip(jnp.where(ok, c, 0.0), 0.0, s_bar), shape) for c, ok in cands], axis=-1
+    )
     use = jnp.stack([jnp.broadcast_to(ok, shape) for _, ok in cands], axis=-1)
     F, V = _f_con(S, _x(a), _x(b), _x(M), _x(p), _x(q), _x(v_bar))
     F = jnp.where(use, F, -jnp.inf)
@@ -88,8 +89,9 @@ def _x(x):
 def solve_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, *, constrained):
     """(s, v, g, U_s, U_d, valid, accepted) at every broadcast point; eqs. (1)-(4)."""
     ok, use, a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
-    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in
-                                   (R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T)))
+    shape = jnp.broadcast_shapes(
+        *(jnp.shape(x) for x in (R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T))
+    )
     if constrained:
         s, v, _ = _best_con(a, b, M, p, q, v_bar, s_bar)
         valid = ok
@@ -109,14 +111,13 @@ def solve_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, 
 
 
 @partial(jax.jit, static_argnames=("constrained",))
-def gap_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat, *,
-               constrained):
+def gap_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat, *, constrained):
     """U_s(s*(theta)) - U_s(s*(theta_hat)) under the true theta (Theorem IV.1)."""
     ok, use, a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     M_hat = R + alpha_s * theta_hat + beta_s
-    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in
-                                   (R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T,
-                                    theta_hat)))
+    shape = jnp.broadcast_shapes(
+        *(jnp.shape(x) for x in (R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat))
+    )
     if constrained:
         s_hat, _, _ = _best_con(a, b, M_hat, p, q, v_bar, s_bar)
         _, _, f_best = _best_con(a, b, M, p, q, v_bar, s_bar, extra=s_hat)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["CHUNK", "broadcast_layout", "solve_flat", "gap_flat"]
+__all__ = ["CHUNK", "broadcast_layout", "gap_flat", "solve_flat"]
 
 _NAN = np.nan
 _JIT = dict(cache=True, error_model="numpy")
@@ -89,13 +89,12 @@ def _best_con(a, b, M, p, q, v_bar, s_bar, extra):
     s_lin, c2 = _s_free(a, b, M, p, q)
     best_s, best_v, best_f = _try(s_bar, True, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
     best_s, best_v, best_f = _try(-q / p, p_nz, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
-    best_s, best_v, best_f = _try((v_bar - q) / p, p_nz, a, b, M, p, q, v_bar, s_bar,
-                                  best_s, best_v, best_f)
+    best_s, best_v, best_f = _try((v_bar - q) / p, p_nz, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
     best_s, best_v, best_f = _try(0.5 * M, b_pos, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
-    best_s, best_v, best_f = _try((b * (M - v_bar) - a * v_bar) / (2.0 * b), b_pos, a, b, M, p, q,
-                                  v_bar, s_bar, best_s, best_v, best_f)
-    best_s, best_v, best_f = _try(s_lin, c2 != 0.0, a, b, M, p, q, v_bar, s_bar,
-                                  best_s, best_v, best_f)
+    best_s, best_v, best_f = _try(
+        (b * (M - v_bar) - a * v_bar) / (2.0 * b), b_pos, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f
+    )
+    best_s, best_v, best_f = _try(s_lin, c2 != 0.0, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
     best_s, best_v, best_f = _try(extra, True, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
     return best_s, best_v, best_f
 
@@ -117,13 +116,18 @@ def _point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, constr
     ud = T * (v + s - c_d - k * v) * g
     # where float64 overflows (extreme eps, eta*xi near 1) there is no usable answer
     ok = ok & np.isfinite(s) & np.isfinite(v) & np.isfinite(g) & np.isfinite(us) & np.isfinite(ud)
-    return ((s if ok else _NAN), (v if ok else _NAN), (g if ok else _NAN),
-            (us if ok else _NAN), (ud if ok else _NAN), ok)
+    return (
+        (s if ok else _NAN),
+        (v if ok else _NAN),
+        (g if ok else _NAN),
+        (us if ok else _NAN),
+        (ud if ok else _NAN),
+        ok,
+    )
 
 
 @njit(inline="always", **_JIT)
-def _gap_point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat,
-               constrained):
+def _gap_point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat, constrained):
     k = eta * xi
     a, b, M, p, q, use = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     M_hat = R + alpha_s * theta_hat + beta_s
@@ -161,11 +165,11 @@ def _gather_row(X, o, j0, m, pos, shape, strides, last, buf, idx):
             off += idx[d] * strides[f, d]
         xf = X[f]
         st = last[f]
-        row = buf[f, pos:pos + m]
+        row = buf[f, pos : pos + m]
         if st == 0:
             row[:] = xf[off]
         elif st == 1:
-            row[:] = xf[off + j0:off + j0 + m]
+            row[:] = xf[off + j0 : off + j0 + m]
         else:
             for j in range(m):
                 row[j] = xf[off + (j0 + j) * st]
@@ -209,8 +213,9 @@ def _make_compute(constrained):
         R, al, be, vb, sb, cd = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]
         eta, xi, eps, th, T = buf[6], buf[7], buf[8], buf[9], buf[10]
         for j in range(m):
-            s, v, g, us, ud, ok = _point(R[j], al[j], be[j], vb[j], sb[j], cd[j], eta[j], xi[j],
-                                         eps[j], th[j], T[j], constrained)
+            s, v, g, us, ud, ok = _point(
+                R[j], al[j], be[j], vb[j], sb[j], cd[j], eta[j], xi[j], eps[j], th[j], T[j], constrained
+            )
             o_s[j] = s
             o_v[j] = v
             o_g[j] = g
@@ -224,8 +229,21 @@ def _make_compute(constrained):
         R, al, be, vb, sb, cd = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]
         eta, xi, eps, th, T, th_hat = buf[6], buf[7], buf[8], buf[9], buf[10], buf[11]
         for j in range(m):
-            out[j] = _gap_point(R[j], al[j], be[j], vb[j], sb[j], cd[j], eta[j], xi[j], eps[j],
-                                th[j], T[j], th_hat[j], constrained)
+            out[j] = _gap_point(
+                R[j],
+                al[j],
+                be[j],
+                vb[j],
+                sb[j],
+                cd[j],
+                eta[j],
+                xi[j],
+                eps[j],
+                th[j],
+                T[j],
+                th_hat[j],
+                constrained,
+            )
 
     return compute, compute_gap
 
@@ -234,8 +252,7 @@ _compute_free, _gap_free = _make_compute(False)
 _compute_con, _gap_con = _make_compute(True)
 
 
-def _solve_py(X, shape, strides, chunk, constrained, out_s, out_v, out_g, out_us, out_ud,
-              out_valid, out_acc):
+def _solve_py(X, shape, strides, chunk, constrained, out_s, out_v, out_g, out_us, out_ud, out_valid, out_acc):
     nd = shape.shape[0]
     inner = shape[nd - 1]
     n = out_s.shape[0]
@@ -246,11 +263,29 @@ def _solve_py(X, shape, strides, chunk, constrained, out_s, out_v, out_g, out_us
         idx = np.empty(nd, dtype=np.int64)
         i, m = _gather(X, w, outer, inner, chunk, shape, strides, last, buf, idx)
         if constrained:
-            _compute_con(buf, m, out_s[i:i + m], out_v[i:i + m], out_g[i:i + m],
-                         out_us[i:i + m], out_ud[i:i + m], out_valid[i:i + m], out_acc[i:i + m])
+            _compute_con(
+                buf,
+                m,
+                out_s[i : i + m],
+                out_v[i : i + m],
+                out_g[i : i + m],
+                out_us[i : i + m],
+                out_ud[i : i + m],
+                out_valid[i : i + m],
+                out_acc[i : i + m],
+            )
         else:
-            _compute_free(buf, m, out_s[i:i + m], out_v[i:i + m], out_g[i:i + m],
-                          out_us[i:i + m], out_ud[i:i + m], out_valid[i:i + m], out_acc[i:i + m])
+            _compute_free(
+                buf,
+                m,
+                out_s[i : i + m],
+                out_v[i : i + m],
+                out_g[i : i + m],
+                out_us[i : i + m],
+                out_ud[i : i + m],
+                out_valid[i : i + m],
+                out_acc[i : i + m],
+            )
 
 
 def _gap_py(X, shape, strides, chunk, constrained, out):
@@ -264,9 +299,9 @@ def _gap_py(X, shape, strides, chunk, constrained, out):
         idx = np.empty(nd, dtype=np.int64)
         i, m = _gather(X, w, outer, inner, chunk, shape, strides, last, buf, idx)
         if constrained:
-            _gap_con(buf, m, out[i:i + m])
+            _gap_con(buf, m, out[i : i + m])
         else:
-            _gap_free(buf, m, out[i:i + m])
+            _gap_free(buf, m, out[i : i + m])
 
 
 _solve_par = njit(parallel=True, **_JIT)(_solve_py)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["coeffs", "solve_arrays", "gap_arrays"]
+__all__ = ["coeffs", "gap_arrays", "solve_arrays"]
 
 
 def coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta):

@@ -13,7 +13,17 @@ __all__ = ["FIELDS", "MechanismParams", "MechanismSolution"]
 
 #: Field order shared by every backend kernel.
 FIELDS: tuple[str, ...] = (
-    "R", "alpha_s", "beta_s", "v_bar", "s_bar", "c_d", "eta", "xi", "eps", "theta", "T",
+    "R",
+    "alpha_s",
+    "beta_s",
+    "v_bar",
+    "s_bar",
+    "c_d",
+    "eta",
+    "xi",
+    "eps",
+    "theta",
+    "T",
 )
 
 # field -> (lo, hi, lo_open); hi is always closed.
@@ -32,8 +42,17 @@ _DOMAIN: dict[str, tuple[float | None, float | None, bool]] = {
 }
 
 _PAPER_DEFAULTS: dict[str, float] = dict(
-    R=10.0, alpha_s=3.0, beta_s=2.0, v_bar=50.0, s_bar=500.0, c_d=2.0,
-    eta=5.0, xi=5.0, eps=0.9, theta=0.5, T=1.0,
+    R=10.0,
+    alpha_s=3.0,
+    beta_s=2.0,
+    v_bar=50.0,
+    s_bar=500.0,
+    c_d=2.0,
+    eta=5.0,
+    xi=5.0,
+    eps=0.9,
+    theta=0.5,
+    T=1.0,
 )
 
 
@@ -111,7 +130,7 @@ class MechanismParams:
             raise ValueError(f"MechanismParams fields do not broadcast together: {shapes}") from exc
 
     @classmethod
-    def paper_defaults(cls, **overrides: Any) -> "MechanismParams":
+    def paper_defaults(cls, **overrides: Any) -> MechanismParams:
         """The paper's Section V-A values (R=10, alpha_s=3, beta_s=2, v_bar=50, s_bar=500,
         c_d=2, theta=0.5, eps=0.9, eta=xi=5, T=1), with ``overrides`` replacing fields."""
         unknown = sorted(set(overrides) - set(FIELDS))
@@ -128,7 +147,7 @@ class MechanismParams:
         """The field values in :data:`FIELDS` order."""
         return tuple(getattr(self, n) for n in FIELDS)
 
-    def replace(self, **changes: Any) -> "MechanismParams":
+    def replace(self, **changes: Any) -> MechanismParams:
         """A copy with some fields replaced (validated again)."""
         return dataclasses.replace(self, **changes)
 

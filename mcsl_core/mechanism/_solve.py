@@ -11,13 +11,13 @@ from mcsl_core.mechanism import _numpy
 from mcsl_core.mechanism._params import MechanismParams, MechanismSolution
 
 __all__ = [
-    "success_probability",
-    "server_utility",
-    "device_utility",
     "device_rule",
-    "server_best_response",
-    "solve",
+    "device_utility",
     "incentive_gap",
+    "server_best_response",
+    "server_utility",
+    "solve",
+    "success_probability",
 ]
 
 Backend = Literal["numba", "jax", "numpy"]
@@ -77,8 +77,9 @@ def device_rule(s, params: MechanismParams, *, constrained: bool = False) -> np.
     """
     p = _check_params(params)
     s = check_finite("s", s).reshape(np.shape(s))
-    ok, use, a, b, M, pp, q = _numpy.coeffs(
-        p.R, p.alpha_s, p.beta_s, p.v_bar, p.s_bar, p.c_d, p.eta, p.xi, p.eps, p.theta)
+    ok, use, _a, _b, _M, pp, q = _numpy.coeffs(
+        p.R, p.alpha_s, p.beta_s, p.v_bar, p.s_bar, p.c_d, p.eta, p.xi, p.eps, p.theta
+    )
     if constrained:
         from mcsl_core._validation import first_bad_index
 
@@ -94,8 +95,9 @@ def device_rule(s, params: MechanismParams, *, constrained: bool = False) -> np.
     return np.where(np.broadcast_to(ok, shape), np.broadcast_to(v, shape), np.nan)
 
 
-def server_best_response(params: MechanismParams, *, constrained: bool = False,
-                         backend: Backend = "numba") -> np.ndarray:
+def server_best_response(
+    params: MechanismParams, *, constrained: bool = False, backend: Backend = "numba"
+) -> np.ndarray:
     """The server's best response ``s*`` to the device's rule.
 
     ``constrained=False``: the paper's closed form (SPEC.md section 2), NaN where it
@@ -106,8 +108,9 @@ def server_best_response(params: MechanismParams, *, constrained: bool = False,
     return solve(params, constrained=constrained, backend=backend).s
 
 
-def solve(params: MechanismParams, *, constrained: bool = False,
-          backend: Backend = "numba") -> MechanismSolution:
+def solve(
+    params: MechanismParams, *, constrained: bool = False, backend: Backend = "numba"
+) -> MechanismSolution:
     """Solve the device / edge-server game at every broadcast parameter point.
 
     Parameters
@@ -159,8 +162,9 @@ def solve(params: MechanismParams, *, constrained: bool = False,
     return MechanismSolution(*(x.reshape(shape) for x in out))
 
 
-def incentive_gap(params: MechanismParams, theta_hat, *, constrained: bool = False,
-                  backend: Backend = "numba"):
+def incentive_gap(
+    params: MechanismParams, theta_hat, *, constrained: bool = False, backend: Backend = "numba"
+):
     """Server's loss from answering with a fake leakage degree (Theorem IV.1).
 
     ``U_s(s*(theta)) - U_s(s*(theta_hat))``, both evaluated under the true ``theta``

@@ -28,9 +28,10 @@ from mcsl_core.payment._game import (
 )
 from mcsl_core.payment._markov import check_init, threads
 
-__all__ = ["RULES", "Trajectory", "simulate_play", "evolve_requestor"]
+__all__ = ["RULES", "Trajectory", "evolve_requestor", "simulate_play"]
 
 RULES = ("gradient", "bush_mosteller")
+
 
 @njit(cache=True, inline="always")
 def _rotl(x, k):
@@ -137,15 +138,15 @@ def simulate_play(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     shape = _batch_shape(p, q, init)
     init2 = check_init(np.full(4, 0.25) if init is None else init, 4, shape)
-    pb = np.ascontiguousarray(np.broadcast_to(p, shape + (4,)).reshape(-1, 4))
-    qb = np.ascontiguousarray(np.broadcast_to(q, shape + (q.shape[-1],)).reshape(-1, q.shape[-1]))
+    pb = np.ascontiguousarray(np.broadcast_to(p, (*shape, 4)).reshape(-1, 4))
+    qb = np.ascontiguousarray(np.broadcast_to(q, (*shape, q.shape[-1])).reshape(-1, q.shape[-1]))
     B = pb.shape[0]
     counts = np.zeros((B, 4), dtype=np.int64)
     seeds = _seeds(np.random.default_rng(seed), B)
     if B:
         with threads(None if _parallel else 1):
             _play_parallel(pb, qb, game == "leader_follower", rounds, init2, seeds, counts)
-    return (counts / rounds).reshape(shape + (4,))
+    return (counts / rounds).reshape((*shape, 4))
 
 
 class Trajectory(NamedTuple):
@@ -346,8 +347,8 @@ def evolve_requestor(
         raise ValueError(f"lr must be a scalar, got shape {np.shape(lr)}")
     lr = float(check_range("lr", lr, 0.0, hi, lo_open=True).reshape(-1)[0])
     shape = _batch_shape(p, q0)
-    pb = np.ascontiguousarray(np.broadcast_to(p, shape + (4,)).reshape(-1, 4))
-    qb = np.ascontiguousarray(np.broadcast_to(q0, shape + (2,)).reshape(-1, 2))
+    pb = np.ascontiguousarray(np.broadcast_to(p, (*shape, 4)).reshape(-1, 4))
+    qb = np.ascontiguousarray(np.broadcast_to(q0, (*shape, 2)).reshape(-1, 2))
     B = pb.shape[0]
     R = steps // every + 1
     tq = np.full((R, B, 2), np.nan)
@@ -368,8 +369,8 @@ def evolve_requestor(
                 _bm_parallel(pb, qb, x, y, steps, lr, A, scale, every, seeds, tq, teb, ter, tval)
     return Trajectory(
         t=np.arange(R, dtype=np.int64) * every,
-        q=tq.reshape((R,) + shape + (2,)),
-        E_b=teb.reshape((R,) + shape),
-        E_r=ter.reshape((R,) + shape),
-        valid=tval.reshape((R,) + shape),
+        q=tq.reshape((R, *shape, 2)),
+        E_b=teb.reshape((R, *shape)),
+        E_r=ter.reshape((R, *shape)),
+        valid=tval.reshape((R, *shape)),
     )

@@ -38,12 +38,12 @@ __all__ = [
     "PAPER_X",
     "PAPER_Y",
     "LongRun",
-    "transition_matrix",
     "long_run",
-    "zd_strategy",
-    "zd_phi_bounds",
     "tit_for_tat",
+    "transition_matrix",
     "win_stay_lose_shift",
+    "zd_phi_bounds",
+    "zd_strategy",
 ]
 
 GAMES = ("leader_follower", "simultaneous")
@@ -136,12 +136,12 @@ def transition_matrix(p, q, *, game: str = "leader_follower") -> np.ndarray:
     check_range("p", p, 0.0, 1.0)
     check_range("q", q, 0.0, 1.0)
     shape = _batch_shape(p, q)
-    p = np.broadcast_to(p, shape + (4,))
-    q = np.broadcast_to(q, shape + (q.shape[-1],))
+    p = np.broadcast_to(p, (*shape, 4))
+    q = np.broadcast_to(q, (*shape, q.shape[-1]))
     ps = p[..., :, None]
     if game == "leader_follower":
-        rc = np.broadcast_to(q[..., None, 0:1], shape + (4, 1))
-        rd = np.broadcast_to(q[..., None, 1:2], shape + (4, 1))
+        rc = np.broadcast_to(q[..., None, 0:1], (*shape, 4, 1))
+        rd = np.broadcast_to(q[..., None, 1:2], (*shape, 4, 1))
         cols = [ps * rc, ps * (1.0 - rc), (1.0 - ps) * rd, (1.0 - ps) * (1.0 - rd)]
     else:
         r = q[..., _SWAP][..., :, None]
@@ -171,8 +171,18 @@ def _lf_impl(p, q, x, y, init, has_init, v, Eb, Er, valid, bad):
         q1 = q[i, 0]
         q2 = q[i, 1]
         ok = (
-            (p1 >= 0.0) & (p1 <= 1.0) & (p2 >= 0.0) & (p2 <= 1.0) & (p3 >= 0.0) & (p3 <= 1.0)
-            & (p4 >= 0.0) & (p4 <= 1.0) & (q1 >= 0.0) & (q1 <= 1.0) & (q2 >= 0.0) & (q2 <= 1.0)
+            (p1 >= 0.0)
+            & (p1 <= 1.0)
+            & (p2 >= 0.0)
+            & (p2 <= 1.0)
+            & (p3 >= 0.0)
+            & (p3 <= 1.0)
+            & (p4 >= 0.0)
+            & (p4 <= 1.0)
+            & (q1 >= 0.0)
+            & (q1 <= 1.0)
+            & (q2 >= 0.0)
+            & (q2 <= 1.0)
         )
         bad[i] = not ok
         pc = _lf_pc(p1, p2, p3, p4, q1, q2)
@@ -231,11 +241,11 @@ def long_run(p, q, x, y, *, game: str = "leader_follower", init=None) -> LongRun
     if game == "simultaneous":
         P = transition_matrix(p, q, game=game)
         out, valid, _ = _stationary_batch(P.reshape(-1, 4, 4), init2)
-        v = out.reshape(shape + (4,))
+        v = out.reshape((*shape, 4))
         valid = valid.reshape(shape)
         return LongRun(v, v @ x, v @ y, valid)
-    pb = np.ascontiguousarray(np.broadcast_to(p, shape + (4,)).reshape(-1, 4))
-    qb = np.ascontiguousarray(np.broadcast_to(q, shape + (2,)).reshape(-1, 2))
+    pb = np.ascontiguousarray(np.broadcast_to(p, (*shape, 4)).reshape(-1, 4))
+    qb = np.ascontiguousarray(np.broadcast_to(q, (*shape, 2)).reshape(-1, 2))
     B = pb.shape[0]
     v = np.empty((B, 4))
     Eb = np.empty(B)
@@ -250,7 +260,7 @@ def long_run(p, q, x, y, *, game: str = "leader_follower", init=None) -> LongRun
     if bad.any():
         check_range("p", p, 0.0, 1.0)
         check_range("q", q, 0.0, 1.0)
-    return LongRun(v.reshape(shape + (4,)), Eb.reshape(shape), Er.reshape(shape), valid.reshape(shape))
+    return LongRun(v.reshape((*shape, 4)), Eb.reshape(shape), Er.reshape(shape), valid.reshape(shape))
 
 
 def _zd_direction(x: np.ndarray, y: np.ndarray, chi: float) -> np.ndarray:

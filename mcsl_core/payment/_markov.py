@@ -347,7 +347,7 @@ def check_init(init, n: int, batch_shape: tuple[int, ...], name: str = "init") -
         where = "" if idx == () else f" at index {idx if len(idx) > 1 else idx[0]}"
         raise ValueError(f"{name} must sum to 1; got {sums[idx].item()!r}{where}")
     try:
-        full = np.broadcast_to(arr, batch_shape + (n,))
+        full = np.broadcast_to(arr, (*batch_shape, n))
     except ValueError as exc:
         raise ValueError(
             f"{name} of shape {arr.shape} does not broadcast to batch shape {batch_shape}"
@@ -393,7 +393,7 @@ def stationary(P, *, init=None, return_valid: bool = False):
     out, valid, code = _stationary_batch(P3, init2)
     if (code == 1).any():
         _raise_bad_matrix(P)
-    pi = out.reshape(batch + (n,))
+    pi = out.reshape((*batch, n))
     valid = valid.reshape(batch)
     if P.ndim == 2 and not valid and code[0] == 2:
         raise ValueError(

@@ -51,9 +51,19 @@ def test_other_protocol_counts(protocol, n):
 
 def _ideal(L):
     """Constant latency L, (near) infinite bandwidth, free CPU: time counts the hops."""
-    return NetworkModel(latency="constant", latency_mean_s=L, upload_bps=1e30, download_bps=1e30,
-                        edge_upload_bps=1e30, client_download_bps=1e30, processing_s=0.0, sign_s=0.0,
-                        verify_s=0.0, hash_s_per_byte=0.0, view_timeout_s=100.0)
+    return NetworkModel(
+        latency="constant",
+        latency_mean_s=L,
+        upload_bps=1e30,
+        download_bps=1e30,
+        edge_upload_bps=1e30,
+        client_download_bps=1e30,
+        processing_s=0.0,
+        sign_s=0.0,
+        verify_s=0.0,
+        hash_s_per_byte=0.0,
+        view_timeout_s=100.0,
+    )
 
 
 @pytest.mark.parametrize("protocol,hops", [("pbft", 5), ("paper", 3), ("hotstuff", 9)])
@@ -70,12 +80,23 @@ def test_time_adds_the_modelled_serialisation():
     # at the edge server (case a) and also at the consortium nodes (case b).
     L, H, upd = 0.01, 256.0, 1000.0
     bw, us = 8e6, 1e-6
-    free = dict(latency="constant", latency_mean_s=L, download_bps=1e30, client_download_bps=1e30,
-                processing_s=0.0, sign_s=0.0, verify_s=0.0, hash_s_per_byte=0.0,
-                view_timeout_s=100.0, header_bytes=H)
+    free = dict(
+        latency="constant",
+        latency_mean_s=L,
+        download_bps=1e30,
+        client_download_bps=1e30,
+        processing_s=0.0,
+        sign_s=0.0,
+        verify_s=0.0,
+        hash_s_per_byte=0.0,
+        view_timeout_s=100.0,
+        header_bytes=H,
+    )
     # (a) only the edge server's uplink is finite: the primary has the update after one
     # copy, then 4 one-way delays (pre-prepare, prepare, commit, reply)
-    r = simulate_pbft(4, 1, update_bytes=upd, network=NetworkModel(upload_bps=1e30, edge_upload_bps=bw, **free))
+    r = simulate_pbft(
+        4, 1, update_bytes=upd, network=NetworkModel(upload_bps=1e30, edge_upload_bps=bw, **free)
+    )
     assert r.time_s == pytest.approx((H + upd) * us + 5 * L, rel=1e-12)
     # (b) the primary serialises 3 copies of the block: the last backup has it at
     t_pp = (H + upd) * us + L + 3 * (H + upd) * us + L

@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 
 from mcsl_core.consensus import (
     NetworkModel,
+    _sim,
     fault_tolerance,
     pbft_message_counts,
     simulate_pbft,
     sweep,
 )
-from mcsl_core.consensus import _sim
 from tests.conftest import tol
 from tests.reference.consensus_ref import latency, simulate_ref, uniform01
 
@@ -54,8 +54,15 @@ def _same(a, b):
 )
 def test_kernel_equals_reference(pl, fault, protocol, lat, carries, U):
     n, idx, seed = pl
-    kw = dict(faulty=idx, fault=fault, leader_faulty=0 in idx, protocol=protocol, seed=seed,
-              block_carries=carries, network=NetworkModel(latency=lat))
+    kw = dict(
+        faulty=idx,
+        fault=fault,
+        leader_faulty=0 in idx,
+        protocol=protocol,
+        seed=seed,
+        block_carries=carries,
+        network=NetworkModel(latency=lat),
+    )
     _same(simulate_pbft(n, U, **kw), simulate_ref(n, U, **kw))
 
 
@@ -79,8 +86,9 @@ def test_up_to_f_faults_every_honest_node_commits_the_same_block(pl, fault):
 
 
 @settings(max_examples=40, **SETTINGS)
-@given(placements(max_faulty=lambda n: n - 1, min_faulty=lambda n: fault_tolerance(n) + 1,
-                  sizes=(4, 7, 10, 13)))
+@given(
+    placements(max_faulty=lambda n: n - 1, min_faulty=lambda n: fault_tolerance(n) + 1, sizes=(4, 7, 10, 13))
+)
 def test_more_than_f_silent_nodes_nothing_commits(pl):
     # n = 3f + 1: f + 1 silent nodes leave 2f honest ones, one short of a quorum
     n, idx, seed = pl

@@ -33,10 +33,14 @@ def test_fedavg_median_trimmed_vs_reference(rng, k):
         out = fl.fedavg(t, w)
         assert out["a"].dtype == jnp.float32 and out["b"].shape == (2, 2)
         np.testing.assert_allclose(_flat(out), fl_ref.fedavg(u.astype(np.float64), w), **tol(np.float32))
-        np.testing.assert_allclose(_flat(fl.median(t)), fl_ref.median(u.astype(np.float64)), **tol(np.float32))
+        np.testing.assert_allclose(
+            _flat(fl.median(t)), fl_ref.median(u.astype(np.float64)), **tol(np.float32)
+        )
         for trim in (0.0, 0.1, 0.25, 0.4):
             np.testing.assert_allclose(
-                _flat(fl.trimmed_mean(t, trim=trim)), fl_ref.trimmed_mean(u.astype(np.float64), trim), **tol(np.float32)
+                _flat(fl.trimmed_mean(t, trim=trim)),
+                fl_ref.trimmed_mean(u.astype(np.float64), trim),
+                **tol(np.float32),
             )
 
 
@@ -48,7 +52,9 @@ def test_krum_vs_reference(rng, k, f, m):
         t = _tree(u)
         sel = np.asarray(fl.krum_select(t, num_byzantine=f, multi=m))
         assert sel.tolist() == fl_ref.krum_select(u.astype(np.float64), f, m)
-        np.testing.assert_allclose(_flat(fl.krum(t, num_byzantine=f, multi=m)), u[sel].mean(axis=0), **tol(np.float32))
+        np.testing.assert_allclose(
+            _flat(fl.krum(t, num_byzantine=f, multi=m)), u[sel].mean(axis=0), **tol(np.float32)
+        )
 
 
 def test_aggregators_under_jit(rng):
@@ -66,7 +72,9 @@ def test_clip_and_dp_noise(rng):
     c = 1.5
     clipped = fl.clip_updates(t, c)
     ref = fl_ref.clip(u, c)
-    got = np.stack([np.concatenate([np.asarray(clipped["a"][i]), np.asarray(clipped["b"][i]).ravel()]) for i in range(6)])
+    got = np.stack(
+        [np.concatenate([np.asarray(clipped["a"][i]), np.asarray(clipped["b"][i]).ravel()]) for i in range(6)]
+    )
     np.testing.assert_allclose(got, ref, **tol(np.float32))
     assert np.all(np.linalg.norm(got, axis=1) <= c * (1 + 1e-6))
     # no noise: DP-FedAvg is the plain mean of the clipped updates
@@ -76,7 +84,9 @@ def test_clip_and_dp_noise(rng):
     big = {"w": jnp.zeros((4, 20000), jnp.float32)}
     noisy = fl.dp_fedavg(big, None, clip_norm=2.0, noise_multiplier=1.2, key=jax.random.key(3))["w"]
     want = 1.2 * 2.0 / 4
-    assert abs(float(jnp.std(noisy)) / want - 1) < 0.03 and abs(float(jnp.mean(noisy))) < 4 * want / np.sqrt(20000)
+    assert abs(float(jnp.std(noisy)) / want - 1) < 0.03 and abs(float(jnp.mean(noisy))) < 4 * want / np.sqrt(
+        20000
+    )
     again = fl.dp_fedavg(big, None, clip_norm=2.0, noise_multiplier=1.2, key=jax.random.key(3))["w"]
     np.testing.assert_array_equal(np.asarray(noisy), np.asarray(again))
 

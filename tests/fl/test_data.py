@@ -55,8 +55,11 @@ def _write(tmp_path, blob):
 
 
 def _good():
-    return {"users": ["a", "b"], "num_samples": [2, 1],
-            "user_data": {"a": {"x": [[0.1, 0.2], [0.3, 0.4]], "y": [0, 1]}, "b": {"x": [[0.5, 0.6]], "y": [2]}}}
+    return {
+        "users": ["a", "b"],
+        "num_samples": [2, 1],
+        "user_data": {"a": {"x": [[0.1, 0.2], [0.3, 0.4]], "y": [0, 1]}, "b": {"x": [[0.5, 0.6]], "y": [2]}},
+    }
 
 
 @pytest.mark.parametrize(
@@ -178,6 +181,6 @@ def test_bucket_steps_and_pack():
     assert pk.x.shape[1] == fl.bucket_steps(int(np.ceil(max(n[2], n[0]) / 10))) * 10
     np.testing.assert_array_equal(pk.mask.sum(axis=1), [n[2], n[0]])
     np.testing.assert_array_equal(pk.x[0, : n[2]], tr.client(2)[0])
-    assert not pk.x[0, n[2]:].any()
+    assert not pk.x[0, n[2] :].any()
     with pytest.raises(ValueError, match="client index"):
         tr.client(3)

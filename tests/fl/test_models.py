@@ -24,7 +24,9 @@ def test_cnn_im2col_equals_xla_convolution(rng):
     a, b = fl.femnist_cnn(conv_impl="im2col"), fl.femnist_cnn(conv_impl="xla")
     params = fl.init_params(a, 784, 1)
     # non-zero biases so a bias/layout slip would show
-    params = jax.tree_util.tree_map(lambda p: p + 0.01 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) / p.size, params)
+    params = jax.tree_util.tree_map(
+        lambda p: p + 0.01 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) / p.size, params
+    )
     x = jnp.asarray(rng.random((3, 784)), jnp.float32)
     ya = jax.jit(a.apply)({"params": params}, x)
     yb = jax.jit(b.apply)({"params": params}, x)
@@ -57,7 +59,13 @@ def test_logistic_and_mlp(rng):
     )
     m = fl.mlp(7, 3, hidden=(5, 6))
     pm = fl.init_params(m, 7, 0)
-    assert m.apply({"params": pm}, x).shape == (4, 3) and fl.num_params(pm) == 7 * 5 + 5 + 5 * 6 + 6 + 6 * 3 + 3
-    for bad in (lambda: fl.logistic(0, 3), lambda: fl.mlp(3, 2, hidden=(0,)), lambda: fl.femnist_cnn(conv_impl="fft")):
+    assert (
+        m.apply({"params": pm}, x).shape == (4, 3) and fl.num_params(pm) == 7 * 5 + 5 + 5 * 6 + 6 + 6 * 3 + 3
+    )
+    for bad in (
+        lambda: fl.logistic(0, 3),
+        lambda: fl.mlp(3, 2, hidden=(0,)),
+        lambda: fl.femnist_cnn(conv_impl="fft"),
+    ):
         with pytest.raises(ValueError):
             bad()

@@ -36,8 +36,16 @@ def test_one_client_fedavg_equals_centralised_sgd(synth):
     one = train.select([3])
     x, y = one.client(0)
     model = fl.logistic(20, 5)
-    cfg = fl.FLConfig(rounds=2, clients_per_round=1, local_epochs=2, batch_size=7, client_lr=0.1, seed=5,
-                      strategy="vmap", progress=False)
+    cfg = fl.FLConfig(
+        rounds=2,
+        clients_per_round=1,
+        local_epochs=2,
+        batch_size=7,
+        client_lr=0.1,
+        seed=5,
+        strategy="vmap",
+        progress=False,
+    )
     res = fl.run_fedavg(model, one, cfg)
     # the run's keys: (init, train, noise) = split(key(seed), 3); client c of round r shuffles
     # epoch e with fold_in(fold_in(fold_in(train, r), c), e)
@@ -64,7 +72,10 @@ def test_strategies_agree(synth):
     clients = [0, 4, 5, 9, 11]
     assert len(set(train.padded_steps(10)[clients])) > 1  # several buckets: padding differs per strategy
     cfg = fl.FLConfig(clients_per_round=5, local_epochs=2, batch_size=10, client_lr=0.05)
-    out = {s: fl.federated_round(model, params, train, clients, cfg, round_index=3, strategy=s) for s in ("loop", "vmap", "shard")}
+    out = {
+        s: fl.federated_round(model, params, train, clients, cfg, round_index=3, strategy=s)
+        for s in ("loop", "vmap", "shard")
+    }
     for s in ("vmap", "shard"):
         np.testing.assert_allclose(_flat(out[s].updates), _flat(out["loop"].updates), rtol=1e-4, atol=2e-6)
         np.testing.assert_allclose(out[s].loss, out["loop"].loss, rtol=1e-4)
@@ -73,8 +84,9 @@ def test_strategies_agree(synth):
     assert ru.updates["out"]["kernel"].shape == (5, 16, 5)
     # a client's update depends neither on the strategy nor on who else takes part
     solo = fl.federated_round(model, params, train, [9], cfg, round_index=3, strategy="vmap")
-    np.testing.assert_allclose(_flat(solo.updates), _flat(jax.tree_util.tree_map(lambda u: u[3], ru.updates)),
-                               rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(
+        _flat(solo.updates), _flat(jax.tree_util.tree_map(lambda u: u[3], ru.updates)), rtol=1e-4, atol=2e-6
+    )
 
 
 def test_masked_padding_steps_leave_state_unchanged(synth):
@@ -95,8 +107,16 @@ def test_masked_padding_steps_leave_state_unchanged(synth):
 
 def test_same_seed_same_result_and_history(synth):
     train, test = synth
-    cfg = fl.FLConfig(rounds=4, clients_per_round=4, batch_size=10, client_lr=0.05, seed=9, strategy="vmap",
-                      eval_every=2, progress=False)
+    cfg = fl.FLConfig(
+        rounds=4,
+        clients_per_round=4,
+        batch_size=10,
+        client_lr=0.05,
+        seed=9,
+        strategy="vmap",
+        eval_every=2,
+        progress=False,
+    )
     a = fl.run_fedavg(fl.logistic(20, 5), train, cfg, test=test)
     b = fl.run_fedavg(fl.logistic(20, 5), train, cfg, test=test)
     np.testing.assert_array_equal(_flat(a.params), _flat(b.params))
@@ -123,10 +143,19 @@ def test_evaluate_against_numpy(synth):
 
 def test_learning_improves_accuracy(synth):
     train, test = synth
-    cfg = fl.FLConfig(rounds=15, clients_per_round=6, batch_size=10, client_lr=0.05, strategy="vmap",
-                      eval_every=15, progress=False)
+    cfg = fl.FLConfig(
+        rounds=15,
+        clients_per_round=6,
+        batch_size=10,
+        client_lr=0.05,
+        strategy="vmap",
+        eval_every=15,
+        progress=False,
+    )
     model = fl.logistic(20, 5)
-    before = fl.evaluate(model, fl.init_params(model, 20, jax.random.split(jax.random.key(0), 3)[0]), test).accuracy
+    before = fl.evaluate(
+        model, fl.init_params(model, 20, jax.random.split(jax.random.key(0), 3)[0]), test
+    ).accuracy
     res = fl.run_fedavg(model, train, cfg, test=test)
     assert res.history.eval_accuracy[-1] > before + 0.15
     assert np.all(np.isfinite(res.history.train_loss)) and np.all(res.history.round_time > 0)
@@ -135,13 +164,26 @@ def test_learning_improves_accuracy(synth):
 def test_target_accuracy_stops_early_and_callback(synth):
     train, test = synth
     seen = []
-    cfg = fl.FLConfig(rounds=50, clients_per_round=6, batch_size=10, client_lr=0.05, strategy="vmap",
-                      target_accuracy=0.3, progress=False)
-    res = fl.run_fedavg(fl.logistic(20, 5), train, cfg, test=test, callback=lambda r, p, rec: seen.append(rec["round"]))
+    cfg = fl.FLConfig(
+        rounds=50,
+        clients_per_round=6,
+        batch_size=10,
+        client_lr=0.05,
+        strategy="vmap",
+        target_accuracy=0.3,
+        progress=False,
+    )
+    res = fl.run_fedavg(
+        fl.logistic(20, 5), train, cfg, test=test, callback=lambda r, p, rec: seen.append(rec["round"])
+    )
     assert res.stopped_early and len(res.history.round) < 50 and res.history.eval_accuracy[-1] >= 0.3
     assert seen == res.history.round.tolist()
-    stop2 = fl.run_fedavg(fl.logistic(20, 5), train, fl.FLConfig(rounds=9, clients_per_round=2, strategy="vmap"),
-                          callback=lambda r, p, rec: r == 2)
+    stop2 = fl.run_fedavg(
+        fl.logistic(20, 5),
+        train,
+        fl.FLConfig(rounds=9, clients_per_round=2, strategy="vmap"),
+        callback=lambda r, p, rec: r == 2,
+    )
     assert len(stop2.history.round) == 2
 
 
@@ -149,8 +191,9 @@ def test_no_recompilation_after_first_round(synth, caplog):
     train, test = synth
     model = fl.logistic(20, 5)
     for strategy in ("loop", "vmap"):
-        cfg = fl.FLConfig(rounds=3, clients_per_round=12, batch_size=10, client_lr=0.05, strategy=strategy,
-                          progress=False)
+        cfg = fl.FLConfig(
+            rounds=3, clients_per_round=12, batch_size=10, client_lr=0.05, strategy=strategy, progress=False
+        )
         compiles = []
 
         def count(r, p, rec):
@@ -185,8 +228,16 @@ def test_server_optimizer_and_federated_round_flow(synth):
 
 def _byzantine_run(train, test, aggregator, n_bad, rounds=12):
     model = fl.logistic(20, 5)
-    cfg = fl.FLConfig(clients_per_round=10, batch_size=10, client_lr=0.05, aggregator=aggregator, num_byzantine=n_bad,
-                      multi_krum=3, trim_fraction=0.3, strategy="vmap")
+    cfg = fl.FLConfig(
+        clients_per_round=10,
+        batch_size=10,
+        client_lr=0.05,
+        aggregator=aggregator,
+        num_byzantine=n_bad,
+        multi_krum=3,
+        trim_fraction=0.3,
+        strategy="vmap",
+    )
     params = fl.init_params(model, 20, 0)
     opt = optax.sgd(1.0)
     state = opt.init(params)
@@ -216,11 +267,17 @@ def test_byzantine_updates_wreck_fedavg_not_median_or_krum():
 
 
 def test_dp_fedavg_in_the_loop(synth):
-    train, test = synth
+    train, _test = synth
     base = dict(rounds=3, clients_per_round=4, client_lr=0.05, strategy="vmap", progress=False)
-    a = fl.run_fedavg(fl.logistic(20, 5), train, fl.FLConfig(**base, dp_clip_norm=0.5, dp_noise_multiplier=1.0))
-    b = fl.run_fedavg(fl.logistic(20, 5), train, fl.FLConfig(**base, dp_clip_norm=0.5, dp_noise_multiplier=1.0))
-    c = fl.run_fedavg(fl.logistic(20, 5), train, fl.FLConfig(**base, dp_clip_norm=0.5, dp_noise_multiplier=0.0))
+    a = fl.run_fedavg(
+        fl.logistic(20, 5), train, fl.FLConfig(**base, dp_clip_norm=0.5, dp_noise_multiplier=1.0)
+    )
+    b = fl.run_fedavg(
+        fl.logistic(20, 5), train, fl.FLConfig(**base, dp_clip_norm=0.5, dp_noise_multiplier=1.0)
+    )
+    c = fl.run_fedavg(
+        fl.logistic(20, 5), train, fl.FLConfig(**base, dp_clip_norm=0.5, dp_noise_multiplier=0.0)
+    )
     np.testing.assert_array_equal(_flat(a.params), _flat(b.params))
     assert np.abs(_flat(a.params) - _flat(c.params)).max() > 1e-3
 
@@ -249,8 +306,16 @@ def test_auto_measures_and_caches(synth, monkeypatch):
 
 def test_bad_config_and_round_input(synth):
     train, _ = synth
-    for kw in (dict(rounds=0), dict(client_lr=-1.0), dict(strategy="gpu"), dict(aggregator="mean"),
-               dict(trim_fraction=0.5), dict(dp_clip_norm=0.0), dict(target_accuracy=1.5), dict(batch_size=2.5)):
+    for kw in (
+        dict(rounds=0),
+        dict(client_lr=-1.0),
+        dict(strategy="gpu"),
+        dict(aggregator="mean"),
+        dict(trim_fraction=0.5),
+        dict(dp_clip_norm=0.0),
+        dict(target_accuracy=1.5),
+        dict(batch_size=2.5),
+    ):
         with pytest.raises(ValueError, match=next(iter(kw))):
             fl.FLConfig(**kw)
     model = fl.logistic(20, 5)

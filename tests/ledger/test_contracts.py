@@ -35,15 +35,20 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCS = "abcdefgh"
 
 bid_lists = st.lists(
-    st.tuples(st.sampled_from([0.5 * k for k in range(1, 11)]),
-              st.lists(st.sampled_from(LOCS), max_size=4, unique=True)),
+    st.tuples(
+        st.sampled_from([0.5 * k for k in range(1, 11)]),
+        st.lists(st.sampled_from(LOCS), max_size=4, unique=True),
+    ),
     max_size=7,
 ).map(lambda bs: [(f"d{i}", c, tuple(l)) for i, (c, l) in enumerate(bs)])
 
 
 @settings(max_examples=150, deadline=None)
-@given(bids=bid_lists, budget=st.sampled_from([0.0, 0.5, 1.0, 2.5, 4.0, 7.5, 100.0]),
-       locs=st.one_of(st.none(), st.lists(st.sampled_from(LOCS), min_size=1, max_size=5, unique=True)))
+@given(
+    bids=bid_lists,
+    budget=st.sampled_from([0.0, 0.5, 1.0, 2.5, 4.0, 7.5, 100.0]),
+    locs=st.one_of(st.none(), st.lists(st.sampled_from(LOCS), min_size=1, max_size=5, unique=True)),
+)
 def test_recruitment_matches_reference_and_bound(bids, budget, locs):
     r = recruit_workers(bids, budget, locs)
     assert r.selected == greedy_literal(bids, budget, locs)
@@ -86,8 +91,12 @@ _NODE = textwrap.dedent("""
 
 def _contract_outputs(path: Path) -> list[str]:
     with Ledger.open(path) as L:
-        return [recruit_for_task(L, "t2", BIDS).encode().hex(), str(choose_initial_model(L, "t2")),
-                settle_task(L, "t1", w_l=0.3, w_a=1.1, w_b=0.07).encode().hex(), L.head_hash.hex()]
+        return [
+            recruit_for_task(L, "t2", BIDS).encode().hex(),
+            str(choose_initial_model(L, "t2")),
+            settle_task(L, "t1", w_l=0.3, w_a=1.1, w_b=0.07).encode().hex(),
+            L.head_hash.hex(),
+        ]
 
 
 def _build(path: Path) -> None:
@@ -106,8 +115,9 @@ def test_contracts_identical_on_independent_nodes(tmp_path):
     assert out_a == out_b
     # a third node in another process with a different hash seed (no set-order dependence)
     env = dict(os.environ, PYTHONHASHSEED="12345")
-    proc = subprocess.run([sys.executable, "-c", _NODE, str(a)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _NODE, str(a)], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
     assert proc.stdout.split() == out_a
 
 
@@ -146,8 +156,15 @@ def test_payment_contract_reads_the_chain(tmp_path):
     for n, k in zip(inp.producers, inp.producer_blocks):
         assert k == sum(L.proposer(h) == n for h in task_heights)
     rec = settle_task(L, "t0", w_l=0.5, w_a=1.25, w_b=0.1)
-    s = settle(inp.device_amounts, inp.server_trainings, inp.producer_aggregations, inp.producer_blocks,
-               w_l=0.5, w_a=1.25, w_b=0.1)
+    s = settle(
+        inp.device_amounts,
+        inp.server_trainings,
+        inp.producer_aggregations,
+        inp.producer_blocks,
+        w_l=0.5,
+        w_a=1.25,
+        w_b=0.1,
+    )
     assert rec.total == s.total == sum(a.amount for a in rec.allocations)
     # W = sum(v + s) + w_l * trainings + w_a * aggregations + w_b * blocks, in cents
     W = sum(want.values()) + 0.5 * 9 + 1.25 * 3 + 0.1 * len(task_heights)
@@ -173,8 +190,14 @@ def _round(w, n_updates: int, nbytes: int):
         content = update_content(i, nbytes)
         import hashlib
 
-        items.append((ModelUpdate("t0", i // len(w.servers), s.name, hashlib.sha256(content).hexdigest(),
-                                  10).sign(s), content))
+        items.append(
+            (
+                ModelUpdate("t0", i // len(w.servers), s.name, hashlib.sha256(content).hexdigest(), 10).sign(
+                    s
+                ),
+                content,
+            )
+        )
     return items
 
 
@@ -196,7 +219,9 @@ def test_verify_update_round(tmp_path):
     chk = verify_update_round(w.ledger, items + bad, task_id="t0", round=0)
     assert chk.valid.tolist() == [True] * 5 + [False] * 6
     reasons = chk.reasons[5:]
-    for r, word in zip(reasons, ["signature", "hash", "unregistered", "edge_server", "replayed", "not a model"]):
+    for r, word in zip(
+        reasons, ["signature", "hash", "unregistered", "edge_server", "replayed", "not a model"]
+    ):
         assert word in r
     assert verify_update_round(w.ledger, items, round=1).valid.sum() == 0
     serial = verify_update_round(w.ledger.members, items + bad, max_workers=1)

@@ -33,14 +33,27 @@ SAMPLES = [
     MembershipRegistration("edge_server", "es0", bytes(range(32)), "node0"),
     TaskPublication("req0", "t0", "digits é", 0.8, 100, ("x", "y"), A),
     TaskPublication("req0", "t1", "", 0.0, 0.0),
-    WorkerRecruitment("t0", (("d0", 1.5, ("x",)), ("d1", 2, ("x", "y"))), ("d1",), 2.0, ("x", "y"),
-                      "greedy-budgeted-max-coverage/1"),
+    WorkerRecruitment(
+        "t0",
+        (("d0", 1.5, ("x",)), ("d1", 2, ("x", "y"))),
+        ("d1",),
+        2.0,
+        ("x", "y"),
+        "greedy-budgeted-max-coverage/1",
+    ),
     DataSubmissionPayment("t0", "d1", "es0", 3.25, 0.5),
     ModelUpdate("t0", 3, "es0", A, 120),
     AggregatedModel("t0", 3, "node1", B, ("es0", "es1"), {"loss": 0.25, "accuracy": 0.9}),
     ResultBinding("t0", 3, "req0", B),
-    PaymentRecord("t0", 0.5, 1.0, 0.1, 0.01, 30, (("device", "d1", 10), ("edge_server", "es0", 15),
-                                                  ("node", "node1", 5))),
+    PaymentRecord(
+        "t0",
+        0.5,
+        1.0,
+        0.1,
+        0.01,
+        30,
+        (("device", "d1", 10), ("edge_server", "es0", 15), ("node", "node1", 5)),
+    ),
 ]
 
 
@@ -70,9 +83,15 @@ def test_signed_round_trip_and_signature(tx):
 
 def test_non_canonical_bytes_rejected():
     data = SAMPLES[5].encode()
-    for bad in (data.replace(b",", b", ", 1), data.replace(b'"round":3', b'"round":3.0'),
-                data.replace(b'"v":1', b'"v":2'), data.replace(b'"update"', b'"nope"'),
-                data + b" ", b"\xff" + data, data.replace(b'"num_samples":120,', b"")):
+    for bad in (
+        data.replace(b",", b", ", 1),
+        data.replace(b'"round":3', b'"round":3.0'),
+        data.replace(b'"v":1', b'"v":2'),
+        data.replace(b'"update"', b'"nope"'),
+        data + b" ",
+        b"\xff" + data,
+        data.replace(b'"num_samples":120,', b""),
+    ):
         with pytest.raises(BadEncoding):
             decode_tx(bad)
     with pytest.raises(BadEncoding):
@@ -101,9 +120,13 @@ def test_field_checks_name_the_field():
 
 
 @settings(max_examples=60, deadline=None)
-@given(task=st.text(min_size=1, max_size=20).filter(lambda s: all(ord(c) >= 32 for c in s)),
-       rnd=st.integers(0, 2**40), n=st.integers(1, 2**31),
-       v=st.floats(0, 1e9, allow_nan=False), s=st.floats(0, 1e9, allow_nan=False))
+@given(
+    task=st.text(min_size=1, max_size=20).filter(lambda s: all(ord(c) >= 32 for c in s)),
+    rnd=st.integers(0, 2**40),
+    n=st.integers(1, 2**31),
+    v=st.floats(0, 1e9, allow_nan=False),
+    s=st.floats(0, 1e9, allow_nan=False),
+)
 def test_round_trip_property(task, rnd, n, v, s):
     for tx in (ModelUpdate(task, rnd, "es", A, n), DataSubmissionPayment(task, "d", "es", v, s)):
         assert decode_tx(tx.encode()) == tx

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcsl_core.cli import main as cli_main
-from mcsl_core.ledger import Block, BadEncoding, Consortium, Ledger, LedgerError, ModelUpdate, verify_file
+from mcsl_core.ledger import Consortium, Ledger, LedgerError, ModelUpdate, verify_file
 from tests.ledger.helpers import addr, make_world, run_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,9 +70,14 @@ def test_verify_reports_every_signature(chain_file):
 def _rows(path: Path) -> list[tuple[str, str, int, int, int]]:
     """(table, column, rowid, height, length) of every stored blob."""
     with sqlite3.connect(path) as con:
-        out = [("blocks", col, r, h, n) for col in ("header", "certificate")
-               for r, h, n in con.execute(f"SELECT rowid, height, length({col}) FROM blocks")]
-        out += [("txs", "data", r, h, n) for r, h, n in con.execute("SELECT rowid, height, length(data) FROM txs")]
+        out = [
+            ("blocks", col, r, h, n)
+            for col in ("header", "certificate")
+            for r, h, n in con.execute(f"SELECT rowid, height, length({col}) FROM blocks")
+        ]
+        out += [
+            ("txs", "data", r, h, n) for r, h, n in con.execute("SELECT rowid, height, length(data) FROM txs")
+        ]
     return out
 
 
@@ -145,21 +150,28 @@ def test_sigkill_mid_append_leaves_a_verified_prefix(tmp_path, durable):
     w = make_world(tmp_path / "src.db", durable=False)
     L, c = w.ledger, w.consortium
     from tests.ledger.helpers import publish
+
     publish(w)
     for r in range(400):
-        ups = [ModelUpdate("t0", 0, s.name, addr(1000 * r + k), 5).sign(s) for k, s in enumerate(w.servers)] \
-            if r == 0 else []
+        ups = (
+            [ModelUpdate("t0", 0, s.name, addr(1000 * r + k), 5).sign(s) for k, s in enumerate(w.servers)]
+            if r == 0
+            else []
+        )
         L.append(c.propose(L, ups))
     blocks = [L.block(h) for h in range(len(L))]
     L.close()
     blob = b"".join(len(e).to_bytes(4, "big") + e for e in (b.encode() for b in blocks))
     (tmp_path / "blocks.bin").write_bytes(blob)
     dst = tmp_path / "dst.db"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "blocks.bin"), str(dst),
-                             "1" if durable else "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path / "blocks.bin"), str(dst), "1" if durable else "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     seen = 0
-    for line in proc.stdout:  # kill once a few dozen appends went through
+    for _line in proc.stdout:  # kill once a few dozen appends went through
         seen += 1
         if seen >= 30:
             os.kill(proc.pid, signal.SIGKILL)

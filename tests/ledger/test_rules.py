@@ -15,7 +15,6 @@ from mcsl_core.ledger import (
     BadSignature,
     BadTimestamp,
     Block,
-    BlockHeader,
     CommitSignature,
     Consortium,
     ContractMismatch,
@@ -26,7 +25,6 @@ from mcsl_core.ledger import (
     MembershipError,
     MembershipRegistration,
     ModelUpdate,
-    PaymentRecord,
     QuorumNotReached,
     ReplayedTransaction,
     ResultBinding,
@@ -78,13 +76,21 @@ def test_forged_signature(world):
     publish(world)
     good = _update(world)
     forged = SignedTx(good.payload, good.signer, bytes([good.signature[0] ^ 1]) + good.signature[1:])
-    err = _rejects(world, world.consortium.propose(world.ledger, [_update(world, k=1), forged]),
-                   BadSignature, "tx_signature")
+    err = _rejects(
+        world,
+        world.consortium.propose(world.ledger, [_update(world, k=1), forged]),
+        BadSignature,
+        "tx_signature",
+    )
     assert err.tx_index == 1
     # a payload changed after signing is a forged signature too
     other = ModelUpdate("t0", 0, world.servers[0].name, addr(999), 5).encode()
-    _rejects(world, world.consortium.propose(world.ledger, [SignedTx(other, good.signer, good.signature)]),
-             BadSignature, "tx_signature")
+    _rejects(
+        world,
+        world.consortium.propose(world.ledger, [SignedTx(other, good.signer, good.signature)]),
+        BadSignature,
+        "tx_signature",
+    )
 
 
 def test_unregistered_key(world):
@@ -268,7 +274,7 @@ def test_election_is_deterministic_rotation():
         elect_leader(prev, 0, 0, [])
 
 
-@pytest.mark.parametrize("n", list(range(0, 12)) + [33])
+@pytest.mark.parametrize("n", [*list(range(0, 12)), 33])
 def test_merkle_matches_rfc6962(n):
     leaves = [hashlib.sha256(bytes([i])).digest()[: 1 + i % 7] for i in range(n)]
     assert merkle_root(leaves) == merkle_root_rfc6962(leaves)
@@ -279,7 +285,10 @@ def test_genesis_rules(tmp_path):
     g = c.genesis()
     assert g.header.proposer == elect_leader(bytes(32), 0, 0, c.names)
     stranger = Identity.generate("edge_server", "es", seed=1)
-    txs = (*g.txs, MembershipRegistration("edge_server", "es", stranger.public_key, "node0").sign(c.node("node0")))
+    txs = (
+        *g.txs,
+        MembershipRegistration("edge_server", "es", stranger.public_key, "node0").sign(c.node("node0")),
+    )
     h = dataclasses.replace(g.header, n_tx=len(txs), merkle_root=merkle_root([t.encode() for t in txs]))
     with pytest.raises(LedgerError, match="genesis"):
         Ledger.create(tmp_path / "g.db", Block(h, txs, c.certify(h)))

@@ -88,8 +88,12 @@ def test_no_temporary_files_left(tmp_path, rng):
 
 
 @settings(max_examples=40, deadline=None)
-@given(hnp.arrays(dtype=st.sampled_from([np.float32, np.float64, np.int8, np.int64, np.bool_, np.complex64]),
-                  shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)))
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.float32, np.float64, np.int8, np.int64, np.bool_, np.complex64]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+    )
+)
 def test_encode_decode_property(arr):
     t = {"a": arr, "nested": [arr, {"z": arr}]}
     _same(t, decode_tree(encode_tree(t)))

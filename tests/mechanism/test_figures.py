@@ -40,8 +40,9 @@ def test_fig3_and_fig4_outputs(tmp_path, capsys):
     rows = _read(tmp_path / "fig4.csv")
     assert len(rows) == 2 * 3 * 1001
     for row in rows[::211]:
-        p = MechanismParams.paper_defaults(eps=float(row["eps"]), eta=float(row["eta_equals_xi"]),
-                                           xi=float(row["eta_equals_xi"]))
+        p = MechanismParams.paper_defaults(
+            eps=float(row["eps"]), eta=float(row["eta_equals_xi"]), xi=float(row["eta_equals_xi"])
+        )
         sol = solve(p, constrained=row["model"] == "constrained")
         assert int(row["valid"]) == int(sol.valid)
         if sol.valid:
@@ -49,5 +50,6 @@ def test_fig3_and_fig4_outputs(tmp_path, capsys):
             np.testing.assert_allclose(float(row["U_d"]), float(sol.U_d), rtol=1e-9)
     # constrained: feasible everywhere in the sweep
     con = [r for r in rows if r["model"] == "constrained"]
-    assert all(0 <= float(r["v"]) <= 50 and 0 <= float(r["s"]) <= 500 and 0 <= float(r["g"]) <= 1
-               for r in con)
+    assert all(
+        0 <= float(r["v"]) <= 50 and 0 <= float(r["s"]) <= 500 and 0 <= float(r["g"]) <= 1 for r in con
+    )

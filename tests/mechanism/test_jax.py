@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcsl_core.mechanism import MechanismParams, incentive_gap, solve
-from mcsl_core.mechanism import _jax
+from mcsl_core.mechanism import MechanismParams, _jax, incentive_gap, solve
 from tests.conftest import tol
 
 P0 = MechanismParams.paper_defaults()
@@ -59,8 +58,7 @@ def test_grad_matches_finite_differences(constrained, params):
     x0 = np.array([float(np.asarray(getattr(params, n))) for n in GRAD_FIELDS])
 
     def f(x):
-        sol = solve(params.replace(**dict(zip(GRAD_FIELDS, x))), constrained=constrained,
-                    backend="jax")
+        sol = solve(params.replace(**dict(zip(GRAD_FIELDS, x))), constrained=constrained, backend="jax")
         return jnp.stack([getattr(sol, o) for o in OUTS])
 
     with jax.enable_x64(True):
@@ -70,14 +68,14 @@ def test_grad_matches_finite_differences(constrained, params):
     for j in range(len(x0)):
         X[2 * j, j] += h[j]
         X[2 * j + 1, j] -= h[j]
-    sol = solve(params.replace(**{n: X[:, j] for j, n in enumerate(GRAD_FIELDS)}),
-                constrained=constrained)
+    sol = solve(params.replace(**{n: X[:, j] for j, n in enumerate(GRAD_FIELDS)}), constrained=constrained)
     for i, o in enumerate(OUTS):
         y = getattr(sol, o)
         fd = (y[0::2] - y[1::2]) / (2 * h)
         assert np.all(np.isfinite(jac[i]))
-        np.testing.assert_allclose(jac[i], fd, rtol=1e-5, atol=1e-8 * (1 + np.abs(fd).max()),
-                                   err_msg=f"d{o}/d{GRAD_FIELDS}")
+        np.testing.assert_allclose(
+            jac[i], fd, rtol=1e-5, atol=1e-8 * (1 + np.abs(fd).max()), err_msg=f"d{o}/d{GRAD_FIELDS}"
+        )
 
 
 def test_envelope_theorem_dUs_dR():
@@ -86,7 +84,8 @@ def test_envelope_theorem_dUs_dR():
     with jax.enable_x64(True):
         for constrained, p in ((False, P0), (True, P_INT)):
             g = jax.grad(lambda R: solve(p.replace(R=R), constrained=constrained, backend="jax").U_s)(
-                jnp.float64(float(p.R)))
+                jnp.float64(float(p.R))
+            )
             sol = solve(p, constrained=constrained)
             np.testing.assert_allclose(float(g), float(p.T * sol.g), rtol=1e-10)
 

@@ -20,9 +20,19 @@ from tests.conftest import tol
 from tests.reference import mechanism_ref as ref
 
 BAD = [
-    ("R", -0.5), ("alpha_s", -1.0), ("beta_s", -1e-9), ("v_bar", 0.0), ("s_bar", -3.0),
-    ("c_d", -2.0), ("eta", 0.0), ("xi", -1.0), ("eps", 1.5), ("eps", -0.1),
-    ("theta", 1.01), ("theta", -0.2), ("T", 0.0),
+    ("R", -0.5),
+    ("alpha_s", -1.0),
+    ("beta_s", -1e-9),
+    ("v_bar", 0.0),
+    ("s_bar", -3.0),
+    ("c_d", -2.0),
+    ("eta", 0.0),
+    ("xi", -1.0),
+    ("eps", 1.5),
+    ("eps", -0.1),
+    ("theta", 1.01),
+    ("theta", -0.2),
+    ("T", 0.0),
 ]
 
 
@@ -55,9 +65,19 @@ def test_non_numeric_and_unknown_field_and_shape_mismatch():
 
 def test_paper_defaults_frozen_and_shape():
     p = MechanismParams.paper_defaults()
-    assert (float(p.R), float(p.alpha_s), float(p.beta_s), float(p.v_bar), float(p.s_bar),
-            float(p.c_d), float(p.theta), float(p.eps), float(p.eta), float(p.xi), float(p.T)) == (
-        10, 3, 2, 50, 500, 2, 0.5, 0.9, 5, 5, 1)
+    assert (
+        float(p.R),
+        float(p.alpha_s),
+        float(p.beta_s),
+        float(p.v_bar),
+        float(p.s_bar),
+        float(p.c_d),
+        float(p.theta),
+        float(p.eps),
+        float(p.eta),
+        float(p.xi),
+        float(p.T),
+    ) == (10, 3, 2, 50, 500, 2, 0.5, 0.9, 5, 5, 1)
     assert p.shape == ()
     with pytest.raises(AttributeError):
         p.R = 3.0  # type: ignore[misc]
@@ -131,5 +151,6 @@ def test_scalar_input_keeps_scalar_shape():
     sol = solve(p)
     assert sol.s.shape == () and math.isfinite(float(sol.s))
     assert np.shape(incentive_gap(p, 0.2)) == ()
-    np.testing.assert_allclose(sol.s, ref.spec_s_star(10, 3, 2, 50, 500, 2, 5, 5, 0.9, 0.5),
-                               **tol(np.float64))
+    np.testing.assert_allclose(
+        sol.s, ref.spec_s_star(10, 3, 2, 50, 500, 2, 5, 5, 0.9, 0.5), **tol(np.float64)
+    )

@@ -8,8 +8,7 @@ import sympy as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcsl_core.mechanism import MechanismParams, incentive_gap, solve
-from mcsl_core.mechanism import _numba
+from mcsl_core.mechanism import MechanismParams, _numba, incentive_gap, solve
 from tests.conftest import tol
 from tests.reference import mechanism_ref as ref
 
@@ -35,10 +34,11 @@ def _scale(pts):
 
 # ---------------------------------------------------------------- symbolic derivation
 
+
 def test_symbolic_derivation_matches_spec_and_paper():
     d = ref.derivation()
     syms = d["symbols"]
-    R, al, be, vb, sb, cd, eta, xi, eps, th, T = syms
+    _R, _al, _be, vb, _sb, _cd, eta, xi, eps, _th, T = syms
     # U_d is concave in v iff eta*xi > 1 (for eps > 0): d2 = 2 T eps (1 - eta xi) / v_bar
     assert sp.simplify(d["d2Ud_dv2"] - 2 * T * eps * (1 - eta * xi) / vb) == 0
     # eq. (4) and SPEC's s* equal the sympy first-order solutions
@@ -56,8 +56,7 @@ def test_server_problem_is_convex_at_some_valid_points(rng):
     p = MechanismParams(**pts)
     sol = solve(p)
     k = pts["eta"] * pts["xi"]
-    d2 = np.array([d["f_d2Us"](*[pts[n][i] for n in ref.NAMES]) if k[i] > 1 else np.nan
-                   for i in range(2000)])
+    d2 = np.array([d["f_d2Us"](*[pts[n][i] for n in ref.NAMES]) if k[i] > 1 else np.nan for i in range(2000)])
     convex = (k > 1) & (d2 > 0)
     assert 0.01 < convex.sum() / (k > 1).sum() < 0.5
     assert not sol.valid[convex].any()
@@ -65,6 +64,7 @@ def test_server_problem_is_convex_at_some_valid_points(rng):
 
 
 # ---------------------------------------------------------------- paper's model
+
 
 @pytest.mark.parametrize("backend", ["numba", "numpy", "jax"])
 def test_unconstrained_matches_symbolic_reference(rng, backend):
@@ -84,9 +84,15 @@ def test_unconstrained_matches_symbolic_reference(rng, backend):
 @pytest.mark.parametrize(
     "over",
     [
-        dict(eta=1.0 + 1e-9, xi=1.0), dict(eta=1.0 + 1e-13, xi=1.0), dict(eta=2.0, xi=0.5 + 1e-12),
-        dict(eps=1e-12), dict(eps=1e-6), dict(eps=1 - 1e-12), dict(eps=1.0),
-        dict(eta=15.0, xi=15.0), dict(c_d=0.0, R=0.0, alpha_s=0.0, beta_s=0.0),
+        dict(eta=1.0 + 1e-9, xi=1.0),
+        dict(eta=1.0 + 1e-13, xi=1.0),
+        dict(eta=2.0, xi=0.5 + 1e-12),
+        dict(eps=1e-12),
+        dict(eps=1e-6),
+        dict(eps=1 - 1e-12),
+        dict(eps=1.0),
+        dict(eta=15.0, xi=15.0),
+        dict(c_d=0.0, R=0.0, alpha_s=0.0, beta_s=0.0),
     ],
 )
 def test_hard_cases_match_reference(over):
@@ -106,8 +112,9 @@ def test_hard_cases_match_reference(over):
         big = {"s": abs(want["s"]), "v": abs(want["s"]) + abs(want["v"]), "g": 1.0}
         for name in FLOAT_OUT:
             scale = big.get(name, (abs(want["s"]) + abs(want["v"]) + P["R"] + P["c_d"]) * 1.0)
-            np.testing.assert_allclose(float(getattr(sol, name)), want[name], rtol=rt,
-                                       atol=rt * scale, err_msg=f"{backend} {name}")
+            np.testing.assert_allclose(
+                float(getattr(sol, name)), want[name], rtol=rt, atol=rt * scale, err_msg=f"{backend} {name}"
+            )
 
 
 @pytest.mark.parametrize("constrained", [False, True])
@@ -118,8 +125,7 @@ def test_outside_mechanism_is_nan_and_not_accepted(constrained):
         assert not np.asarray(sol.valid).any() and not np.asarray(sol.accepted).any()
         for name in FLOAT_OUT:
             assert np.isnan(np.asarray(getattr(sol, name))).all()
-        assert np.isnan(np.asarray(incentive_gap(p, 0.1, constrained=constrained,
-                                                 backend=backend))).all()
+        assert np.isnan(np.asarray(incentive_gap(p, 0.1, constrained=constrained, backend=backend))).all()
 
 
 def test_eps_zero():
@@ -135,6 +141,7 @@ def test_eps_zero():
 
 
 # ---------------------------------------------------------------- constrained model
+
 
 def test_constrained_matches_brute_force(rng):
     pts = ref.random_points(rng, 30)
@@ -173,6 +180,7 @@ def test_constrained_never_worse_than_feasible_unconstrained(rng):
 
 # ---------------------------------------------------------------- backends agree
 
+
 @pytest.mark.parametrize("constrained", [False, True])
 def test_backends_agree(rng, constrained):
     pts = ref.random_points(rng, 5000)
@@ -203,12 +211,15 @@ def test_parallel_equals_serial_and_broadcast_layout(rng, constrained):
     ser = _numba.solve_flat(fields, p.shape, constrained, parallel=False, chunk=4096)
     assert all(_same(x, y) for x, y in zip(par, ser))
     th = rng.uniform(0, 1, 4000)
-    assert _same(_numba.gap_flat((*fields, th), p.shape, constrained, parallel=True, chunk=100),
-                 _numba.gap_flat((*fields, th), p.shape, constrained, parallel=False))
+    assert _same(
+        _numba.gap_flat((*fields, th), p.shape, constrained, parallel=True, chunk=100),
+        _numba.gap_flat((*fields, th), p.shape, constrained, parallel=False),
+    )
     # materialised scalars give the same answer
     full = MechanismParams(**{**pts, "c_d": np.full(4000, 1.5), "T": np.full(4000, 2.0)})
-    assert all(_same(x, y) for x, y in zip(solve(p, constrained=constrained),
-                                           solve(full, constrained=constrained)))
+    assert all(
+        _same(x, y) for x, y in zip(solve(p, constrained=constrained), solve(full, constrained=constrained))
+    )
 
 
 @pytest.mark.parametrize("constrained", [False, True])
@@ -230,8 +241,7 @@ def test_broadcast_grid_equals_materialised(rng, constrained):
     for chunk in (4, 64, 10**6):  # chunks of a row; groups of whole rows; everything at once
         flat = _numba.solve_flat(p.fields(), p.shape, constrained, chunk=chunk)
         assert all(_same(x, y.ravel()) for x, y in zip(flat, a))
-        gap = _numba.gap_flat((*p.fields(), np.full(p.shape, 0.2)), p.shape, constrained,
-                              chunk=chunk)
+        gap = _numba.gap_flat((*p.fields(), np.full(p.shape, 0.2)), p.shape, constrained, chunk=chunk)
         assert _same(gap, incentive_gap(p, 0.2, constrained=constrained).ravel())
     th = rng.uniform(0, 1, (1, 7, 1, 1))
     g1 = incentive_gap(p, th, constrained=constrained)
@@ -248,6 +258,7 @@ def test_same_input_same_output(rng):
 
 
 # ---------------------------------------------------------------- incentive compatibility
+
 
 @pytest.mark.parametrize("constrained", [False, True])
 def test_incentive_gap_matches_direct_difference(rng, constrained):
@@ -266,23 +277,46 @@ def test_incentive_gap_matches_direct_difference(rng, constrained):
     sc = pts["T"] * _scale(pts) ** 2
     _close(gap, direct, sc, rtol=1e-10)
     for backend in ("numpy", "jax"):
-        _close(gap, np.asarray(incentive_gap(p, th_hat, constrained=constrained, backend=backend)),
-               sc, rtol=1e-11)
+        _close(
+            gap,
+            np.asarray(incentive_gap(p, th_hat, constrained=constrained, backend=backend)),
+            sc,
+            rtol=1e-11,
+        )
     assert np.all(gap[sol.valid] >= 0)
     assert np.array_equal(np.isfinite(gap), sol.valid)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    R=st.floats(0, 100), alpha_s=st.floats(0, 20), beta_s=st.floats(0, 20),
-    v_bar=st.floats(1e-3, 1e3), s_bar=st.floats(1e-3, 1e3), c_d=st.floats(0, 20),
-    eta=st.floats(1e-3, 20), xi=st.floats(1e-3, 20), eps=st.floats(0, 1),
-    theta=st.floats(0, 1), theta_hat=st.floats(0, 1), constrained=st.booleans(),
+    R=st.floats(0, 100),
+    alpha_s=st.floats(0, 20),
+    beta_s=st.floats(0, 20),
+    v_bar=st.floats(1e-3, 1e3),
+    s_bar=st.floats(1e-3, 1e3),
+    c_d=st.floats(0, 20),
+    eta=st.floats(1e-3, 20),
+    xi=st.floats(1e-3, 20),
+    eps=st.floats(0, 1),
+    theta=st.floats(0, 1),
+    theta_hat=st.floats(0, 1),
+    constrained=st.booleans(),
 )
-def test_incentive_gap_never_negative(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta,
-                                      theta_hat, constrained):
-    p = MechanismParams(R=R, alpha_s=alpha_s, beta_s=beta_s, v_bar=v_bar, s_bar=s_bar, c_d=c_d,
-                        eta=eta, xi=xi, eps=eps, theta=theta)
+def test_incentive_gap_never_negative(
+    R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, theta_hat, constrained
+):
+    p = MechanismParams(
+        R=R,
+        alpha_s=alpha_s,
+        beta_s=beta_s,
+        v_bar=v_bar,
+        s_bar=s_bar,
+        c_d=c_d,
+        eta=eta,
+        xi=xi,
+        eps=eps,
+        theta=theta,
+    )
     gap = float(incentive_gap(p, theta_hat, constrained=constrained))
     valid = bool(solve(p, constrained=constrained).valid)
     assert np.isfinite(gap) == valid

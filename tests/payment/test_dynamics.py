@@ -135,7 +135,9 @@ def test_bush_mosteller_update_rule_by_hand():
     np.testing.assert_allclose(tr.q[1], [0.0, 0.5])
     # aspiration 7 (scale max|y - 7| = 4): c earns 6, sig = -1/4, weakens c; d earns 8,
     # sig = +1/4, strengthens d. Either way q1 only falls.
-    tr = evolve_requestor([1.0] * 4, [0.4, 0.5], rule="bush_mosteller", steps=50, lr=0.5, seed=0, aspiration=7.0)
+    tr = evolve_requestor(
+        [1.0] * 4, [0.4, 0.5], rule="bush_mosteller", steps=50, lr=0.5, seed=0, aspiration=7.0
+    )
     assert (np.diff(tr.q[:, 0]) < 0).all() and tr.q[-1, 1] == 0.5
 
 

@@ -121,7 +121,13 @@ def test_zd_relation_thousands_of_requestors(rng):
 
 
 @settings(max_examples=150, deadline=None)
-@given(p=st.lists(prob, min_size=4, max_size=4), q1=prob, q2=prob, alpha=st.floats(-0.3, 0.3), beta=st.floats(-0.3, 0.3))
+@given(
+    p=st.lists(prob, min_size=4, max_size=4),
+    q1=prob,
+    q2=prob,
+    alpha=st.floats(-0.3, 0.3),
+    beta=st.floats(-0.3, 0.3),
+)
 def test_akin_lemma_and_general_zd(p, q1, q2, alpha, beta):
     """v . p~ = 0 for any leader p and requestor q (Akin); hence alpha E_b + beta E_r + gamma = 0."""
     p = np.array(p)
@@ -190,7 +196,9 @@ def test_tft_against_copycat_is_reducible():
         # the leader's first move (copying the requestor's move in init) decides
         c = init[0] + init[2]
         np.testing.assert_allclose(lr.v, [c, 0, 0, 1 - c], atol=1e-15)
-        np.testing.assert_allclose(stationary(transition_matrix(tit_for_tat(), [1, 0]), init=init), lr.v, atol=1e-14)
+        np.testing.assert_allclose(
+            stationary(transition_matrix(tit_for_tat(), [1, 0]), init=init), lr.v, atol=1e-14
+        )
 
 
 def test_wsls_against_always_defect_is_periodic():

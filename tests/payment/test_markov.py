@@ -89,7 +89,9 @@ def test_reducible_with_transient_block_and_init(rng):
     )
     for _ in range(5):
         init = rng.dirichlet(np.ones(5))
-        np.testing.assert_allclose(stationary(P, init=init), stationary_exact(P, init), rtol=1e-11, atol=1e-15)
+        np.testing.assert_allclose(
+            stationary(P, init=init), stationary_exact(P, init), rtol=1e-11, atol=1e-15
+        )
 
 
 def test_periodic_chain_unique_answer():

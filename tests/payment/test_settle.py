@@ -45,8 +45,16 @@ def test_conserves_money_and_matches_reference(amounts, trainings, nodes, w, mu)
             assert got == fl
     # the extra units went to the largest fractional parts
     fracs = [e - int(e.to_integral_value(rounding="ROUND_FLOOR")) for e in shares]
-    up = [f for g, e, f in zip(paid.tolist(), shares, fracs) if g > int(e.to_integral_value(rounding="ROUND_FLOOR"))]
-    down = [f for g, e, f in zip(paid.tolist(), shares, fracs) if g == int(e.to_integral_value(rounding="ROUND_FLOOR"))]
+    up = [
+        f
+        for g, e, f in zip(paid.tolist(), shares, fracs)
+        if g > int(e.to_integral_value(rounding="ROUND_FLOOR"))
+    ]
+    down = [
+        f
+        for g, e, f in zip(paid.tolist(), shares, fracs)
+        if g == int(e.to_integral_value(rounding="ROUND_FLOOR"))
+    ]
     if up and down:
         assert min(up) >= max(down)
 
@@ -109,12 +117,20 @@ def test_large_counts_exact():
 )
 def test_bad_input_raises(kwargs, match):
     args = dict(
-        device_amounts=[1.0], server_trainings=[1], producer_aggregations=[1], producer_blocks=[1],
-        w_l=0.1, w_a=0.2, w_b=0.3,
+        device_amounts=[1.0],
+        server_trainings=[1],
+        producer_aggregations=[1],
+        producer_blocks=[1],
+        w_l=0.1,
+        w_a=0.2,
+        w_b=0.3,
     )
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         settle(
-            args.pop("device_amounts"), args.pop("server_trainings"),
-            args.pop("producer_aggregations"), args.pop("producer_blocks"), **args,
+            args.pop("device_amounts"),
+            args.pop("server_trainings"),
+            args.pop("producer_aggregations"),
+            args.pop("producer_blocks"),
+            **args,
         )

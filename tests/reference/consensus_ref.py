@@ -97,7 +97,9 @@ class Node:
 
 
 class RefSim:
-    def __init__(self, n, U, *, update_bytes, network, fault_kind, protocol, block_carries, seed, V, f, tbase):
+    def __init__(
+        self, n, U, *, update_bytes, network, fault_kind, protocol, block_carries, seed, V, f, tbase
+    ):
         self.n, self.U, self.f, self.V = n, U, f, V
         self.q = (n + f + 2) // 2  # PBFT quorum ceil((n + f + 1) / 2); 2f + 1 when n = 3f + 1
         self.net = network
@@ -221,8 +223,17 @@ class RefSim:
             return
         node.committed_in_view = True
         self.record_commit(node, node.prepared, now)
-        self.unicast(node.idx, self.n, "reply", node.view, node.prepared, 0, self.net.header_bytes,
-                     self.vote_cost(), now)
+        self.unicast(
+            node.idx,
+            self.n,
+            "reply",
+            node.view,
+            node.prepared,
+            0,
+            self.net.header_bytes,
+            self.vote_cost(),
+            now,
+        )
         node.done = True
         node.timer_version += 1
 
@@ -238,8 +249,19 @@ class RefSim:
         H = self.net.header_bytes
         nver = 1.0 if self.digests else 1.0 + self.U
         cost = self.net.processing_s + self.net.verify_s * nver + self.net.hash_s_per_byte * payload
-        self.broadcast(node.idx, "pre_prepare", v, d, forged, equiv, 0, H + payload, cost, now,
-                       self.net.hash_s_per_byte * payload)
+        self.broadcast(
+            node.idx,
+            "pre_prepare",
+            v,
+            d,
+            forged,
+            equiv,
+            0,
+            H + payload,
+            cost,
+            now,
+            self.net.hash_s_per_byte * payload,
+        )
         node.accepted = d
         if self.protocol == "pbft":
             if equiv:
@@ -255,7 +277,12 @@ class RefSim:
 
     def try_accept(self, node, now):
         v = node.view
-        if not node.active or node.accepted is not None or v not in node.preprepares or self.primary(v) == node.idx:
+        if (
+            not node.active
+            or node.accepted is not None
+            or v not in node.preprepares
+            or self.primary(v) == node.idx
+        ):
             return
         if self.digests and node.n_updates < self.U:
             return
@@ -293,8 +320,18 @@ class RefSim:
         cert = self.q if node.cert is not None else 0
         pcv, pcd = node.cert if node.cert is not None else (-1, -1)
         H = self.net.header_bytes
-        self.broadcast(node.idx, "view_change", w, pcd, pcd, False, pcv, H * (1 + cert),
-                       self.net.processing_s + self.net.verify_s * (1 + cert), now)
+        self.broadcast(
+            node.idx,
+            "view_change",
+            w,
+            pcd,
+            pcd,
+            False,
+            pcv,
+            H * (1 + cert),
+            self.net.processing_s + self.net.verify_s * (1 + cert),
+            now,
+        )
         if not node.done:
             self.arm_timer(node, w, now)
         if self.primary(w) == node.idx:
@@ -315,8 +352,18 @@ class RefSim:
             d = node.cert[1]
         node.nv_digest = d
         m = self.q + 1
-        self.broadcast(node.idx, "new_view", w, d, d, False, 0, self.net.header_bytes * m,
-                       self.net.processing_s + self.net.verify_s * m, now)
+        self.broadcast(
+            node.idx,
+            "new_view",
+            w,
+            d,
+            d,
+            False,
+            0,
+            self.net.header_bytes * m,
+            self.net.processing_s + self.net.verify_s * m,
+            now,
+        )
         self.try_propose(node, now)
 
     def client_reply(self, s, d, now):
@@ -410,8 +457,18 @@ class RefSim:
                 return
             ph = node.phase
             q = self.q
-            self.broadcast(node.idx, "qc", 0, qd, qd, False, ph, H + 64.0 * q,
-                           self.net.processing_s + self.net.verify_s * (1 + q), t)
+            self.broadcast(
+                node.idx,
+                "qc",
+                0,
+                qd,
+                qd,
+                False,
+                ph,
+                H + 64.0 * q,
+                self.net.processing_s + self.net.verify_s * (1 + q),
+                t,
+            )
             node.phase = ph + 1
             node.accepted = qd
             node.votes = {qd: 1}
@@ -427,7 +484,9 @@ class RefSim:
                 return
             equiv = node.fault == "equivocate"
             if m.aux < 3:
-                self.unicast(node.idx, m.src, "vote", 0, 1 if equiv else m.digest, m.aux + 1, H, self.vote_cost(), t)
+                self.unicast(
+                    node.idx, m.src, "vote", 0, 1 if equiv else m.digest, m.aux + 1, H, self.vote_cost(), t
+                )
             else:
                 rd = m.digest
                 if equiv:
@@ -476,20 +535,42 @@ class RefSim:
                 self.handle(m, t)
 
 
-def simulate_ref(n_nodes, n_updates, *, update_bytes=300_000, network=NetworkModel(), faulty=0,
-                 fault="silent", leader_faulty=False, protocol="pbft", block_carries="updates", seed=0,
-                 max_views=None):
+def simulate_ref(
+    n_nodes,
+    n_updates,
+    *,
+    update_bytes=300_000,
+    network=NetworkModel(),
+    faulty=0,
+    fault="silent",
+    leader_faulty=False,
+    protocol="pbft",
+    block_carries="updates",
+    seed=0,
+    max_views=None,
+):
     """Same signature and result type as ``mcsl_core.consensus.simulate_pbft``."""
     code = _fault_code(fault)
     mask = fault_mask(n_nodes, faulty, leader_faulty)
-    IP, P, fcode = build_inputs(n_nodes, n_updates, update_bytes, network, mask * code, protocol,
-                                block_carries, seed, max_views)
+    IP, P, fcode = build_inputs(
+        n_nodes, n_updates, update_bytes, network, mask * code, protocol, block_carries, seed, max_views
+    )
     from mcsl_core.consensus import _sim
 
     names = {_sim.HONEST: "honest", _sim.SILENT: "silent", _sim.EQUIVOCATE: "equivocate"}
-    sim = RefSim(n_nodes, n_updates, update_bytes=float(P[_sim.P_UPD]), network=network,
-                 fault_kind=[names[int(c)] for c in fcode], protocol=protocol, block_carries=block_carries,
-                 seed=seed, V=int(IP[_sim.I_V]), f=int(IP[_sim.I_F]), tbase=float(P[_sim.P_TBASE]))
+    sim = RefSim(
+        n_nodes,
+        n_updates,
+        update_bytes=float(P[_sim.P_UPD]),
+        network=network,
+        fault_kind=[names[int(c)] for c in fcode],
+        protocol=protocol,
+        block_carries=block_carries,
+        seed=seed,
+        V=int(IP[_sim.I_V]),
+        f=int(IP[_sim.I_F]),
+        tbase=float(P[_sim.P_TBASE]),
+    )
     assert protocol in PROTOCOLS
     sim.run()
     n = n_nodes

@@ -86,7 +86,9 @@ def write_leaf(path: Path, users, xs, ys, hierarchies=None) -> Path:
     blob = {
         "users": list(users),
         "num_samples": [len(y) for y in ys],
-        "user_data": {u: {"x": np.asarray(x).tolist(), "y": np.asarray(y).tolist()} for u, x, y in zip(users, xs, ys)},
+        "user_data": {
+            u: {"x": np.asarray(x).tolist(), "y": np.asarray(y).tolist()} for u, x, y in zip(users, xs, ys)
+        },
     }
     if hierarchies is not None:
         blob["hierarchies"] = list(hierarchies)

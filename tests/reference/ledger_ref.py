@@ -16,7 +16,9 @@ def merkle_root_rfc6962(leaves: list[bytes]) -> bytes:
     k = 1
     while k * 2 < len(leaves):
         k *= 2
-    return hashlib.sha256(b"\x01" + merkle_root_rfc6962(leaves[:k]) + merkle_root_rfc6962(leaves[k:])).digest()
+    return hashlib.sha256(
+        b"\x01" + merkle_root_rfc6962(leaves[:k]) + merkle_root_rfc6962(leaves[k:])
+    ).digest()
 
 
 def universe(bids, locations):

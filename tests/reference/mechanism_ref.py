@@ -26,7 +26,8 @@ NAMES = ("R", "alpha_s", "beta_s", "v_bar", "s_bar", "c_d", "eta", "xi", "eps", 
 def derivation() -> dict:
     """Symbolic derivation; returns expressions and numeric (lambdified) functions."""
     R, al, be, vb, sb, cd, eta, xi, eps, th, T = sp.symbols(
-        "R alpha_s beta_s v_bar s_bar c_d eta xi eps theta T", real=True)
+        "R alpha_s beta_s v_bar s_bar c_d eta xi eps theta T", real=True
+    )
     v, s = sp.symbols("v s", real=True)
     g = eps * v / vb + (1 - eps) * s / sb  # (2)
     U_s = T * (R + al * th + be - v - s) * g  # (1)
@@ -45,9 +46,18 @@ def derivation() -> dict:
     s_star = sp.simplify(s_star[0])
     syms = (R, al, be, vb, sb, cd, eta, xi, eps, th, T)
     return dict(
-        symbols=syms, v=v, s=s, g=g, U_s=U_s, U_d=U_d,
-        d2Ud_dv2=d2Ud_dv2, v_star=v_star, Us_along=Us_along, degree_in_s=poly.degree(),
-        d2Us_ds2=d2Us_ds2, s_star=s_star,
+        symbols=syms,
+        v=v,
+        s=s,
+        g=g,
+        U_s=U_s,
+        U_d=U_d,
+        d2Ud_dv2=d2Ud_dv2,
+        v_star=v_star,
+        Us_along=Us_along,
+        degree_in_s=poly.degree(),
+        d2Us_ds2=d2Us_ds2,
+        s_star=s_star,
         f_v_star=sp.lambdify((s, *syms), v_star, "math"),
         f_s_star=sp.lambdify(syms, s_star, "math"),
         f_d2Us=sp.lambdify(syms, sp.factor(d2Us_ds2), "math"),
@@ -61,14 +71,16 @@ def spec_s_star(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T=1.
     """SPEC.md's closed form, literally (works on sympy symbols and on floats)."""
     A0 = eps / v_bar + (eta * xi - 1) * (eps - 1) / s_bar
     A1 = 2 * (eta * xi - 1)
-    return ((R + alpha_s * theta + beta_s + c_d / A1) / (2 * (v_bar * A0 / (eps * A1) + 1))
-            + c_d * eps / (2 * v_bar * A1 * (A0 / A1 - (eps - 1) / s_bar)))
+    return (R + alpha_s * theta + beta_s + c_d / A1) / (2 * (v_bar * A0 / (eps * A1) + 1)) + c_d * eps / (
+        2 * v_bar * A1 * (A0 / A1 - (eps - 1) / s_bar)
+    )
 
 
 def paper_eq4(s, R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T=1.0):
     """Eq. (4) of the paper, literally."""
-    return (((1 - eps) * (eta * xi - 1) * v_bar * s - eps * s_bar * (s - c_d))
-            / (2 * eps * (1 - eta * xi) * s_bar))
+    return ((1 - eps) * (eta * xi - 1) * v_bar * s - eps * s_bar * (s - c_d)) / (
+        2 * eps * (1 - eta * xi) * s_bar
+    )
 
 
 def solve_point_exact(point: dict) -> dict:
@@ -79,14 +91,22 @@ def solve_point_exact(point: dict) -> dict:
     sub = {sym: sp.Rational(float(point[n])) for sym, n in zip(d["symbols"], NAMES)}
     k = sub[d["symbols"][6]] * sub[d["symbols"][7]]
     if not (k > 1 and sub[d["symbols"][8]] > 0) or not d["d2Us_ds2"].subs(sub) < 0:
-        return dict(s=math.nan, v=math.nan, g=math.nan, U_s=math.nan, U_d=math.nan,
-                    valid=False, accepted=False)
+        return dict(
+            s=math.nan, v=math.nan, g=math.nan, U_s=math.nan, U_d=math.nan, valid=False, accepted=False
+        )
     s = d["s_star"].subs(sub)
     v = d["v_star"].subs(sub).subs(d["s"], s)
     sub2 = {**sub, d["s"]: s, d["v"]: v}
     us = d["U_s"].subs(sub2)
-    return dict(s=float(s), v=float(v), g=float(d["g"].subs(sub2)), U_s=float(us),
-                U_d=float(d["U_d"].subs(sub2)), valid=True, accepted=bool(us >= 0))
+    return dict(
+        s=float(s),
+        v=float(v),
+        g=float(d["g"].subs(sub2)),
+        U_s=float(us),
+        U_d=float(d["U_d"].subs(sub2)),
+        valid=True,
+        accepted=bool(us >= 0),
+    )
 
 
 def solve_point(point: dict) -> dict:
@@ -94,8 +114,7 @@ def solve_point(point: dict) -> dict:
     d = derivation()
     x = [float(point[n]) for n in NAMES]
     k = point["eta"] * point["xi"]
-    nan = dict(s=math.nan, v=math.nan, g=math.nan, U_s=math.nan, U_d=math.nan,
-               valid=False, accepted=False)
+    nan = dict(s=math.nan, v=math.nan, g=math.nan, U_s=math.nan, U_d=math.nan, valid=False, accepted=False)
     if not (k > 1 and point["eps"] > 0):
         return nan
     if not d["f_d2Us"](*x) < 0:
@@ -103,8 +122,7 @@ def solve_point(point: dict) -> dict:
     s = d["f_s_star"](*x)
     v = d["f_v_star"](s, *x)
     us = d["f_Us"](v, s, *x)
-    return dict(s=s, v=v, g=d["f_g"](v, s, *x), U_s=us, U_d=d["f_Ud"](v, s, *x),
-                valid=True, accepted=us >= 0)
+    return dict(s=s, v=v, g=d["f_g"](v, s, *x), U_s=us, U_d=d["f_Ud"](v, s, *x), valid=True, accepted=us >= 0)
 
 
 def _argmax_1d(f, lo, hi, n):
@@ -116,8 +134,12 @@ def _argmax_1d(f, lo, hi, n):
     a, b = grid[max(j - 1, 0)], grid[min(j + 1, n - 1)]
     best_x, best_f = grid[j], vals[j]
     if b > a:
-        res = minimize_scalar(lambda t: -float(f(t)), bounds=(a, b), method="bounded",
-                              options=dict(xatol=1e-12 * max(1.0, abs(hi))))
+        res = minimize_scalar(
+            lambda t: -float(f(t)),
+            bounds=(a, b),
+            method="bounded",
+            options=dict(xatol=1e-12 * max(1.0, abs(hi))),
+        )
         if -res.fun > best_f:
             best_x, best_f = float(res.x), -float(res.fun)
     return float(best_x), float(best_f)
@@ -167,8 +189,9 @@ def brute_force_constrained(point: dict, n_s: int = 1001, n_v: int = 1001) -> di
     fine = np.linspace(s_grid[max(j - 2, 0)], s_grid[min(j + 2, n_s - 1)], 801)
     jf = best_on(fine)
     a, b = fine[max(jf - 1, 0)], fine[min(jf + 1, 800)]
-    res = minimize_scalar(lambda t: -U_s(v_dev(t), t), bounds=(a, b), method="bounded",
-                          options=dict(xatol=1e-11 * P["s_bar"]))
+    res = minimize_scalar(
+        lambda t: -U_s(v_dev(t), t), bounds=(a, b), method="bounded", options=dict(xatol=1e-11 * P["s_bar"])
+    )
     cand = [s_grid[j], fine[jf], float(res.x), 0.0, P["s_bar"]]
     scored = [(U_s(v_dev(t), t), t) for t in cand]
     best_us, s = max(scored)
@@ -179,8 +202,15 @@ def brute_force_constrained(point: dict, n_s: int = 1001, n_v: int = 1001) -> di
 def random_points(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     """Random parameter points across the whole domain (eta*xi on both sides of 1)."""
     return dict(
-        R=rng.uniform(0, 50, n), alpha_s=rng.uniform(0, 10, n), beta_s=rng.uniform(0, 10, n),
-        v_bar=rng.uniform(1, 100, n), s_bar=rng.uniform(1, 1000, n), c_d=rng.uniform(0, 10, n),
-        eta=rng.uniform(0.05, 15, n), xi=rng.uniform(0.05, 15, n), eps=rng.uniform(0, 1, n),
-        theta=rng.uniform(0, 1, n), T=rng.uniform(0.1, 3, n),
+        R=rng.uniform(0, 50, n),
+        alpha_s=rng.uniform(0, 10, n),
+        beta_s=rng.uniform(0, 10, n),
+        v_bar=rng.uniform(1, 100, n),
+        s_bar=rng.uniform(1, 1000, n),
+        c_d=rng.uniform(0, 10, n),
+        eta=rng.uniform(0.05, 15, n),
+        xi=rng.uniform(0.05, 15, n),
+        eps=rng.uniform(0, 1, n),
+        theta=rng.uniform(0, 1, n),
+        T=rng.uniform(0.1, 3, n),
     )

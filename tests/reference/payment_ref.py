@@ -18,7 +18,7 @@ import numpy as np
 def _solve(A: list[list[Fraction]], b: list[Fraction]) -> list[Fraction] | None:
     """Solve A z = b exactly (Gauss-Jordan); None when A is singular."""
     n = len(A)
-    M = [row[:] + [b[i]] for i, row in enumerate(A)]
+    M = [[*row[:], b[i]] for i, row in enumerate(A)]
     for k in range(n):
         piv = next((r for r in range(k, n) if M[r][k] != 0), None)
         if piv is None:
@@ -97,7 +97,9 @@ def settle_ref(amounts, trainings, aggs, blocks, w_l, w_a, w_b, minor_unit: str 
     mu = Decimal(minor_unit)
     shares = [Decimal(float(a)) / mu for a in amounts]
     shares += [Decimal(float(w_l)) * int(t) / mu for t in trainings]
-    shares += [(Decimal(float(w_a)) * int(a) + Decimal(float(w_b)) * int(b)) / mu for a, b in zip(aggs, blocks)]
+    shares += [
+        (Decimal(float(w_a)) * int(a) + Decimal(float(w_b)) * int(b)) / mu for a, b in zip(aggs, blocks)
+    ]
     W = sum(shares, Decimal(0))
     total = int(W.to_integral_value(rounding="ROUND_HALF_EVEN"))
     return total, shares

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mcsl_core import ledger as L
@@ -18,8 +17,15 @@ from mcsl_core.system import TaskConfig, config_from_mapping, load_config, run_t
 EXAMPLE = Path(__file__).resolve().parents[2] / "mcsl_core" / "configs" / "example.toml"
 
 #: A task small enough for the fast tier: 24 devices, 3 edge servers, a few rounds.
-TINY = TaskConfig(num_devices=24, num_locations=36, num_edge_servers=3, max_rounds=3, target_accuracy=0.0,
-                  recruitment_budget=1000.0, game_steps=300)
+TINY = TaskConfig(
+    num_devices=24,
+    num_locations=36,
+    num_edge_servers=3,
+    max_rounds=3,
+    target_accuracy=0.0,
+    recruitment_budget=1000.0,
+    game_steps=300,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +44,14 @@ def test_tiny_task_runs_every_procedure(tiny_run):
     for name in ("report.json", "rounds.csv", "summary.txt", "accuracy.png", "config.toml", "ledger.sqlite"):
         assert (out / name).is_file(), name
     assert json.loads((out / "report.json").read_text())["ledger_height"] == report.ledger_height
-    assert set(report.stage_seconds) == {"mechanism", "training", "signing_verification",
-                                         "consensus_simulation", "settlement", "ledger"}
+    assert set(report.stage_seconds) == {
+        "mechanism",
+        "training",
+        "signing_verification",
+        "consensus_simulation",
+        "settlement",
+        "ledger",
+    }
 
 
 def test_ledger_records_the_task_and_verifies_from_the_cli(tiny_run, capsys):
@@ -48,7 +60,10 @@ def test_ledger_records_the_task_and_verifies_from_the_cli(tiny_run, capsys):
     chain = L.Ledger.open(out / "ledger.sqlite")
     try:
         assert len(chain) == report.ledger_height
-        kinds = [rec.kind if hasattr(rec, "kind") else type(rec.tx).__name__ for rec in chain.task_records(TINY.task_id)]
+        kinds = [
+            rec.kind if hasattr(rec, "kind") else type(rec.tx).__name__
+            for rec in chain.task_records(TINY.task_id)
+        ]
         assert kinds  # publication, recruitment, payments, updates, aggregate, binding, payment
     finally:
         chain.close()
@@ -61,20 +76,29 @@ def test_payments_sum_to_the_bill_exactly(tiny_run):
         records = [chain.block(h) for h in range(len(chain))]
     finally:
         chain.close()
-    pays = [L.decode_tx(stx.payload) for b in records for stx in b.txs
-            if isinstance(L.decode_tx(stx.payload), L.PaymentRecord)]
+    pays = [
+        L.decode_tx(stx.payload)
+        for b in records
+        for stx in b.txs
+        if isinstance(L.decode_tx(stx.payload), L.PaymentRecord)
+    ]
     assert len(pays) == 1
     pay = pays[0]
     assert sum(a.amount for a in pay.allocations) == pay.total
     assert pay.total == round(report.total_bill / TINY.minor_unit)
     # the bill: every accepted device's v + s, plus flat rates for trainings, aggregations and blocks
-    subs = [L.decode_tx(stx.payload) for b in records for stx in b.txs
-            if isinstance(L.decode_tx(stx.payload), L.DataSubmissionPayment)]
+    subs = [
+        L.decode_tx(stx.payload)
+        for b in records
+        for stx in b.txs
+        if isinstance(L.decode_tx(stx.payload), L.DataSubmissionPayment)
+    ]
     assert len(subs) == report.devices_accepted
     devices = sum(a.amount for a in pay.allocations if a.role == "device")
     assert devices == pytest.approx(sum(t.v + t.s for t in subs) / TINY.minor_unit, abs=len(subs))
     assert report.paid["devices"] + report.paid["edge_servers"] + report.paid["nodes"] == pytest.approx(
-        report.total_bill, abs=1e-9)
+        report.total_bill, abs=1e-9
+    )
 
 
 def test_same_seed_same_task(tiny_run, tmp_path):
@@ -103,13 +127,15 @@ def test_faulty_leader_forces_a_recorded_view_change(tmp_path):
 @pytest.mark.parametrize("robust", ["median", "krum"])
 def test_byzantine_server_wrecks_fedavg_but_not_robust_aggregation(robust, tmp_path):
     # one of 8 edge servers sends -10x its update every round
-    base = TaskConfig(num_edge_servers=8, byzantine_servers=1, byzantine_scale=10.0, max_rounds=15,
-                      target_accuracy=1.0)
+    base = TaskConfig(
+        num_edge_servers=8, byzantine_servers=1, byzantine_scale=10.0, max_rounds=15, target_accuracy=1.0
+    )
     avg = run_task(base, tmp_path / "avg", progress=False)
     avg_clean = run_task(base.replace(byzantine_servers=0), tmp_path / "avg_clean", progress=False)
     rob = run_task(base.replace(aggregator=robust), tmp_path / "rob", progress=False)
-    rob_clean = run_task(base.replace(aggregator=robust, byzantine_servers=0), tmp_path / "rob_clean",
-                         progress=False)
+    rob_clean = run_task(
+        base.replace(aggregator=robust, byzantine_servers=0), tmp_path / "rob_clean", progress=False
+    )
     assert avg.final_accuracy < avg_clean.final_accuracy - 0.25  # FedAvg is dragged down
     assert rob.final_accuracy > avg.final_accuracy + 0.15
     assert rob.final_accuracy > rob_clean.final_accuracy - 0.1  # the robust rule holds
@@ -140,10 +166,14 @@ def test_bad_config_is_rejected_with_the_key(mapping, message):
 def test_mcsl_run_rejects_malformed_config_without_traceback(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[learning]\nrouds = 3\n")
-    proc = subprocess.run([sys.executable, "-m", "mcsl_core", "run", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcsl_core", "run", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("mcsl: error:") and "unknown key learning.rouds" in proc.stderr
     bad.write_text("[learning\n")
-    proc = subprocess.run([sys.executable, "-m", "mcsl_core", "run", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcsl_core", "run", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr and "Traceback" not in proc.stderr
