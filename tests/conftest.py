@@ -20,7 +20,8 @@ def tol(dtype) -> dict[str, float]:
     return TOL[np.dtype(dtype).type]
 
 
-#: The real FEMNIST subset beside the project (never committed; tests skip without it).
+#: The real FEMNIST subset beside the project (never committed; tests skip without it,
+#: and fail instead when MCSL_REQUIRE_DATA=1, as in .ci/run).
 FEMNIST_DIR = Path(
     os.environ.get(
         "MCSL_FEMNIST_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "femnist_leaf"
@@ -31,6 +32,8 @@ FEMNIST_DIR = Path(
 @pytest.fixture
 def femnist_dir() -> Path:
     if not (FEMNIST_DIR / "train").is_dir():
+        if os.environ.get("MCSL_REQUIRE_DATA") == "1":  # CI: the data is always there, so this is a failure
+            pytest.fail(f"MCSL_REQUIRE_DATA=1 but the FEMNIST LEAF subset is not at {FEMNIST_DIR}")
         pytest.skip(f"FEMNIST LEAF subset not found at {FEMNIST_DIR}")
     return FEMNIST_DIR
 
