@@ -15,6 +15,16 @@ TOL: dict[type, dict[str, float]] = {
 }
 
 
+#: Hypothesis example counts scale up under CI (CI=true, as CI sets it): write
+#: ``@settings(max_examples=examples(40))`` so a local run stays quick and CI searches wider.
+EXAMPLE_SCALE = 4 if os.environ.get("CI", "").lower() == "true" else 1
+
+
+def examples(n: int) -> int:
+    """``n`` hypothesis examples locally, ``EXAMPLE_SCALE * n`` in CI."""
+    return n * EXAMPLE_SCALE
+
+
 def tol(dtype) -> dict[str, float]:
     """``rtol``/``atol`` for ``numpy.testing.assert_allclose`` at this dtype."""
     return TOL[np.dtype(dtype).type]
