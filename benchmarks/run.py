@@ -10,6 +10,7 @@ none means every suite. ``compare`` is pytest-benchmark's ``--benchmark-compare`
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,18 @@ def pytest_cmd(suite: str, *extra: str) -> list[str]:
     ]
 
 
+def keep_summary_only(path: Path) -> None:
+    """Drop pytest-benchmark's raw per-round samples (``stats.data``) from a result file.
+
+    bench_results/ keeps summary statistics (min, median, quartiles, rounds, ...); the raw
+    samples made a single suite's file tens of thousands of lines long.
+    """
+    doc = json.loads(path.read_text())
+    for bench in doc.get("benchmarks", []):
+        bench.get("stats", {}).pop("data", None)
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
 def record(names: list[str]) -> int:
     RESULTS.mkdir(exist_ok=True)
     for suite in suites(names):
@@ -57,6 +70,7 @@ def record(names: list[str]) -> int:
         rc = subprocess.call(pytest_cmd(suite, f"--benchmark-json={out}"), cwd=ROOT)
         if rc != 0:
             return rc
+        keep_summary_only(out)
     summary = subprocess.run(
         [sys.executable, "benchmarks/summarize.py", *map(str, sorted(RESULTS.glob("*.json")))],
         cwd=ROOT,
