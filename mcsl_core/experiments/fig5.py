@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mcsl_core.experiments._common import pyplot, save_figure, write_csv
+from mcsl_core._io import write_csv
+from mcsl_core._plot import pyplot, save_figure
 
 __all__ = ["run"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mcsl_core._io import write_csv
+from mcsl_core._plot import pyplot, save_figure
 from mcsl_core.consensus import NetworkModel, sweep
-
-from ._common import pyplot, save_figure, write_csv
 
 UPDATE_BYTES = 300_000
 

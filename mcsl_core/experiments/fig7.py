@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mcsl_core.experiments._common import pyplot, save_figure, write_csv
+from mcsl_core._io import write_csv
+from mcsl_core._plot import pyplot, save_figure
 from mcsl_core.payment import (
     PAPER_X,
     PAPER_Y,

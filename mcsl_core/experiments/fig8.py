@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mcsl_core.experiments._common import pyplot, save_figure, write_csv
+from mcsl_core._io import write_csv
+from mcsl_core._plot import pyplot, save_figure
 from mcsl_core.experiments.fig7 import Q0, leaders, simulate, write_trajectories
 
 __all__ = ["run"]

@@ -11,7 +11,9 @@ What is recorded, who may write it, and how anyone checks it:
 - :class:`Ledger` validates every rule on append (a :class:`LedgerError` subclass
   names the failed rule), persists in SQLite and re-verifies on open;
 - :class:`ModelStore`, the content-addressed off-chain model store;
-- contracts: :func:`recruit_workers`, :func:`choose_initial_model`, :func:`settle_task`;
+- contracts: :func:`recruit_workers`, :func:`choose_initial_model`, :func:`settle_task`,
+  :func:`collect_task` (the payment game's installments, :class:`Installment` and
+  :class:`ResultRelease`, then :class:`PaymentCollection`);
 - :func:`verify_update_round`: a round of signed updates checked on every core.
 """
 
@@ -21,9 +23,12 @@ from mcsl_core.ledger._consortium import Consortium
 from mcsl_core.ledger._contracts import (
     SettlementInputs,
     choose_initial_model,
+    collect_task,
+    installment_dues,
     recruit_for_task,
     settle_task,
     settlement_inputs,
+    split_collected,
 )
 from mcsl_core.ledger._election import elect_leader, max_faulty, quorum_size
 from mcsl_core.ledger._errors import (
@@ -57,10 +62,13 @@ from mcsl_core.ledger._tx import (
     Allocation,
     Bid,
     DataSubmissionPayment,
+    Installment,
     MembershipRegistration,
     ModelUpdate,
+    PaymentCollection,
     PaymentRecord,
     ResultBinding,
+    ResultRelease,
     SignedTx,
     TaskPublication,
     Transaction,
@@ -93,6 +101,8 @@ __all__ = [
     "DataSubmissionPayment",
     "GenesisError",
     "Identity",
+    # the payment game (installments) and the collection contract
+    "Installment",
     # ledger
     "Ledger",
     # errors
@@ -103,11 +113,13 @@ __all__ = [
     # store
     "ModelStore",
     "ModelUpdate",
+    "PaymentCollection",
     "PaymentRecord",
     "QuorumNotReached",
     "Recruitment",
     "ReplayedTransaction",
     "ResultBinding",
+    "ResultRelease",
     "RoundCheck",
     "RoundOutOfOrder",
     "SettlementInputs",
@@ -126,11 +138,13 @@ __all__ = [
     "WrongProposer",
     "WrongRole",
     "choose_initial_model",
+    "collect_task",
     "commit_digest",
     "decode_tree",
     "decode_tx",
     "elect_leader",
     "encode_tree",
+    "installment_dues",
     "max_faulty",
     "merkle_root",
     "quorum_size",
@@ -139,6 +153,7 @@ __all__ = [
     "recruit_workers",
     "settle_task",
     "settlement_inputs",
+    "split_collected",
     "tree_address",
     "verify_file",
     # round verification

@@ -6,8 +6,12 @@
   when the requestor gives none (paper IV-A);
 - :func:`settle_task`: the payment contract (paper IV-D): reads the task's
   records, calls :func:`mcsl_core.payment.settle` and returns the
-  :class:`PaymentRecord` that records the allocation. The ledger re-runs it on
-  append and rejects a record that differs.
+  :class:`PaymentRecord` that records the bill and each payee's due share. The
+  ledger re-runs it on append and rejects a record that differs;
+- :func:`installment_dues` and :func:`collect_task`: the bill is due in
+  installments, one per round of the payment game (:class:`Installment`); the
+  collection contract allocates what the requestor actually paid
+  (:func:`split_collected`) and records the rest as owed.
 
 Every function reads only committed blocks, so any node holding the same chain
 gets byte-identical results.
@@ -26,12 +30,23 @@ from mcsl_core.ledger._tx import (
     AggregatedModel,
     Bid,
     DataSubmissionPayment,
+    Installment,
     ModelUpdate,
+    PaymentCollection,
     PaymentRecord,
     WorkerRecruitment,
 )
 
-__all__ = ["SettlementInputs", "choose_initial_model", "recruit_for_task", "settle_task", "settlement_inputs"]
+__all__ = [
+    "SettlementInputs",
+    "choose_initial_model",
+    "collect_task",
+    "installment_dues",
+    "recruit_for_task",
+    "settle_task",
+    "settlement_inputs",
+    "split_collected",
+]
 
 
 def _state(ledger):
@@ -185,3 +200,52 @@ def _settle_state(st, task_id, *, w_l, w_a, w_b, minor_unit, settle=None) -> Pay
         + [("node", n, int(a)) for n, a in zip(inp.producers, s.producers)]
     )
     return PaymentRecord(task_id, w_l, w_a, w_b, float(s.minor_unit), int(s.total), tuple(allocs))
+
+
+def installment_dues(total: int, of: int) -> list[int]:
+    """``total`` minor units due in ``of`` installments: ``total // of`` each, the
+    ``total % of`` remaining units one each to the first installments (sums to ``total``)."""
+    q, r = divmod(int(total), int(of))
+    return [q + (1 if k < r else 0) for k in range(int(of))]
+
+
+def split_collected(dues: Sequence[int], collected: int) -> list[int]:
+    """Allocate ``collected`` minor units in proportion to ``dues`` (exact integers).
+
+    The rule of :func:`mcsl_core.payment.settle` on the exact shares
+    ``dues[i] * collected / sum(dues)``: floors, then the remaining units one each
+    to the largest fractional parts, ties by position. Sums to ``collected``;
+    no payee gets more than its due (``collected <= sum(dues)``).
+    """
+    total = sum(int(d) for d in dues)
+    if not 0 <= collected <= total:
+        raise ValueError(f"collected must lie in [0, {total}], got {collected}")
+    if total == 0:
+        return [0] * len(dues)
+    num = [int(d) * int(collected) for d in dues]
+    floors = [n // total for n in num]
+    order = sorted(range(len(num)), key=lambda k: (-(num[k] % total), k))
+    for k in order[: collected - sum(floors)]:
+        floors[k] += 1
+    return floors
+
+
+def collect_task(ledger, task_id: str) -> PaymentCollection:
+    """The collection contract: what the requestor paid over the installments recorded for
+    ``task_id``, allocated over the payment record's payees, and the owed remainder."""
+    return _collect_state(_state(ledger), task_id)
+
+
+def _collect_state(st, task_id: str, extra=()) -> PaymentCollection:
+    t = st.tasks.get(task_id)
+    if t is None or t.payment is None:
+        raise ValueError(f"task_id: task {task_id!r} has no payment record to collect on")
+    recs = [*st.task_records.get(task_id, ()), *extra]
+    inst = [r.tx for r in recs if isinstance(r.tx, Installment)]
+    if not inst or len(inst) != inst[0].of:
+        raise ValueError(f"task_id: task {task_id!r} has {len(inst)} installments recorded, not all of them")
+    collected = sum(i.paid for i in inst)
+    bill = t.payment
+    paid = split_collected([a.amount for a in bill.allocations], collected)
+    allocs = tuple((a.role, a.payee, p) for a, p in zip(bill.allocations, paid))
+    return PaymentCollection(task_id, collected, bill.total - collected, allocs)

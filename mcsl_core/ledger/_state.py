@@ -28,10 +28,13 @@ from mcsl_core.ledger._recruit import recruit_workers
 from mcsl_core.ledger._tx import (
     AggregatedModel,
     DataSubmissionPayment,
+    Installment,
     MembershipRegistration,
     ModelUpdate,
+    PaymentCollection,
     PaymentRecord,
     ResultBinding,
+    ResultRelease,
     SignedTx,
     TaskPublication,
     Transaction,
@@ -454,6 +457,77 @@ def _rule_payment(ov: _Overlay, tx: PaymentRecord, height: int) -> None:
     ov.tasks[tx.task_id] = replace(t, payment=tx)
 
 
+def _task_txs(ov: _Overlay, tid: str, cls: type) -> list:
+    """Transactions of kind ``cls`` for task ``tid``: committed, then staged in this block."""
+    recs = (*ov.st.task_records.get(tid, ()), *ov.records)
+    return [r.tx for r in recs if isinstance(r.tx, cls) and r.tx.task_id == tid]
+
+
+def _billed_task(ov: _Overlay, tid: str, kind: str) -> TaskInfo:
+    """A task whose payment record (the bill) is committed and not yet collected."""
+    t = ov.st.tasks.get(tid)
+    if t is None or t.payment is None:
+        raise E.TaskStateError(f"{kind} for task {tid!r}, which has no payment record in an earlier block")
+    if _task_txs(ov, tid, PaymentCollection):
+        raise E.TaskStateError(f"{kind} for task {tid!r}, whose payment is already collected")
+    return t
+
+
+def _rule_installment(ov: _Overlay, tx: Installment, height: int) -> None:
+    from mcsl_core.ledger._contracts import installment_dues
+
+    t = _billed_task(ov, tx.task_id, "installment")
+    if tx.requestor != t.publication.requestor:
+        raise E.TaskStateError(
+            f"task {tx.task_id!r} belongs to {t.publication.requestor!r}, not {tx.requestor!r}"
+        )
+    prev = _task_txs(ov, tx.task_id, Installment)
+    released = len(_task_txs(ov, tx.task_id, ResultRelease))
+    if tx.index != len(prev) or released != len(prev) or (prev and tx.of != prev[0].of):
+        raise E.RoundOutOfOrder(
+            f"installment {tx.index} of {tx.of} for task {tx.task_id!r} after {len(prev)} installments "
+            f"and {released} releases"
+        )
+    due = installment_dues(t.payment.total, tx.of)[tx.index]
+    if tx.due != due:
+        raise E.ContractMismatch(
+            f"installment {tx.index} of task {tx.task_id!r} is {due} minor units, not {tx.due}"
+        )
+
+
+def _rule_release(ov: _Overlay, tx: ResultRelease, height: int) -> None:
+    t = _billed_task(ov, tx.task_id, "release")
+    agg = _aggregate_of(ov, tx.task_id, t.binding.round)
+    if agg is None or agg.leader != tx.leader:
+        raise E.SignerMismatch(
+            f"the result of task {tx.task_id!r} is released by the leader that finalised it"
+        )
+    installed = len(_task_txs(ov, tx.task_id, Installment))
+    prev = len(_task_txs(ov, tx.task_id, ResultRelease))
+    if tx.index != prev or installed != prev + 1:
+        raise E.RoundOutOfOrder(
+            f"release {tx.index} for task {tx.task_id!r} after {installed} installments and {prev} releases"
+        )
+
+
+def _rule_collection(ov: _Overlay, tx: PaymentCollection, height: int) -> None:
+    from mcsl_core.ledger._contracts import _collect_state
+
+    _billed_task(ov, tx.task_id, "collection")
+    inst = [r.tx for r in ov.st.task_records.get(tx.task_id, ()) if isinstance(r.tx, Installment)]
+    rel = [r.tx for r in ov.st.task_records.get(tx.task_id, ()) if isinstance(r.tx, ResultRelease)]
+    if not inst or len(rel) != inst[0].of:
+        raise E.TaskStateError(f"task {tx.task_id!r}: collection before every round of the payment game")
+    try:
+        want = _collect_state(ov.st, tx.task_id)
+    except ValueError as exc:
+        raise E.ContractMismatch(f"collection contract cannot run: {exc}") from None
+    if want != tx:
+        raise E.ContractMismatch(
+            f"collection for {tx.task_id!r} differs from the contract's ({want.collected} minor units collected)"
+        )
+
+
 _RULES: dict[type, Callable] = {
     MembershipRegistration: _rule_membership,
     TaskPublication: _rule_task,
@@ -463,4 +537,7 @@ _RULES: dict[type, Callable] = {
     AggregatedModel: _rule_aggregate,
     ResultBinding: _rule_binding,
     PaymentRecord: _rule_payment,
+    Installment: _rule_installment,
+    ResultRelease: _rule_release,
+    PaymentCollection: _rule_collection,
 }

@@ -661,3 +661,132 @@ class SignedTx:
         stx = cls(data[104:], data[8:40], data[40:104])
         _ = stx.tx  # decode now: a malformed payload is an encoding error
         return stx
+
+
+# ---------------------------------------------------------------- the payment game (paper IV-D)
+def _allocations(xs: Any) -> tuple[Allocation, ...]:
+    if isinstance(xs, (str, bytes)) or not isinstance(xs, (list, tuple)):
+        raise ValueError("allocations must be a list of (role, payee, amount)")
+    out = []
+    for i, a in enumerate(xs):
+        if not isinstance(a, (list, tuple)) or len(a) != 3 or a[0] not in _PAYEE_ROLES:
+            raise ValueError(f"allocations[{i}] must be (role in {_PAYEE_ROLES}, payee, amount)")
+        payee = check_text(f"allocations[{i}].payee", a[1], max_len=200)
+        out.append(Allocation(a[0], payee, _int(f"allocations[{i}].amount", a[2])))
+    if len({(a.role, a.payee) for a in out}) != len(out):
+        raise ValueError("allocations has a payee twice")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Installment(Transaction):
+    """The requestor's move in round ``index`` of the payment game: of the bill's ``of``
+    installments it pays number ``index`` in full (``paid == due``: action c) or not
+    (``paid == 0``: action d). Amounts in minor units of the task's payment record."""
+
+    KIND: ClassVar[str] = "installment"
+    SIGNER_ROLE: ClassVar[str] = "requestor"
+
+    task_id: str
+    index: int
+    of: int
+    requestor: str
+    due: int
+    paid: int
+
+    def __post_init__(self):
+        check_text("task_id", self.task_id, max_len=200)
+        _int("index", self.index)
+        _int("of", self.of, 1)
+        check_text("requestor", self.requestor, max_len=200)
+        _int("due", self.due)
+        _int("paid", self.paid)
+        if self.index >= self.of:
+            raise ValueError(f"index must be < of = {self.of}, got {self.index}")
+        if self.paid not in (0, self.due):
+            raise ValueError(f"paid must be 0 or the whole installment {self.due}, got {self.paid}")
+
+    @property
+    def actor(self):
+        return self.requestor
+
+    def _fields(self):
+        return {k: getattr(self, k) for k in ("task_id", "index", "of", "requestor", "due", "paid")}
+
+    @classmethod
+    def _from_fields(cls, d):
+        d = _expect_keys(cls.KIND, d, {"task_id", "index", "of", "requestor", "due", "paid"})
+        return cls(d["task_id"], d["index"], d["of"], d["requestor"], d["due"], d["paid"])
+
+
+@dataclass(frozen=True)
+class ResultRelease(Transaction):
+    """The leader's move in round ``index`` of the payment game: it releases the next share
+    of the final result (``share``: its content address, action c) or withholds it
+    (``share`` None, action d). Signed by the leader that finalised the model."""
+
+    KIND: ClassVar[str] = "release"
+    SIGNER_ROLE: ClassVar[str] = "node"
+
+    task_id: str
+    index: int
+    leader: str
+    share: str | None
+
+    def __post_init__(self):
+        check_text("task_id", self.task_id, max_len=200)
+        _int("index", self.index)
+        check_text("leader", self.leader, max_len=200)
+        if self.share is not None:
+            _address("share", self.share)
+
+    @property
+    def actor(self):
+        return self.leader
+
+    def _fields(self):
+        return {"task_id": self.task_id, "index": self.index, "leader": self.leader, "share": self.share}
+
+    @classmethod
+    def _from_fields(cls, d):
+        d = _expect_keys(cls.KIND, d, {"task_id", "index", "leader", "share"})
+        return cls(d["task_id"], d["index"], d["leader"], d["share"])
+
+
+@dataclass(frozen=True)
+class PaymentCollection(Transaction):
+    """What the requestor actually paid over the installments (``collected``), allocated by
+    the payment contract to the payees of the task's payment record, and the unpaid
+    remainder of the bill (``owed``). Integer minor units."""
+
+    KIND: ClassVar[str] = "collection"
+    SIGNER_ROLE: ClassVar[str] = "node"
+    BY_PROPOSER: ClassVar[bool] = True
+
+    task_id: str
+    collected: int
+    owed: int
+    allocations: tuple[Allocation, ...]
+
+    def __post_init__(self):
+        check_text("task_id", self.task_id, max_len=200)
+        _int("collected", self.collected)
+        _int("owed", self.owed)
+        object.__setattr__(self, "allocations", _allocations(self.allocations))
+
+    def _fields(self):
+        return {
+            "task_id": self.task_id,
+            "collected": self.collected,
+            "owed": self.owed,
+            "allocations": [list(a) for a in self.allocations],
+        }
+
+    @classmethod
+    def _from_fields(cls, d):
+        d = _expect_keys(cls.KIND, d, {"task_id", "collected", "owed", "allocations"})
+        return cls(d["task_id"], d["collected"], d["owed"], _tuple(d["allocations"]))
+
+
+TX_KINDS.update({c.KIND: c for c in (Installment, ResultRelease, PaymentCollection)})
+__all__ += ["Installment", "PaymentCollection", "ResultRelease"]

@@ -1,13 +1,14 @@
-"""Shared plumbing for figure modules: headless matplotlib and atomic PNG output."""
+"""Shared plotting plumbing (figures of ``experiments`` and the task report): headless
+matplotlib and atomic PNG output."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-from mcsl_core._io import atomic_write_bytes, write_csv
+from mcsl_core._io import atomic_write_bytes
 
-__all__ = ["pyplot", "save_figure", "write_csv"]
+__all__ = ["pyplot", "save_figure"]
 
 
 def pyplot():
