@@ -405,7 +405,9 @@ class Ledger:
         ``max_workers`` threads check signatures (default: every usable core);
         ``durable`` as in :meth:`create`. ``read_only=True`` opens the file with
         SQLite's read-only URI (nothing is written to it, the folder may be
-        read-only); :meth:`append` is then refused.
+        read-only); :meth:`append` is then refused. Without a writer's ``-wal``
+        beside it the file is read as immutable, so such a ledger does not see
+        blocks another process appends later (reopen it).
         """
         path = Path(path)
         conn, fmt = _open_existing(path, read_only=read_only, durable=durable)

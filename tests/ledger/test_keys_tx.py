@@ -28,6 +28,7 @@ from mcsl_core.ledger import (
 )
 from mcsl_core.ledger._keys import verify_signature
 from mcsl_core.ledger._tx import tx_digest
+from tests.conftest import examples
 
 A = "ab" * 32
 B = "cd" * 32
@@ -122,7 +123,7 @@ def test_field_checks_name_the_field():
         MembershipRegistration("admin", "x", bytes(32), "n")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     task=st.text(min_size=1, max_size=20).filter(lambda s: all(ord(c) >= 32 for c in s)),
     rnd=st.integers(0, 2**40),

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from mcsl_core.cli import main as cli_main
 from mcsl_core.ledger import Consortium, Identity, Ledger, LedgerError, ModelUpdate, SignedTx, verify_file
+from tests.conftest import examples
 from tests.ledger.helpers import addr, make_world, run_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +83,9 @@ def _rows(path: Path) -> list[tuple[str, str, int, int, int]]:
     return out
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_any_changed_byte_is_found_at_its_height(chain_file, tmp_path_factory, data):
     rows = _rows(chain_file)

@@ -89,7 +89,7 @@ def test_no_temporary_files_left(tmp_path, rng):
     assert leftovers == []
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     hnp.arrays(
         dtype=st.sampled_from([np.float32, np.float64, np.int8, np.int64, np.bool_, np.complex64]),
