@@ -366,7 +366,10 @@ def _apply_tx(ov: _Overlay, stx: SignedTx, i: int, height: int, proposer: str, j
         raise E.ReplayedTransaction(f"{tx.KIND} already recorded on the chain")
     ov.txids.add(txid)
     if height > 0:
-        _RULES[type(tx)](ov, tx, height)
+        rule = _RULES.get(type(tx))
+        if rule is None:  # a payload kind registered without a chain rule cannot be validated
+            raise E.LedgerError(f"no chain rule is defined for {tx.KIND!r} transactions")
+        rule(ov, tx, height)
     ov.records.append(TxRecord(height, i, tx, signer))
 
 

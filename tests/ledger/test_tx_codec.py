@@ -23,6 +23,7 @@ from mcsl_core.ledger import (
     BadEncoding,
     DataSubmissionPayment,
     Identity,
+    LedgerError,
     MembershipRegistration,
     ModelUpdate,
     PaymentRecord,
@@ -251,3 +252,22 @@ def test_a_new_kind_needs_only_kind_version_and_fields():
             SIGNER_ROLE: ClassVar[str] = "node"
 
     assert "test_no_version" not in TX_KINDS
+
+
+def test_a_kind_without_a_chain_rule_is_refused_by_the_ledger(tmp_path):
+    @dataclass(frozen=True)
+    class Unruled(Transaction):
+        KIND: ClassVar[str] = "test_unruled"
+        VERSION: ClassVar[int] = 1
+        SIGNER_ROLE: ClassVar[str] = "node"
+        note: str
+
+    try:
+        w = make_world(tmp_path / "c.db")
+        before = len(w.ledger)
+        with pytest.raises(LedgerError, match="no chain rule .*test_unruled"):
+            w.ledger.append(w.consortium.propose(w.ledger, [Unruled("x")]))
+        assert len(w.ledger) == before and w.ledger.verify().ok
+        w.ledger.close()
+    finally:
+        TX_KINDS.pop("test_unruled", None)
