@@ -5,7 +5,8 @@ What is recorded, who may write it, and how anyone checks it:
 
 - :class:`Identity` (Ed25519 keys; roles ``node``, ``edge_server``, ``requestor``);
 - transaction payloads with canonical versioned encodings, signed into :class:`SignedTx`;
-- :class:`Block` with Merkle root and a quorum commit certificate (``ceil((n + f + 1) / 2)`` signatures);
+- :class:`Block` with Merkle root, a quorum commit certificate (``ceil((n + f + 1) / 2)`` signatures)
+  and a quorum head anchor (the ledger keeps the newest, so removing top blocks is detected);
 - :class:`Consortium` builds genesis and certified blocks from the elected leader
   (:func:`elect_leader`);
 - :class:`Ledger` validates every rule on append (a :class:`LedgerError` subclass
@@ -17,7 +18,15 @@ What is recorded, who may write it, and how anyone checks it:
 - :func:`verify_update_round`: a round of signed updates checked on every core.
 """
 
-from mcsl_core.ledger._block import ZERO_HASH, Block, BlockHeader, CommitSignature, commit_digest, merkle_root
+from mcsl_core.ledger._block import (
+    ZERO_HASH,
+    Block,
+    BlockHeader,
+    CommitSignature,
+    anchor_digest,
+    commit_digest,
+    merkle_root,
+)
 from mcsl_core.ledger._chain import Ledger, VerifyReport, verify_file
 from mcsl_core.ledger._consortium import Consortium
 from mcsl_core.ledger._contracts import (
@@ -32,6 +41,7 @@ from mcsl_core.ledger._contracts import (
 )
 from mcsl_core.ledger._election import elect_leader, max_faulty, quorum_size
 from mcsl_core.ledger._errors import (
+    BadAnchor,
     BadCertificate,
     BadEncoding,
     BadHeight,
@@ -47,6 +57,7 @@ from mcsl_core.ledger._errors import (
     ReplayedTransaction,
     RoundOutOfOrder,
     SignerMismatch,
+    StorageError,
     StoreIntegrityError,
     TaskStateError,
     UnregisteredKey,
@@ -84,6 +95,7 @@ __all__ = [
     "ZERO_HASH",
     "AggregatedModel",
     "Allocation",
+    "BadAnchor",
     "BadCertificate",
     "BadEncoding",
     "BadHeight",
@@ -125,6 +137,7 @@ __all__ = [
     "SettlementInputs",
     "SignedTx",
     "SignerMismatch",
+    "StorageError",
     "StoreIntegrityError",
     "TaskInfo",
     "TaskPublication",
@@ -137,6 +150,7 @@ __all__ = [
     "WorkerRecruitment",
     "WrongProposer",
     "WrongRole",
+    "anchor_digest",
     "choose_initial_model",
     "collect_task",
     "commit_digest",

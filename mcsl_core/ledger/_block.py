@@ -4,7 +4,13 @@ The block hash is ``SHA-256("mcsl-block" || 0 || header)`` over the canonical
 header bytes (height, previous hash, proposer, view, Merkle root, timestamp,
 transaction count). The certificate holds node signatures over
 ``SHA-256("mcsl-commit" || 0 || block hash)``: what PBFT's commit phase produces,
-2f + 1 of them make the block final.
+a quorum ``ceil((n + f + 1) / 2)`` of them makes the block final.
+
+A block may also carry a *head anchor*: quorum signatures over
+``SHA-256("mcsl-head" || 0 || height (8 bytes, big-endian) || block hash)``,
+which say "this block is the head of the chain". The ledger keeps the newest
+anchor beside the blocks, so removing blocks from the top of a stored chain is
+detected (an old anchor is not derivable from the blocks that remain).
 """
 
 from __future__ import annotations
@@ -18,11 +24,22 @@ from mcsl_core.ledger._encoding import canonical_json, check_hex, check_text, lo
 from mcsl_core.ledger._errors import BadEncoding
 from mcsl_core.ledger._tx import SignedTx
 
-__all__ = ["ZERO_HASH", "Block", "BlockHeader", "CommitSignature", "commit_digest", "merkle_root"]
+__all__ = [
+    "ZERO_HASH",
+    "Block",
+    "BlockHeader",
+    "CommitSignature",
+    "anchor_digest",
+    "commit_digest",
+    "merkle_root",
+]
 
 ZERO_HASH = bytes(32)
 _BLOCK_DOMAIN = b"mcsl-block\x00"
 _COMMIT_DOMAIN = b"mcsl-commit\x00"
+_HEAD_DOMAIN = b"mcsl-head\x00"
+#: Marks the head-anchor part of a transported block (transaction parts start with b"MCSLSTX1").
+_ANCHOR_MAGIC = b"MCSLANCHOR1"
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
@@ -48,6 +65,13 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
 def commit_digest(block_hash: bytes) -> bytes:
     """What a commit signature signs (domain-separated block hash)."""
     return hashlib.sha256(_COMMIT_DOMAIN + bytes(block_hash)).digest()
+
+
+def anchor_digest(height: int, block_hash: bytes) -> bytes:
+    """What a head-anchor signature signs: the domain, the height and the block hash."""
+    if isinstance(height, bool) or not isinstance(height, int) or not 0 <= height < 2**63:
+        raise ValueError(f"height must be an int in [0, 2**63), got {height!r}")
+    return hashlib.sha256(_HEAD_DOMAIN + height.to_bytes(8, "big") + bytes(block_hash)).digest()
 
 
 class CommitSignature(NamedTuple):
@@ -160,11 +184,17 @@ def decode_certificate(data: bytes) -> tuple[CommitSignature, ...]:
 
 @dataclass(frozen=True)
 class Block:
-    """A header, its transactions and the commit certificate."""
+    """A header, its transactions, the commit certificate and (optionally) a head anchor.
+
+    ``anchor`` holds node signatures over :func:`anchor_digest` of this block;
+    like the certificate it is outside the block hash. The ledger stores only
+    the newest block's anchor, so blocks read back from a ledger carry none.
+    """
 
     header: BlockHeader
     txs: tuple[SignedTx, ...]
     certificate: tuple[CommitSignature, ...]
+    anchor: tuple[CommitSignature, ...] = ()
 
     @property
     def hash(self) -> bytes:
@@ -187,9 +217,11 @@ class Block:
         )
 
     def encode(self) -> bytes:
-        """One self-delimiting byte string (for transport between processes)."""
+        """One self-delimiting byte string (for transport between processes), anchor included."""
         h, c, ts = self.encode_parts()
         parts = [h, c, *ts]
+        if self.anchor:
+            parts.append(_ANCHOR_MAGIC + encode_certificate(self.anchor))
         return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
     @classmethod
@@ -206,4 +238,8 @@ class Block:
             i += 4 + n
         if len(parts) < 2:
             raise BadEncoding("block needs a header and a certificate")
-        return cls.decode_parts(parts[0], parts[1], parts[2:])
+        anchor: tuple[CommitSignature, ...] = ()
+        if len(parts) > 2 and parts[-1].startswith(_ANCHOR_MAGIC):
+            anchor = decode_certificate(parts.pop()[len(_ANCHOR_MAGIC) :])
+        block = cls.decode_parts(parts[0], parts[1], parts[2:])
+        return block if not anchor else cls(block.header, block.txs, block.certificate, anchor)

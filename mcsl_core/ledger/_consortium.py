@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mcsl_core.ledger._block import ZERO_HASH, Block, BlockHeader, CommitSignature, commit_digest, merkle_root
+from mcsl_core.ledger._block import (
+    ZERO_HASH,
+    Block,
+    BlockHeader,
+    CommitSignature,
+    anchor_digest,
+    commit_digest,
+    merkle_root,
+)
 from mcsl_core.ledger._chain import Ledger
 from mcsl_core.ledger._election import elect_leader, quorum_size
 from mcsl_core.ledger._keys import Identity
@@ -47,7 +55,7 @@ class Consortium:
 
     @property
     def quorum(self) -> int:
-        """2f + 1 for this consortium's size."""
+        """The certificate quorum ``ceil((n + f + 1) / 2)`` for this consortium's size."""
         return quorum_size(len(self._nodes))
 
     def node(self, name: str) -> Identity:
@@ -60,17 +68,26 @@ class Consortium:
         """The elected leader of the next block of ``ledger`` in ``view``."""
         return self._nodes[elect_leader(ledger.head_hash, len(ledger), view, self.names)]
 
+    def _signers(self, header: BlockHeader, signers: Sequence[str] | None) -> Sequence[str]:
+        if signers is not None:
+            return signers
+        rest = [n for n in self._nodes if n != header.proposer]
+        return (([header.proposer] if header.proposer in self._nodes else []) + rest)[: self.quorum]
+
     def certify(
         self, header: BlockHeader, signers: Sequence[str] | None = None
     ) -> tuple[CommitSignature, ...]:
         """Commit signatures on ``header``'s hash; default signers: the proposer then the
         other nodes in name order, up to the quorum ``ceil((n + f + 1) / 2)``."""
-        if signers is None:
-            rest = [n for n in self._nodes if n != header.proposer]
-            signers = ([header.proposer] if header.proposer in self._nodes else []) + rest
-            signers = signers[: self.quorum]
         msg = commit_digest(header.hash)
-        return tuple(CommitSignature(s, self.node(s).sign(msg)) for s in signers)
+        return tuple(CommitSignature(s, self.node(s).sign(msg)) for s in self._signers(header, signers))
+
+    def anchor(
+        self, header: BlockHeader, signers: Sequence[str] | None = None
+    ) -> tuple[CommitSignature, ...]:
+        """Head-anchor signatures ("this block is the head") by the same signers as :meth:`certify`."""
+        msg = anchor_digest(header.height, header.hash)
+        return tuple(CommitSignature(s, self.node(s).sign(msg)) for s in self._signers(header, signers))
 
     def genesis(self, *, timestamp: int = 0, view: int = 0) -> Block:
         """Block 0: every node registers itself; certified by a quorum."""
@@ -88,7 +105,7 @@ class Consortium:
         timestamp: int | None = None,
         signers: Sequence[str] | None = None,
     ) -> Block:
-        """The next block of ``ledger``, built by the elected leader of (height, view).
+        """The next block of ``ledger``, built by the elected leader of (height, view), certified and anchored.
 
         Unsigned transactions whose signer role is ``"node"`` (recruitment,
         aggregate, binding, payment) are signed by the leader; anything else
@@ -112,4 +129,4 @@ class Consortium:
         header = BlockHeader(
             height, prev, proposer, view, merkle_root([t.encode() for t in txs]), int(timestamp), len(txs)
         )
-        return Block(header, txs, self.certify(header, signers))
+        return Block(header, txs, self.certify(header, signers), self.anchor(header, signers))

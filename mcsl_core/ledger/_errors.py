@@ -8,6 +8,7 @@ index in the block (``err.tx_index``).
 from __future__ import annotations
 
 __all__ = [
+    "BadAnchor",
     "BadCertificate",
     "BadEncoding",
     "BadHeight",
@@ -23,6 +24,7 @@ __all__ = [
     "ReplayedTransaction",
     "RoundOutOfOrder",
     "SignerMismatch",
+    "StorageError",
     "StoreIntegrityError",
     "TaskStateError",
     "UnregisteredKey",
@@ -134,6 +136,18 @@ class GenesisError(LedgerError):
 
 class MembershipError(LedgerError):
     rule = "membership"
+
+
+class BadAnchor(LedgerError):
+    """The head anchor is invalid, missing, or certifies a block the file no longer holds."""
+
+    rule = "anchor"
+
+
+class StorageError(LedgerError):
+    """The ledger file cannot be read as a ledger (a damaged page, a missing table, a wrong column type)."""
+
+    rule = "storage"
 
 
 class StoreIntegrityError(ValueError):

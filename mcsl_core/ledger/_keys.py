@@ -1,15 +1,22 @@
 """Identities: Ed25519 key pairs of consortium nodes, edge servers and requestors.
 
 Private keys leave memory only encrypted (``BestAvailableEncryption``, a
-passphrase is mandatory). A :class:`Member` is the public half that the chain's
-membership registry records: role, name and raw 32-byte public key.
+passphrase is mandatory) and only into files of mode 0600 (owner read/write);
+loading a key file that the group or others can read warns. A :class:`Member`
+is the public half that the chain's membership registry records: role, name and
+raw 32-byte public key.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import os
+import stat
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from mcsl_core._io import atomic_write_bytes
 from mcsl_core.ledger._encoding import check_text
 
 __all__ = ["ROLES", "Identity", "Member", "public_key_from_bytes", "verify_signature"]
@@ -30,6 +36,8 @@ __all__ = ["ROLES", "Identity", "Member", "public_key_from_bytes", "verify_signa
 ROLES: tuple[str, ...] = ("node", "edge_server", "requestor")
 
 _FILE_FORMAT = "mcsl-identity/1"
+_PEM_BEGIN = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+_PEM_END = b"-----END ENCRYPTED PRIVATE KEY-----"
 
 
 def check_role(name: str, role) -> str:
@@ -136,30 +144,38 @@ class Identity:
         return self.private_key.sign(bytes(message))
 
     def save(self, path: str | os.PathLike, passphrase: str | bytes) -> Path:
-        """Write the identity encrypted with ``passphrase`` (PKCS#8, BestAvailableEncryption), atomically."""
+        """Write the identity encrypted with ``passphrase`` (PKCS#8, BestAvailableEncryption), atomically.
+
+        The file has mode 0600 from its creation (a temporary file renamed over
+        ``path``); an existing file's mode is tightened to at most 0600, never loosened.
+        """
         pem = self.private_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(_passphrase_bytes(passphrase)),
         )
         doc = {"format": _FILE_FORMAT, "role": self.role, "name": self.name, "key": pem.decode("ascii")}
-        return atomic_write_bytes(path, json.dumps(doc, indent=1).encode("utf-8"))
+        return _write_private(Path(path), json.dumps(doc, indent=1).encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike, passphrase: str | bytes) -> Identity:
-        """Read an identity written by :meth:`save`; a wrong passphrase raises ``ValueError``."""
+        """Read an identity written by :meth:`save`.
+
+        Raises ``ValueError`` for a wrong passphrase, a truncated file (said so) or
+        a file that is not an identity; warns (``UserWarning``) when the group or
+        others may read the file, as the key is then only as safe as its passphrase.
+        """
         path = Path(path)
         raw = path.read_bytes()
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-            if doc.get("format") != _FILE_FORMAT:
-                raise ValueError("unknown format")
-            pem = doc["key"].encode("ascii")
-            role, name = doc["role"], doc["name"]
-        except (ValueError, KeyError, AttributeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"path: {path} is not an mcsl identity file ({exc})") from None
-        if b"ENCRYPTED" not in pem:
-            raise ValueError(f"path: {path} holds an unencrypted key; refusing to load it")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            warnings.warn(
+                f"path: key file {path} is readable or writable by group or others (mode {mode:04o}); "
+                f"restrict it with chmod 600",
+                UserWarning,
+                stacklevel=2,
+            )
+        role, name, pem = _parse_identity_file(path, raw)
         try:
             key = serialization.load_pem_private_key(pem, password=_passphrase_bytes(passphrase))
         except (ValueError, TypeError) as exc:
@@ -170,3 +186,77 @@ class Identity:
 
     def __repr__(self) -> str:
         return f"Identity(role={self.role!r}, name={self.name!r}, public_key={self.public_key.hex()[:16]}...)"
+
+
+def _parse_identity_file(path: Path, raw: bytes) -> tuple[str, str, bytes]:
+    """(role, name, PEM bytes) of a key file; ``ValueError`` saying whether it is truncated."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        if not text.rstrip().endswith("}"):  # save() writes one JSON object: a cut file ends early
+            raise ValueError(f"path: identity file {path} is truncated ({len(raw)} bytes, {exc})") from None
+        raise ValueError(f"path: {path} is not an mcsl identity file ({exc})") from None
+    try:
+        if doc.get("format") != _FILE_FORMAT:
+            raise ValueError("unknown format")
+        pem = doc["key"].encode("ascii")
+        role, name = doc["role"], doc["name"]
+    except (ValueError, KeyError, AttributeError, UnicodeEncodeError) as exc:
+        raise ValueError(f"path: {path} is not an mcsl identity file ({exc})") from None
+    if b"ENCRYPTED" not in pem:
+        raise ValueError(f"path: {path} holds an unencrypted key; refusing to load it")
+    short = _pem_shortfall(pem)
+    if short is not None:
+        raise ValueError(f"path: the key in identity file {path} is truncated ({short})")
+    return role, name, pem
+
+
+def _pem_shortfall(pem: bytes) -> str | None:
+    """Why the PEM block is incomplete (None when its DER length header is satisfied)."""
+    body = pem.strip()
+    if not body.startswith(_PEM_BEGIN) or not body.endswith(_PEM_END):
+        return "the PEM block has no END line"
+    try:
+        der = base64.b64decode(b"".join(body[len(_PEM_BEGIN) : -len(_PEM_END)].split()), validate=True)
+    except binascii.Error:
+        return "the PEM body is not whole base64"
+    # DER SEQUENCE: 0x30, then the length in short form (< 0x80) or long form (0x80 | n bytes)
+    if len(der) < 2 or der[0] != 0x30:
+        return f"{len(der)} bytes of DER, no SEQUENCE header"
+    n = der[1]
+    head, length = (2, n) if n < 0x80 else (2 + (n & 0x7F), int.from_bytes(der[2 : 2 + (n & 0x7F)], "big"))
+    if len(der) < head + length:
+        return f"{len(der)} of {head + length} DER bytes"
+    return None
+
+
+def _write_private(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically with mode 0600 (or the existing file's, if stricter)."""
+    mode = 0o600
+    if path.exists():
+        mode &= stat.S_IMODE(path.stat().st_mode)  # tighten to 0600, never loosen
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # before any byte is written
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path

@@ -21,7 +21,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mcsl_core.ledger import _errors as E
-from mcsl_core.ledger._block import ZERO_HASH, Block, commit_digest, merkle_root
+from mcsl_core.ledger._block import (
+    ZERO_HASH,
+    Block,
+    CommitSignature,
+    anchor_digest,
+    commit_digest,
+    merkle_root,
+)
 from mcsl_core.ledger._election import elect_leader, quorum_size
 from mcsl_core.ledger._keys import Member, public_key_from_bytes
 from mcsl_core.ledger._recruit import recruit_workers
@@ -41,7 +48,7 @@ from mcsl_core.ledger._tx import (
     WorkerRecruitment,
 )
 
-__all__ = ["ChainState", "SigJob", "TaskInfo", "TxRecord", "apply_block", "run_signature_jobs"]
+__all__ = ["ChainState", "SigJob", "TaskInfo", "TxRecord", "apply_block", "quorum_jobs", "run_signature_jobs"]
 
 
 class TxRecord(NamedTuple):
@@ -71,11 +78,12 @@ class TaskInfo:
 
 class SigJob(NamedTuple):
     height: int
-    tx_index: int | None  # None: a certificate signature
+    tx_index: int | None  # None: a certificate (or anchor) signature
     key: Ed25519PublicKey
     signature: bytes
     message: bytes
     what: str
+    anchor: bool = False  # a head-anchor signature
 
 
 def _check(job: SigJob) -> bool:
@@ -124,6 +132,8 @@ def run_signature_jobs(
 
 
 def sig_error(job: SigJob) -> E.LedgerError:
+    if job.anchor:
+        return E.BadAnchor(f"invalid head-anchor signature by {job.what}", height=job.height)
     if job.tx_index is None:
         return E.BadCertificate(f"invalid commit signature by {job.what}", height=job.height)
     return E.BadSignature(f"invalid signature on {job.what}", height=job.height, tx_index=job.tx_index)
@@ -147,6 +157,7 @@ class ChainState:
     task_records: dict[str, list[TxRecord]] = field(default_factory=dict)
     requestor_tasks: dict[str, list[str]] = field(default_factory=dict)
     proposers: list[str] = field(default_factory=list)  # by height
+    hashes: list[bytes] = field(default_factory=list)  # block hashes by height
     n_tx: int = 0
     n_sig: int = 0
 
@@ -209,6 +220,7 @@ class _Overlay:
         st.head_hash = block.hash
         st.head_timestamp = block.header.timestamp
         st.proposers.append(block.header.proposer)
+        st.hashes.append(block.hash)
         st.n_tx += len(block.txs)
         st.n_sig += len(block.certificate) + len(block.txs)
 
@@ -269,22 +281,8 @@ def _stage(st: ChainState, block: Block, jobs: list[SigJob]) -> _Overlay:
             f"proposer {h.proposer!r} is not the elected leader {leader!r} for height {height}, view {h.view}"
         )
     # commit certificate: registered consortium nodes, each once, at least the quorum ceil((n + f + 1) / 2)
-    seen: set[str] = set()
-    for c in block.certificate:
-        if c.node in seen:
-            raise E.BadCertificate(f"node {c.node!r} signs the certificate twice")
-        seen.add(c.node)
-        m = ov.member(c.node)
-        if m is None or m.role != "node" or c.node not in nodes:
-            raise E.BadCertificate(f"certificate signer {c.node!r} is not a consortium node")
-    need = quorum_size(len(nodes))
-    if len(seen) < need:
-        raise E.QuorumNotReached(
-            f"certificate has {len(seen)} node signatures, quorum is {need} of {len(nodes)}"
-        )
     msg = commit_digest(block.hash)
-    for c in block.certificate:
-        jobs.append(SigJob(height, None, ov.key(c.node), c.signature, msg, f"node {c.node!r}"))
+    jobs.extend(quorum_jobs(ov, nodes, block.certificate, msg, height, anchor=False))
 
     for i, stx in enumerate(block.txs):
         try:
@@ -293,7 +291,45 @@ def _stage(st: ChainState, block: Block, jobs: list[SigJob]) -> _Overlay:
             exc.tx_index = i if exc.tx_index is None else exc.tx_index
             exc.at(height)
             raise
+    if block.anchor:  # checked last, so a bad block reports its own rule first
+        jobs.extend(
+            quorum_jobs(ov, nodes, block.anchor, anchor_digest(height, block.hash), height, anchor=True)
+        )
     return ov
+
+
+def quorum_jobs(
+    ov: _Overlay | ChainState,
+    nodes: Sequence[str],
+    sigs: Sequence[CommitSignature],
+    message: bytes,
+    height: int,
+    *,
+    anchor: bool,
+) -> list[SigJob]:
+    """Signature jobs of a certificate (or head anchor) over ``message``; raise on a bad signer set.
+
+    Every signer must be a distinct consortium node and there must be at least
+    ``quorum_size(len(nodes))`` of them; the signatures themselves are checked by the jobs.
+    """
+    what = "head anchor" if anchor else "certificate"
+    seen: set[str] = set()
+    member = ov.member if isinstance(ov, _Overlay) else ov.members.get
+    for c in sigs:
+        if c.node in seen:
+            err = f"node {c.node!r} signs the {what} twice"
+            raise E.BadAnchor(err, height=height) if anchor else E.BadCertificate(err)
+        seen.add(c.node)
+        m = member(c.node)
+        if m is None or m.role != "node" or c.node not in nodes:
+            err = f"{what} signer {c.node!r} is not a consortium node"
+            raise E.BadAnchor(err, height=height) if anchor else E.BadCertificate(err)
+    need = quorum_size(len(nodes))
+    if len(seen) < need:
+        err = f"{what} has {len(seen)} node signatures, quorum is {need} of {len(nodes)}"
+        raise E.BadAnchor(err, height=height) if anchor else E.QuorumNotReached(err)
+    key = ov.key if isinstance(ov, _Overlay) else ov.keys.__getitem__
+    return [SigJob(height, None, key(c.node), c.signature, message, f"node {c.node!r}", anchor) for c in sigs]
 
 
 def _genesis_members(ov: _Overlay, block: Block) -> None:
@@ -333,7 +369,10 @@ def _apply_tx(ov: _Overlay, stx: SignedTx, i: int, height: int, proposer: str, j
         raise E.ReplayedTransaction(f"{tx.KIND} already recorded on the chain")
     ov.txids.add(txid)
     if height > 0:
-        _RULES[type(tx)](ov, tx, height)
+        rule = _RULES.get(type(tx))
+        if rule is None:  # a payload kind registered without a chain rule cannot be validated
+            raise E.LedgerError(f"no chain rule is defined for {tx.KIND!r} transactions")
+        rule(ov, tx, height)
     ov.records.append(TxRecord(height, i, tx, signer))
 
 

@@ -145,7 +145,9 @@ class ModelStore:
         return self.path(address).is_file()
 
     def put_bytes(self, data: bytes) -> str:
-        """Store raw bytes; returns their hex SHA-256 address."""
+        """Store raw bytes; returns their hex SHA-256 address (an existing address is not rewritten)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError(f"data must be bytes, got {type(data).__name__}")
         data = bytes(data)
         address = hashlib.sha256(data).hexdigest()
         p = self.path(address)

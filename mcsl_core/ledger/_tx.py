@@ -5,6 +5,13 @@ allowed to sign it. ``encode()`` gives canonical JSON bytes (see
 :mod:`._encoding`) that include the kind and version, so one signature covers
 exactly one meaning; ``decode()`` accepts only the canonical bytes.
 
+The body of the encoding is derived from the dataclass fields (:func:`_codec`):
+every field is encoded, in canonical JSON, by its annotated type, so a field
+added to a payload is encoded and signed without further code. A field may
+override its codec with ``field(metadata={"encode": f, "decode": g})``. A new
+payload kind is a frozen dataclass subclass of :class:`Transaction` with its own
+``KIND``, ``VERSION`` and ``SIGNER_ROLE``; it registers itself in ``TX_KINDS``.
+
 A :class:`SignedTx` carries the payload bytes, the signer's raw public key and
 an Ed25519 signature over the 32-byte digest ``SHA-256("mcsl-tx" || 0 || payload)``
 (paper IV-C step 3: updates are signed with the server's private key).
@@ -12,8 +19,13 @@ an Ed25519 signature over the 32-byte digest ``SHA-256("mcsl-tx" || 0 || payload
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
+import re
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -40,6 +52,8 @@ __all__ = [
 ]
 
 _TX_DOMAIN = b"mcsl-tx\x00"
+#: Payload class by ``KIND``: every :class:`Transaction` subclass registers itself on definition.
+TX_KINDS: dict[str, type[Transaction]] = {}
 _STX_MAGIC = b"MCSLSTX1"
 
 
@@ -114,22 +128,135 @@ class Allocation(NamedTuple):
 _PAYEE_ROLES = ("device", "edge_server", "node")
 
 
+# ---------------------------------------------------------------- field codec
+_LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+#: (field name, encoder, decoder) per payload class, built once from its dataclass fields.
+_Plan = tuple[tuple[str, Callable[[Any], Any], Callable[[Any, str], Any]], ...]
+_PLANS: dict[type, _Plan] = {}
+
+
+def _is_namedtuple(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
+
+
+def _check_type(kind: type | tuple[type, ...], what: str) -> Callable[[Any, str], Any]:
+    def dec(x: Any, name: str) -> Any:
+        if isinstance(x, bool) or not isinstance(x, kind):
+            raise ValueError(f"{name} must be {what}, got {x!r}")
+        return x
+
+    return dec
+
+
+def _hex_bytes(x: Any, name: str) -> bytes:
+    if not isinstance(x, str) or _LOWER_HEX.fullmatch(x) is None:
+        raise ValueError(f"{name} must be a lower-case hex string, got {x!r}")
+    return bytes.fromhex(x)
+
+
+def _codec_of(tp: Any) -> tuple[Callable[[Any], Any], Callable[[Any, str], Any]]:
+    """(encode, decode) between a value of annotated type ``tp`` and its JSON form.
+
+    str / int pass through, float is written as a float, bytes as lower-case hex,
+    ``tuple[X, ...]`` and NamedTuples as JSON lists, ``dict[str, X]`` as objects,
+    ``X | None`` as X or null. Decoders check the JSON type and name the field;
+    value ranges are the payload's ``__post_init__``'s job.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is str:
+        return (lambda v: v), _check_type(str, "a string")
+    if tp is int:
+        return (lambda v: v), _check_type(int, "an int")
+    if tp is float:
+        return float, _check_type((int, float), "a number")
+    if tp is bytes:
+        return (lambda v: bytes(v).hex()), _hex_bytes
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        enc, dec = _codec_of(next(a for a in args if a is not type(None)))
+        return (lambda v: None if v is None else enc(v)), (lambda x, n: None if x is None else dec(x, n))
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        enc, dec = _codec_of(args[0])
+
+        def dec_seq(x: Any, name: str) -> tuple:
+            if not isinstance(x, list):
+                raise ValueError(f"{name} must be a list, got {type(x).__name__}")
+            return tuple(dec(v, f"{name}[{i}]") for i, v in enumerate(x))
+
+        return (lambda v: [enc(x) for x in v]), dec_seq
+    if origin is dict and args and args[0] is str:
+        enc, dec = _codec_of(args[1])
+
+        def dec_map(x: Any, name: str) -> dict:
+            if not isinstance(x, dict):
+                raise ValueError(f"{name} must be an object, got {type(x).__name__}")
+            return {k: dec(v, f"{name}[{k!r}]") for k, v in x.items()}
+
+        return (lambda v: {k: enc(x) for k, x in v.items()}), dec_map
+    if _is_namedtuple(tp):
+        hints = typing.get_type_hints(tp)
+        parts = [(n, *_codec_of(hints[n])) for n in tp._fields]
+
+        def dec_record(x: Any, name: str) -> tuple:
+            if not isinstance(x, list) or len(x) != len(parts):
+                raise ValueError(f"{name} must be a list [{', '.join(tp._fields)}]")
+            return tp(*(d(v, f"{name}.{n}") for (n, _, d), v in zip(parts, x)))
+
+        return (lambda v: [e(getattr(v, n)) for n, e, _ in parts]), dec_record
+    raise TypeError(f"no canonical encoding for field type {tp!r}")
+
+
+def _codec(cls: type) -> _Plan:
+    """The encoding plan of payload class ``cls``: one entry per dataclass field."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = typing.get_type_hints(cls)
+        entries = []
+        for f in dataclasses.fields(cls):
+            enc, dec = _codec_of(hints[f.name])
+            entries.append((f.name, f.metadata.get("encode", enc), f.metadata.get("decode", dec)))
+        plan = _PLANS[cls] = tuple(entries)
+    return plan
+
+
 # ---------------------------------------------------------------- base class
 class Transaction:
-    """Base of every payload: canonical encoding, decoding, signing."""
+    """Base of every payload: canonical encoding, decoding, signing.
+
+    Subclasses are frozen dataclasses that set ``KIND``, ``VERSION`` and
+    ``SIGNER_ROLE``; their fields are the body of the encoding (all of them,
+    in canonical JSON by their annotated types), so everything a payload holds
+    is covered by its signature.
+    """
 
     KIND: ClassVar[str]
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int]
     SIGNER_ROLE: ClassVar[str]
     #: True when the signer must be the proposer of the block that carries the tx.
     BY_PROPOSER: ClassVar[bool] = False
 
-    def _fields(self) -> dict[str, Any]:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("KIND", "VERSION", "SIGNER_ROLE"):
+            if name not in cls.__dict__:
+                raise TypeError(f"transaction payload {cls.__name__} must set {name}")
+        check_text("KIND", cls.KIND, max_len=200)
+        _int("VERSION", cls.VERSION, 1)
+        check_role("SIGNER_ROLE", cls.SIGNER_ROLE)
+        if cls.KIND in TX_KINDS:
+            raise TypeError(
+                f"transaction kind {cls.KIND!r} is already taken by {TX_KINDS[cls.KIND].__name__}"
+            )
+        TX_KINDS[cls.KIND] = cls
+
+    def _fields(self) -> dict[str, Any]:
+        """The encoding's body: every dataclass field, by its codec."""
+        return {name: enc(getattr(self, name)) for name, enc, _ in _codec(type(self))}
 
     @classmethod
-    def _from_fields(cls, d: dict[str, Any]) -> Transaction:  # pragma: no cover
-        raise NotImplementedError
+    def _from_fields(cls, d: Any) -> Transaction:
+        plan = _codec(cls)
+        d = _expect_keys(cls.KIND, d, {name for name, _, _ in plan})
+        return cls(**{name: dec(d[name], name) for name, _, dec in plan})
 
     @property
     def actor(self) -> str | None:
@@ -173,6 +300,7 @@ class MembershipRegistration(Transaction):
     edge servers and requestors). The consortium node set is fixed by genesis."""
 
     KIND: ClassVar[str] = "membership"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "node"
 
     role: str
@@ -192,24 +320,6 @@ class MembershipRegistration(Transaction):
     def actor(self) -> str:
         return self.admitted_by
 
-    def _fields(self):
-        return {
-            "role": self.role,
-            "name": self.name,
-            "public_key": self.public_key.hex(),
-            "admitted_by": self.admitted_by,
-        }
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"role", "name", "public_key", "admitted_by"})
-        return cls(
-            d["role"],
-            d["name"],
-            bytes.fromhex(check_hex("public_key", d["public_key"], 32)),
-            d["admitted_by"],
-        )
-
 
 @dataclass(frozen=True)
 class TaskPublication(Transaction):
@@ -221,6 +331,7 @@ class TaskPublication(Transaction):
     """
 
     KIND: ClassVar[str] = "task"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "requestor"
 
     requestor: str
@@ -245,34 +356,6 @@ class TaskPublication(Transaction):
     def actor(self):
         return self.requestor
 
-    def _fields(self):
-        return {
-            "requestor": self.requestor,
-            "task_id": self.task_id,
-            "description": self.description,
-            "requirement": self.requirement,
-            "budget": self.budget,
-            "locations": list(self.locations),
-            "initial_model": self.initial_model,
-        }
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(
-            cls.KIND,
-            d,
-            {"requestor", "task_id", "description", "requirement", "budget", "locations", "initial_model"},
-        )
-        return cls(
-            d["requestor"],
-            d["task_id"],
-            d["description"],
-            d["requirement"],
-            d["budget"],
-            tuple(d["locations"]) if isinstance(d["locations"], list) else d["locations"],
-            d["initial_model"],
-        )
-
 
 @dataclass(frozen=True)
 class WorkerRecruitment(Transaction):
@@ -283,6 +366,7 @@ class WorkerRecruitment(Transaction):
     """
 
     KIND: ClassVar[str] = "recruitment"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "node"
     BY_PROPOSER: ClassVar[bool] = True
 
@@ -306,39 +390,13 @@ class WorkerRecruitment(Transaction):
         object.__setattr__(self, "cost", _float("cost", self.cost))
         check_text("rule", self.rule, max_len=200)
 
-    def _fields(self):
-        return {
-            "task_id": self.task_id,
-            "bids": [[b.device, b.cost, list(b.locations)] for b in self.bids],
-            "selected": list(self.selected),
-            "cost": self.cost,
-            "covered": list(self.covered),
-            "rule": self.rule,
-        }
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"task_id", "bids", "selected", "cost", "covered", "rule"})
-        if not isinstance(d["bids"], list):
-            raise ValueError("bids must be a list")
-        bids = tuple(
-            (b[0], b[1], tuple(b[2]) if isinstance(b[2], list) else b[2])
-            if isinstance(b, list) and len(b) == 3
-            else b
-            for b in d["bids"]
-        )
-        return cls(d["task_id"], bids, _tuple(d["selected"]), d["cost"], _tuple(d["covered"]), d["rule"])
-
-
-def _tuple(x):
-    return tuple(x) if isinstance(x, list) else x
-
 
 @dataclass(frozen=True)
 class DataSubmissionPayment(Transaction):
     """An edge server's record that it pays a recruited device ``v + s`` for its data (paper IV-B)."""
 
     KIND: ClassVar[str] = "data_payment"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "edge_server"
 
     task_id: str
@@ -362,26 +420,13 @@ class DataSubmissionPayment(Transaction):
     def amount(self) -> float:
         return self.v + self.s
 
-    def _fields(self):
-        return {
-            "task_id": self.task_id,
-            "device": self.device,
-            "edge_server": self.edge_server,
-            "v": self.v,
-            "s": self.s,
-        }
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"task_id", "device", "edge_server", "v", "s"})
-        return cls(d["task_id"], d["device"], d["edge_server"], d["v"], d["s"])
-
 
 @dataclass(frozen=True)
 class ModelUpdate(Transaction):
     """A signed local update (paper IV-C step 3): task, round, server, content address, sample count."""
 
     KIND: ClassVar[str] = "update"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "edge_server"
 
     task_id: str
@@ -401,20 +446,6 @@ class ModelUpdate(Transaction):
     def actor(self):
         return self.edge_server
 
-    def _fields(self):
-        return {
-            "task_id": self.task_id,
-            "round": self.round,
-            "edge_server": self.edge_server,
-            "address": self.address,
-            "num_samples": self.num_samples,
-        }
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"task_id", "round", "edge_server", "address", "num_samples"})
-        return cls(d["task_id"], d["round"], d["edge_server"], d["address"], d["num_samples"])
-
 
 @dataclass(frozen=True)
 class AggregatedModel(Transaction):
@@ -422,6 +453,7 @@ class AggregatedModel(Transaction):
     model's content address and its metrics (e.g. ``{"accuracy": 0.81}``)."""
 
     KIND: ClassVar[str] = "aggregate"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "node"
     BY_PROPOSER: ClassVar[bool] = True
 
@@ -452,29 +484,13 @@ class AggregatedModel(Transaction):
     def actor(self):
         return self.leader
 
-    def _fields(self):
-        return {
-            "task_id": self.task_id,
-            "round": self.round,
-            "leader": self.leader,
-            "address": self.address,
-            "edge_servers": list(self.edge_servers),
-            "metrics": self.metrics,
-        }
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"task_id", "round", "leader", "address", "edge_servers", "metrics"})
-        return cls(
-            d["task_id"], d["round"], d["leader"], d["address"], _tuple(d["edge_servers"]), d["metrics"]
-        )
-
 
 @dataclass(frozen=True)
 class ResultBinding(Transaction):
     """Final model bound to the requestor's identity (paper IV-C step 6); ends the task's rounds."""
 
     KIND: ClassVar[str] = "binding"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "node"
     BY_PROPOSER: ClassVar[bool] = True
 
@@ -489,19 +505,6 @@ class ResultBinding(Transaction):
         check_text("requestor", self.requestor, max_len=200)
         _address("address", self.address)
 
-    def _fields(self):
-        return {
-            "task_id": self.task_id,
-            "round": self.round,
-            "requestor": self.requestor,
-            "address": self.address,
-        }
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"task_id", "round", "requestor", "address"})
-        return cls(d["task_id"], d["round"], d["requestor"], d["address"])
-
 
 @dataclass(frozen=True)
 class PaymentRecord(Transaction):
@@ -512,6 +515,7 @@ class PaymentRecord(Transaction):
     """
 
     KIND: ClassVar[str] = "payment"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "node"
     BY_PROPOSER: ClassVar[bool] = True
 
@@ -550,39 +554,6 @@ class PaymentRecord(Transaction):
         if len({(a.role, a.payee) for a in allocs}) != len(allocs):
             raise ValueError("allocations has a payee twice")
         object.__setattr__(self, "allocations", tuple(allocs))
-
-    def _fields(self):
-        return {
-            "task_id": self.task_id,
-            "w_l": self.w_l,
-            "w_a": self.w_a,
-            "w_b": self.w_b,
-            "minor_unit": self.minor_unit,
-            "total": self.total,
-            "allocations": [list(a) for a in self.allocations],
-        }
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"task_id", "w_l", "w_a", "w_b", "minor_unit", "total", "allocations"})
-        return cls(
-            d["task_id"], d["w_l"], d["w_a"], d["w_b"], d["minor_unit"], d["total"], _tuple(d["allocations"])
-        )
-
-
-TX_KINDS: dict[str, type[Transaction]] = {
-    c.KIND: c
-    for c in (
-        MembershipRegistration,
-        TaskPublication,
-        WorkerRecruitment,
-        DataSubmissionPayment,
-        ModelUpdate,
-        AggregatedModel,
-        ResultBinding,
-        PaymentRecord,
-    )
-}
 
 
 def decode_tx(data: bytes) -> Transaction:

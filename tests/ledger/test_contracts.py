@@ -28,6 +28,7 @@ from mcsl_core.ledger import (
     verify_update_round,
 )
 from mcsl_core.payment import settle
+from tests.conftest import examples
 from tests.ledger.helpers import BIDS, addr, make_world, publish, run_task, update_content
 from tests.reference.ledger_ref import coverage, greedy_literal, optimum_coverage, universe
 
@@ -43,7 +44,7 @@ bid_lists = st.lists(
 ).map(lambda bs: [(f"d{i}", c, tuple(l)) for i, (c, l) in enumerate(bs)])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     bids=bid_lists,
     budget=st.sampled_from([0.0, 0.5, 1.0, 2.5, 4.0, 7.5, 100.0]),

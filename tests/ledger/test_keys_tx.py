@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import warnings
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +28,7 @@ from mcsl_core.ledger import (
 )
 from mcsl_core.ledger._keys import verify_signature
 from mcsl_core.ledger._tx import tx_digest
+from tests.conftest import examples
 
 A = "ab" * 32
 B = "cd" * 32
@@ -119,7 +123,7 @@ def test_field_checks_name_the_field():
         MembershipRegistration("admin", "x", bytes(32), "n")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     task=st.text(min_size=1, max_size=20).filter(lambda s: all(ord(c) >= 32 for c in s)),
     rnd=st.integers(0, 2**40),
@@ -154,10 +158,70 @@ def test_identity_save_load(tmp_path):
         Identity.load(p, "wrong")
     with pytest.raises(ValueError, match="passphrase"):
         ident.save(tmp_path / "x.key", "")
-    (tmp_path / "junk.key").write_text("not a key")
+    (tmp_path / "junk.key").write_text("not a key}")
+    (tmp_path / "junk.key").chmod(0o600)
     with pytest.raises(ValueError, match="identity file"):
         Identity.load(tmp_path / "junk.key", "pw")
 
 
 def test_base_class_decode_dispatches():
     assert isinstance(Transaction.decode(SAMPLES[0].encode()), MembershipRegistration)
+
+
+def _mode(p) -> int:
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+def test_identity_files_are_private(tmp_path, monkeypatch):
+    ident = Identity.generate("node", "n0", seed=2)
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):  # the mode of the temporary file, with every byte written, before its rename
+        seen.append(_mode(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    p = ident.save(tmp_path / "n0.key", "pw")
+    assert _mode(p) == 0o600 and seen == [0o600]
+    p.chmod(0o644)  # an existing looser file is tightened
+    ident.save(p, "pw")
+    assert _mode(p) == 0o600
+    p.chmod(0o400)  # a stricter one is kept as strict
+    ident.save(p, "pw")
+    assert _mode(p) == 0o400
+    assert [q.name for q in tmp_path.iterdir()] == ["n0.key"]  # no temporary file left
+
+
+def test_identity_load_warns_on_a_readable_key(tmp_path):
+    ident = Identity.generate("node", "n0", seed=2)
+    p = ident.save(tmp_path / "n0.key", "pw")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Identity.load(p, "pw").public_key == ident.public_key
+    for mode in (0o640, 0o604, 0o660):
+        p.chmod(mode)
+        with pytest.warns(UserWarning, match=f"mode {mode:04o}"):
+            assert Identity.load(p, "pw").public_key == ident.public_key
+
+
+def test_a_truncated_key_file_says_so(tmp_path):
+    ident = Identity.generate("requestor", "r0", seed=2)
+    full = ident.save(tmp_path / "r0.key", "pw").read_bytes()
+    cut = tmp_path / "cut.key"
+    for n in range(len(full)):  # every prefix of the file
+        cut.write_bytes(full[:n])
+        cut.chmod(0o600)
+        with pytest.raises(ValueError, match=r"is truncated \(") as ei:
+            Identity.load(cut, "pw")
+        assert "passphrase" not in str(ei.value)
+    doc = json.loads(full)
+    pem = doc["key"]
+    for k in range(len("-----BEGIN ENCRYPTED PRIVATE KEY-----"), len(pem) - 1, 7):  # cut inside the key
+        cut.write_text(json.dumps({**doc, "key": pem[:k]}))
+        cut.chmod(0o600)
+        with pytest.raises(ValueError, match=r"is truncated \("):
+            Identity.load(cut, "pw")
+    # a whole key with a wrong passphrase is still a passphrase problem
+    with pytest.raises(ValueError, match="wrong passphrase"):
+        Identity.load(tmp_path / "r0.key", "nope")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -16,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcsl_core.cli import main as cli_main
-from mcsl_core.ledger import Consortium, Ledger, LedgerError, ModelUpdate, verify_file
+from mcsl_core.ledger import Consortium, Identity, Ledger, LedgerError, ModelUpdate, SignedTx, verify_file
+from tests.conftest import examples
 from tests.ledger.helpers import addr, make_world, run_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +83,9 @@ def _rows(path: Path) -> list[tuple[str, str, int, int, int]]:
     return out
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_any_changed_byte_is_found_at_its_height(chain_file, tmp_path_factory, data):
     rows = _rows(chain_file)
@@ -115,10 +119,11 @@ def test_missing_and_reordered_rows(chain_file, tmp_path):
     rep = verify_file(p)
     assert (rep.bad_height, rep.rule) == (5, "encoding")
     p = _copy(chain_file, tmp_path / "tail.db")
-    with sqlite3.connect(p) as con:  # dropping the newest blocks leaves a valid shorter chain
+    with sqlite3.connect(p) as con:  # dropping the newest blocks: the head anchor still names block 16
         con.execute("DELETE FROM txs WHERE height >= 10")
         con.execute("DELETE FROM blocks WHERE height >= 10")
-    assert verify_file(p).ok and verify_file(p).blocks == 10
+    rep = verify_file(p)
+    assert (rep.ok, rep.blocks, rep.bad_height, rep.rule) == (False, 10, 10, "anchor")
 
 
 def test_not_a_ledger(tmp_path):
@@ -222,3 +227,18 @@ def test_second_writer_is_refused_until_it_reopens(chain_file, tmp_path):
     b.close()
     with Ledger.open(p) as L:
         assert L.verify().ok and len(L) == len(b)
+
+
+def test_member_and_task_queries(chain_file):
+    with Ledger.open(chain_file, read_only=True) as L:
+        es0 = Identity.generate("edge_server", "es0", seed=7)
+        assert L.member("es0") == es0.member and L.member_by_key(es0.public_key) == es0.member
+        assert L.member("nobody") is None and L.member_by_key(bytes(32)) is None
+        assert L.tasks() == ["t0", "t1"]  # publication order
+        assert set(L.members) == {*L.nodes, "es0", "es1", "es2", "req0"}
+        rec = L.task_records("t0")[0]
+        stx = L.block(rec.height).txs[rec.index]
+    # txid: SHA-256 of the envelope magic, signer, signature and payload, in that order
+    env = b"MCSLSTX1" + stx.signer + stx.signature + stx.payload
+    assert stx.txid == hashlib.sha256(env).hexdigest()
+    assert SignedTx.decode(env) == stx

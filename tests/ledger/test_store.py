@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mcsl_core.ledger import ModelStore, StoreIntegrityError, decode_tree, encode_tree, tree_address
+from tests.conftest import examples
 from tests.ledger.helpers import tree
 
 
@@ -87,7 +89,7 @@ def test_no_temporary_files_left(tmp_path, rng):
     assert leftovers == []
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     hnp.arrays(
         dtype=st.sampled_from([np.float32, np.float64, np.int8, np.int64, np.bool_, np.complex64]),
@@ -97,3 +99,43 @@ def test_no_temporary_files_left(tmp_path, rng):
 def test_encode_decode_property(arr):
     t = {"a": arr, "nested": [arr, {"z": arr}]}
     _same(t, decode_tree(encode_tree(t)))
+
+
+# FIPS 180-2 appendix B.1 and the empty-message digest: published SHA-256 values
+_ABC = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+_EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_put_bytes_known_addresses(tmp_path):
+    store = ModelStore(tmp_path)
+    assert store.put_bytes(b"abc") == _ABC
+    assert store.put_bytes(bytearray(b"")) == _EMPTY
+    assert (tmp_path / "ba" / _ABC).read_bytes() == b"abc"
+    assert (tmp_path / "e3" / _EMPTY).read_bytes() == b""
+    assert store.get_bytes(_ABC) == b"abc" and store.get_bytes(_EMPTY) == b""
+    assert store.put_bytes(memoryview(b"abc")) == _ABC and _ABC in store
+    with pytest.raises(ValueError, match="data"):
+        store.put_bytes("abc")
+
+
+def test_put_bytes_does_not_rewrite_an_existing_address(tmp_path):
+    store = ModelStore(tmp_path)
+    a = store.put_bytes(b"payload")
+    p = store.path(a)
+    before = p.stat().st_mtime_ns
+    p.write_bytes(b"tampered")  # a second put must not mask (or repair) what is stored
+    os.utime(p, ns=(before, before))
+    assert store.put_bytes(b"payload") == a and p.read_bytes() == b"tampered"
+    with pytest.raises(StoreIntegrityError, match=a):
+        store.get_bytes(a)
+    with pytest.raises(StoreIntegrityError, match="not a model tree"):
+        store.get(store.put_bytes(b"raw bytes, not a tree"))
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(data=st.binary(max_size=5000))
+def test_put_bytes_round_trip(tmp_path_factory, data):
+    store = ModelStore(tmp_path_factory.mktemp("bytes"))
+    a = store.put_bytes(data)
+    assert a == hashlib.sha256(data).hexdigest() and store.get_bytes(a) == data
+    assert sorted(p.name for p in store.root.rglob("*") if p.is_file()) == [a]
