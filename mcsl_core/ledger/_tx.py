@@ -39,10 +39,13 @@ __all__ = [
     "Allocation",
     "Bid",
     "DataSubmissionPayment",
+    "Installment",
     "MembershipRegistration",
     "ModelUpdate",
+    "PaymentCollection",
     "PaymentRecord",
     "ResultBinding",
+    "ResultRelease",
     "SignedTx",
     "TaskPublication",
     "Transaction",
@@ -536,24 +539,7 @@ class PaymentRecord(Transaction):
             raise ValueError(f"minor_unit must be > 0, got {mu!r}")
         object.__setattr__(self, "minor_unit", mu)
         _int("total", self.total)
-        if isinstance(self.allocations, (str, bytes)) or not isinstance(self.allocations, (list, tuple)):
-            raise ValueError("allocations must be a list of (role, payee, amount)")
-        allocs = []
-        for i, a in enumerate(self.allocations):
-            if not isinstance(a, (list, tuple)) or len(a) != 3:
-                raise ValueError(f"allocations[{i}] must be (role, payee, amount)")
-            if a[0] not in _PAYEE_ROLES:
-                raise ValueError(f"allocations[{i}].role must be one of {_PAYEE_ROLES}, got {a[0]!r}")
-            allocs.append(
-                Allocation(
-                    a[0],
-                    check_text(f"allocations[{i}].payee", a[1], max_len=200),
-                    _int(f"allocations[{i}].amount", a[2]),
-                )
-            )
-        if len({(a.role, a.payee) for a in allocs}) != len(allocs):
-            raise ValueError("allocations has a payee twice")
-        object.__setattr__(self, "allocations", tuple(allocs))
+        object.__setattr__(self, "allocations", _allocations(self.allocations))
 
 
 def decode_tx(data: bytes) -> Transaction:
@@ -636,12 +622,15 @@ class SignedTx:
 
 # ---------------------------------------------------------------- the payment game (paper IV-D)
 def _allocations(xs: Any) -> tuple[Allocation, ...]:
+    """Checked ``(role, payee, amount)`` triples: known roles, each payee once, integer amounts."""
     if isinstance(xs, (str, bytes)) or not isinstance(xs, (list, tuple)):
         raise ValueError("allocations must be a list of (role, payee, amount)")
     out = []
     for i, a in enumerate(xs):
-        if not isinstance(a, (list, tuple)) or len(a) != 3 or a[0] not in _PAYEE_ROLES:
-            raise ValueError(f"allocations[{i}] must be (role in {_PAYEE_ROLES}, payee, amount)")
+        if not isinstance(a, (list, tuple)) or len(a) != 3:
+            raise ValueError(f"allocations[{i}] must be (role, payee, amount)")
+        if a[0] not in _PAYEE_ROLES:
+            raise ValueError(f"allocations[{i}].role must be one of {_PAYEE_ROLES}, got {a[0]!r}")
         payee = check_text(f"allocations[{i}].payee", a[1], max_len=200)
         out.append(Allocation(a[0], payee, _int(f"allocations[{i}].amount", a[2])))
     if len({(a.role, a.payee) for a in out}) != len(out):
@@ -656,6 +645,7 @@ class Installment(Transaction):
     (``paid == 0``: action d). Amounts in minor units of the task's payment record."""
 
     KIND: ClassVar[str] = "installment"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "requestor"
 
     task_id: str
@@ -681,14 +671,6 @@ class Installment(Transaction):
     def actor(self):
         return self.requestor
 
-    def _fields(self):
-        return {k: getattr(self, k) for k in ("task_id", "index", "of", "requestor", "due", "paid")}
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"task_id", "index", "of", "requestor", "due", "paid"})
-        return cls(d["task_id"], d["index"], d["of"], d["requestor"], d["due"], d["paid"])
-
 
 @dataclass(frozen=True)
 class ResultRelease(Transaction):
@@ -697,6 +679,7 @@ class ResultRelease(Transaction):
     (``share`` None, action d). Signed by the leader that finalised the model."""
 
     KIND: ClassVar[str] = "release"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "node"
 
     task_id: str
@@ -715,14 +698,6 @@ class ResultRelease(Transaction):
     def actor(self):
         return self.leader
 
-    def _fields(self):
-        return {"task_id": self.task_id, "index": self.index, "leader": self.leader, "share": self.share}
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"task_id", "index", "leader", "share"})
-        return cls(d["task_id"], d["index"], d["leader"], d["share"])
-
 
 @dataclass(frozen=True)
 class PaymentCollection(Transaction):
@@ -731,6 +706,7 @@ class PaymentCollection(Transaction):
     remainder of the bill (``owed``). Integer minor units."""
 
     KIND: ClassVar[str] = "collection"
+    VERSION: ClassVar[int] = 1
     SIGNER_ROLE: ClassVar[str] = "node"
     BY_PROPOSER: ClassVar[bool] = True
 
@@ -744,20 +720,3 @@ class PaymentCollection(Transaction):
         _int("collected", self.collected)
         _int("owed", self.owed)
         object.__setattr__(self, "allocations", _allocations(self.allocations))
-
-    def _fields(self):
-        return {
-            "task_id": self.task_id,
-            "collected": self.collected,
-            "owed": self.owed,
-            "allocations": [list(a) for a in self.allocations],
-        }
-
-    @classmethod
-    def _from_fields(cls, d):
-        d = _expect_keys(cls.KIND, d, {"task_id", "collected", "owed", "allocations"})
-        return cls(d["task_id"], d["collected"], d["owed"], _tuple(d["allocations"]))
-
-
-TX_KINDS.update({c.KIND: c for c in (Installment, ResultRelease, PaymentCollection)})
-__all__ += ["Installment", "PaymentCollection", "ResultRelease"]
