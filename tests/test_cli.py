@@ -9,6 +9,7 @@ item 5): ``mcsl demo`` (several rounds, then settlement), ``mcsl run`` on a tiny
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -142,7 +143,31 @@ def test_bad_out_stops_before_the_heavy_imports(tmp_path):
     assert proc.stderr.count("mcsl: error: --out:") == 3
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits; see the probe test")
+def test_a_new_command_with_out_gets_the_same_check(tmp_path, monkeypatch, capsys):
+    # the check is main's, not each command's: a command added later (``sweep``) inherits it
+    called = []
+    real = cli.build_parser
+
+    def with_sweep():
+        parser = real()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.add_parser("sweep")
+        p.add_argument("--out")
+        p.set_defaults(func=lambda args: called.append(args.out) or 0)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", with_sweep)
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["sweep", "--out", str(tmp_path / "afile" / "o")]) == 2 and not called
+    assert capsys.readouterr().err.startswith("mcsl: error: --out: cannot create folder")
+    assert cli.main(["sweep", "--out", str(tmp_path / "ok")]) == 0
+    assert called == [tmp_path / "ok"] and (tmp_path / "ok").is_dir()
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root writes through permission bits (CI runs as root); the probe test covers the check",
+)
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_out_in_a_folder_without_write_permission(command, tmp_path):
     locked = tmp_path / "locked"
