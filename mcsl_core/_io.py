@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Output files: atomic writes (a reader sees the old file or the new one, never half
+of one) and the one check that an output folder can be written."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_csv"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "prepare_out_dir", "write_csv"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -53,3 +54,52 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
     for row in rows:
         writer.writerow(list(row))
     return atomic_write_text(path, buf.getvalue())
+
+
+def prepare_out_dir(path: str | os.PathLike, *, arg: str = "--out") -> Path:
+    """Create the output folder ``path`` (with its parents) and prove it can be written.
+
+    Every command that writes outputs calls this before doing any work, so a bad
+    folder fails in a second, not after an hour of training. Writability is checked
+    by creating and removing a temporary file in the folder: unlike permission bits
+    (which root ignores) this also catches read-only mounts, ACLs and full quotas,
+    exactly as the real writes would meet them.
+
+    Parameters
+    ----------
+    path : the folder; it may exist (and keep its files) or not.
+    arg : the option the folder came from, named in the error (``"--out"``).
+
+    Returns
+    -------
+    Path
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises
+    ------
+    ValueError
+        Naming ``arg`` and the path, when the path is an existing file, lies below
+        a file, cannot be created, or is a folder in which no file can be created.
+    """
+    try:
+        if not os.fspath(path):
+            raise ValueError(f"{arg}: the output folder must not be empty")
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{arg}: {p} exists and is not a folder")
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a dangling link, or a file on the way
+        raise ValueError(f"{arg}: cannot create folder {p}: a part of the path is a file") from None
+    except OSError as exc:
+        raise ValueError(f"{arg}: cannot create folder {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # embedded NUL and the like, from the OS layer
+        if str(exc).startswith(f"{arg}:"):
+            raise
+        raise ValueError(f"{arg}: not a usable path {str(path)!r}: {exc}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mcsl-write-check.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{arg}: cannot write in folder {p}: {exc.strerror or exc}") from None
+    return p
