@@ -6,7 +6,8 @@ all pairs in one batched :func:`mcsl_core.mechanism.solve` call (the
 constrained, feasible optimum unless ``mechanism.constrained = false``). An
 accepted submission is paid ``v + s`` by the server, which signs a
 :class:`~mcsl_core.ledger.DataSubmissionPayment`; a rejected device's data
-never reaches a server.
+never reaches a server. With ``constrained = false`` a pair whose closed-form
+price is negative (``v* < 0`` or ``s* < 0``) does not trade either.
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def submit(state: TaskState) -> TaskState:
     with state.stages("mechanism"):
         state.nearest = nearest_servers(world.device_xy[rec], world.server_xy)
         sol = play_mechanism(state)
-        state.accepted = np.asarray(sol.valid & sol.accepted, dtype=bool)
+        # The paper's unconstrained closed form can price data below zero (v* < 0 or s* < 0,
+        # SPEC.md section 2); no payment can carry a negative amount, so such a pair does not trade.
+        priced = (np.asarray(sol.v) >= 0) & (np.asarray(sol.s) >= 0)
+        state.accepted = np.asarray(sol.valid & sol.accepted & priced, dtype=bool)
     state.say(f"mechanism: {int(state.accepted.sum())} of {rec.size} submissions accepted")
     if not state.accepted.any():
         raise ValueError(

@@ -46,6 +46,8 @@ CONFIGS: dict[str, TaskConfig] = {
     "scale_fedavg": BASE.replace(byzantine_servers=1, byzantine_attack="scale"),
     "tight": TIGHT,
     "tight_unconstrained": TIGHT.replace(constrained=False),
+    # s_bar = 7 drives the paper's closed form below zero for some pairs (v* < 0)
+    "negative_unconstrained": BASE.replace(constrained=False, s_bar=7.0),
     "paper": BASE.replace(protocol="paper", num_nodes=7),
     "hotstuff": BASE.replace(protocol="hotstuff", num_nodes=7),
     "pbft7": BASE.replace(num_nodes=7),
@@ -256,3 +258,15 @@ def test_femnist_cnn_task_learns(femnist_dir, task, capsys):
     agg = [r.tx for r in recs if isinstance(r.tx, L.AggregatedModel)][-1]
     shapes = sorted(x.shape for x in _leaves(L.ModelStore(out / "store").get(agg.address)))
     assert (5, 5, 1, 32) in shapes and (5, 5, 32, 64) in shapes  # the LEAF CNN's two conv layers
+
+
+def test_unconstrained_negative_prices_do_not_trade(task):
+    """With constrained = false the closed form prices some of this world's pairs below zero
+    (s_bar = 7); those pairs do not trade (no payment can be negative) and the task runs to
+    the end. It used to stop at the first negative payment, after the task had started."""
+    report, out = task("negative_unconstrained")
+    recs, _ = records(out, "options")
+    paid = [r.tx for r in recs if isinstance(r.tx, L.DataSubmissionPayment)]
+    assert len(paid) == report.devices_accepted > 0
+    assert all(tx.v >= 0 and tx.s >= 0 for tx in paid)
+    assert report.rounds == CONFIGS["negative_unconstrained"].max_rounds
