@@ -89,29 +89,33 @@ def group_spec(model, cfg: FLConfig) -> GroupSpec:
 # ---------------------------------------------------------------------------
 # host-side schedule
 # ---------------------------------------------------------------------------
-def _rank_groups(steps_sorted: np.ndarray, max_groups: int = 3) -> tuple[tuple[int, int, int], ...]:
+def _rank_groups(steps_sorted: np.ndarray, max_groups: int = 8) -> tuple[tuple[int, int, int], ...]:
     """Split ranks ``0..c-1`` into at most ``max_groups`` contiguous groups.
 
     ``steps_sorted``: shape=[rows, c], each row ascending (steps per client of
     one round, in rank order). Group ``(lo, hi, cap)`` trains ranks ``lo:hi``
-    with ``cap`` steps, the largest any row needs there; the split minimises the
-    padded work ``sum (hi - lo) * cap`` (exact dynamic programme, c is small).
+    with ``cap`` steps, the largest any row needs there. The split minimises
+    ``sum cap * (hi - lo + 1)``: the padded client-steps plus one client-step
+    per group and step for the extra sequential scan a group costs (exact
+    dynamic programme over at most 64 candidate boundaries).
     """
     cap = np.maximum(steps_sorted.max(axis=0), 1).astype(np.int64)  # non-decreasing in rank
     c = cap.size
-    best = {0: (0, ())}  # best[(g, j)] over g groups covering ranks 0..j-1
-    layer = {0: (0, ())}
+    cuts = sorted({0, c} | {int(v) for v in np.linspace(0, c, min(c, 64) + 1).round()})
+    layer = {0: (0, ())}  # boundary -> (cost, groups) with the groups used so far
+    best = None
     for _g in range(max_groups):
-        nxt = {}
+        nxt: dict = {}
         for j, (cost, parts) in layer.items():
-            for hi in range(j + 1, c + 1):
-                cand = (cost + (hi - j) * int(cap[hi - 1]), (*parts, (j, hi, int(cap[hi - 1]))))
+            for hi in (h for h in cuts if h > j):
+                cg = int(cap[hi - 1])
+                cand = (cost + cg * (hi - j + 1), (*parts, (j, hi, cg)))
                 if hi not in nxt or cand[0] < nxt[hi][0]:
                     nxt[hi] = cand
         layer = nxt
-        if c in layer and (c not in best or layer[c][0] < best[c][0]):
-            best[c] = layer[c]
-    return best[c][1]
+        if c in layer and (best is None or layer[c][0] < best[0]):
+            best = layer[c]
+    return best[1]
 
 
 class _Schedule(NamedTuple):
@@ -349,7 +353,12 @@ def _host_ram() -> int:
 
 
 def _put(tree, sharding):
-    return tree if sharding is None else jax.device_put(tree, sharding)
+    """Host arrays onto the device(s): whole on the default device, or laid out
+    by ``sharding`` from host copies (so it also works when the mesh spans
+    several processes, each passing the same values)."""
+    if sharding is None:
+        return jax.tree_util.tree_map(jnp.asarray, tree)
+    return jax.device_put(jax.tree_util.tree_map(np.asarray, tree), sharding)
 
 
 def _gather(x) -> np.ndarray:
@@ -381,12 +390,7 @@ def _eval_data(evaluated: FederatedData):
         raise ValueError("the evaluation data holds no samples")
     nch = -(-total // _EVAL_CHUNK)
     pos = np.arange(nch * _EVAL_CHUNK).reshape(nch, _EVAL_CHUNK)
-    return (
-        jnp.asarray(evaluated.x),
-        jnp.asarray(evaluated.y),
-        jnp.asarray(np.minimum(pos, total - 1), jnp.int32),
-        jnp.asarray(pos < total),
-    ), total
+    return (evaluated.x, evaluated.y, np.minimum(pos, total - 1).astype(np.int32), pos < total), total
 
 
 def _segment_length(rounds: int, progress: bool, early: bool) -> int:
@@ -432,15 +436,13 @@ def run_group(
         p = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (len(configs), *a.shape)), params)
         opt = spec.server_optimizer if spec.server_optimizer is not None else _FEDAVG_SERVER
         state = (p, jax.vmap(opt.init)(p))
-    state = _put((*state, jnp.zeros((len(configs),), bool)), split)
-    data = (
-        jnp.asarray(train.x),
-        jnp.asarray(train.y),
-        jnp.asarray(train.offsets[:-1], jnp.int32),
-        jnp.asarray(train.num_samples, jnp.int32),
-        *evald,
+    state = _put((*state, np.zeros((len(configs),), bool)), split)
+    repl = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    data = _put(
+        (train.x, train.y, train.offsets[:-1].astype(np.int32), train.num_samples.astype(np.int32), *evald),
+        repl,
     )
-    e = _put(jax.tree_util.tree_map(jnp.asarray, e), split)
+    e = _put(e, split)
     rounds = spec.rounds
     early = any(c.target_accuracy is not None for c in configs)
     seg = _segment_length(rounds, bar is not None, early)
@@ -450,8 +452,8 @@ def run_group(
         idx = np.minimum(np.arange(s0, s0 + seg), rounds - 1)
         active = np.arange(s0, s0 + seg) < rounds
         is_eval = active & ((((idx + 1) % spec.eval_every) == 0) | (idx == rounds - 1))
-        sl = (_put(jnp.asarray(sched.ranked[:, idx]), split), _put(jnp.asarray(sched.inverse[:, idx]), split))
-        shared = (jnp.asarray(idx, jnp.uint32), jnp.asarray(active), jnp.asarray(is_eval))
+        sl = _put((sched.ranked[:, idx], sched.inverse[:, idx]), split)
+        shared = _put((idx.astype(np.uint32), active, is_eval), repl)
         t0 = time.perf_counter()
         state, out = prog(data, state, e, sl, shared)
         out = jax.tree_util.tree_map(_gather, out)
