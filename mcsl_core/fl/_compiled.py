@@ -89,16 +89,20 @@ def group_spec(model, cfg: FLConfig) -> GroupSpec:
 # ---------------------------------------------------------------------------
 # host-side schedule
 # ---------------------------------------------------------------------------
-def _rank_groups(steps_sorted: np.ndarray, max_groups: int = 8) -> tuple[tuple[int, int, int], ...]:
+def _rank_groups(
+    steps_sorted: np.ndarray, max_groups: int = 8, group_cost: int = 50_000
+) -> tuple[tuple[int, int, int], ...]:
     """Split ranks ``0..c-1`` into at most ``max_groups`` contiguous groups.
 
     ``steps_sorted``: shape=[rows, c], each row ascending (steps per client of
     one round, in rank order). Group ``(lo, hi, cap)`` trains ranks ``lo:hi``
     with ``cap`` steps, the largest any row needs there. The split minimises
-    ``sum cap * (hi - lo + 1)``: the padded client-steps plus one client-step
-    per group and step for the extra sequential scan a group costs (exact
-    dynamic programme over at most 64 candidate boundaries).
+    ``sum rows * cap * (hi - lo + 1) + group_cost``: the padded client-steps of
+    the whole schedule, one more per group and step for the extra sequential
+    scan, and ``group_cost`` client-steps (about 0.2 s on a CPU) for compiling
+    one more group (exact dynamic programme over at most 64 candidate boundaries).
     """
+    rows = int(steps_sorted.shape[0])
     cap = np.maximum(steps_sorted.max(axis=0), 1).astype(np.int64)  # non-decreasing in rank
     c = cap.size
     cuts = sorted({0, c} | {int(v) for v in np.linspace(0, c, min(c, 64) + 1).round()})
@@ -109,7 +113,7 @@ def _rank_groups(steps_sorted: np.ndarray, max_groups: int = 8) -> tuple[tuple[i
         for j, (cost, parts) in layer.items():
             for hi in (h for h in cuts if h > j):
                 cg = int(cap[hi - 1])
-                cand = (cost + cg * (hi - j + 1), (*parts, (j, hi, cg)))
+                cand = (cost + rows * cg * (hi - j + 1) + group_cost, (*parts, (j, hi, cg)))
                 if hi not in nxt or cand[0] < nxt[hi][0]:
                     nxt[hi] = cand
         layer = nxt
