@@ -214,6 +214,8 @@ def run_sweep(
     try:
         for spec, idx in groups.items():
             size = _chunk_size(spec.model, train, configs[idx[0]], memory_bytes)
+            n_chunks = -(-len(idx) // size)
+            size = -(-len(idx) // n_chunks)  # equal chunks: one compiled shape, not a remainder too
             for s in range(0, len(idx), size):
                 part = idx[s : s + size]
                 g = run_group(spec.model, train, [configs[i] for i in part], test=test, bar=bar)
