@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import resource
 
-import jax
 import numpy as np
 import pytest
 
@@ -55,7 +54,7 @@ def test_fl_sweep_cnn_k8(benchmark, bench_info, role):
         bench_info(
             "kernel", k, "experiment", note=f"run_sweep, {k} seeds; {what}, {samples} rows; {_where()}"
         )
-        _interleaved(benchmark, sweep, seq, "anchor")
+        _interleaved(benchmark, sweep, seq, "anchor", warm="cnn")
         per = bytes_per_experiment(fl.num_params(fl.init_params(model, 784, 0)), group_spec(model, cfg), 784)
         chunk = max(1, min(k, memory_budget() // per))
         benchmark.extra_info.update(
@@ -65,5 +64,4 @@ def test_fl_sweep_cnn_k8(benchmark, bench_info, role):
         )
     else:
         bench_info("anchor", k, "experiment", note=f"{k} sequential run_fedavg calls (strategy auto); {what}")
-        _interleaved(benchmark, seq, sweep, "kernel")
-    jax.clear_caches()
+        _interleaved(benchmark, seq, sweep, "kernel", warm="cnn")
