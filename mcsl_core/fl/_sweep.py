@@ -138,6 +138,8 @@ def _resolve(model, config: FLConfig, axes: Mapping[str, Sequence]) -> tuple[lis
     if len(set(lengths.values())) > 1:
         raise ValueError(f"axes must have equal lengths (they are zipped), got {lengths}")
     k = next(iter(lengths.values()))
+    if model is None and "model" not in axes:
+        raise ValueError("model is None and axes has no 'model' entry")
     configs, models = [], []
     for i in range(k):
         over = {n: v[i] for n, v in axes.items() if n != "model"}

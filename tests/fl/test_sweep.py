@@ -132,6 +132,11 @@ def test_bad_axes_name_the_field(data, axes, match):
         fl.run_sweep(fl.logistic(20, 5), tr, fl.FLConfig(rounds=1, clients_per_round=4), axes)
 
 
+def test_a_sweep_needs_a_model(data):
+    with pytest.raises(ValueError, match="model is None"):
+        fl.run_sweep(None, data[0], fl.FLConfig(rounds=1, clients_per_round=4), {"seed": [0]})
+
+
 def test_bytes_per_experiment_counts_parameter_copies():
     spec = GroupSpec(None, 1, 10, 1, 10, 1, "fedavg", 0, 1, None)
     p = 6_603_710  # the LEAF CNN
@@ -170,3 +175,32 @@ def test_sweep_on_eight_cpu_devices_matches_one_device(data):
     os.remove(out)
     want = np.concatenate([np.asarray(x).reshape(5, -1) for x in jax.tree_util.tree_leaves(ref.params)], 1)
     np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+
+
+def test_gpu_script_skips_without_a_gpu_and_dry_runs_tiny(tmp_path):
+    """benchmarks/gpu.py: exit 0 with a message on a CPU; ``--tiny`` runs every section."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "gpu.py"), "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and "no GPU found" in out.stdout, out.stderr[-2000:]
+    assert not list(tmp_path.iterdir())  # nothing written
+    from benchmarks import gpu
+
+    assert gpu.main(["--tiny", "--out", str(tmp_path)]) == 0
+    import json
+
+    res = json.loads(next(tmp_path.glob("gpu-*-tiny.json")).read_text())
+    assert {(r["clients"], r["strategy"]) for r in res["strategies"]} == {
+        (n, s) for n in (3, 5) for s in ("loop", "vmap", "shard")
+    }
+    assert [r["model"] for r in res["sweeps"]] == ["logistic", "cnn"]
+    assert all(r["speedup"] > 0 and r["sweep_experiments_per_s"] > 0 for r in res["sweeps"])
+    assert res["mechanism"]["points"] == 10**4
+    rows = (tmp_path / "gpu_summary.md").read_text().splitlines()
+    assert rows[-1].startswith(f"| {res['card']} |") and rows[-1].count("|") == 8
