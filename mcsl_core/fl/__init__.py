@@ -5,7 +5,9 @@ Flax models (:func:`femnist_cnn`, :func:`logistic`, :func:`mlp`), one round of
 local training with stacked client updates (:func:`federated_round`),
 aggregators working on stacked update pytrees (:func:`fedavg`, :func:`median`,
 :func:`trimmed_mean`, :func:`krum`, :func:`dp_fedavg`), and the full loop
-(:func:`run_fedavg`). Everything runs in float32; JAX x64 is never enabled.
+(:func:`run_fedavg`; :func:`run_compiled` runs every round in one
+compiled program), and sweeps of many experiments in one vectorised program
+(:func:`run_sweep`). Everything runs in float32; JAX x64 is never enabled.
 """
 
 from mcsl_core.fl._aggregate import (
@@ -18,6 +20,7 @@ from mcsl_core.fl._aggregate import (
     median,
     trimmed_mean,
 )
+from mcsl_core.fl._compiled import run_compiled
 from mcsl_core.fl._data import (
     FederatedData,
     PackedClients,
@@ -29,6 +32,7 @@ from mcsl_core.fl._data import (
     synthetic_fedprox,
 )
 from mcsl_core.fl._models import MLP, FemnistCNN, Logistic, femnist_cnn, logistic, mlp, num_params
+from mcsl_core.fl._sweep import FLSweepResult, run_sweep
 from mcsl_core.fl._train import (
     AGGREGATORS,
     STRATEGIES,
@@ -55,6 +59,7 @@ __all__ = [
     "FLConfig",
     "FLHistory",
     "FLResult",
+    "FLSweepResult",
     "FederatedData",
     "FemnistCNN",
     "Logistic",
@@ -80,7 +85,9 @@ __all__ = [
     "merge_clients",
     "mlp",
     "num_params",
+    "run_compiled",
     "run_fedavg",
+    "run_sweep",
     "sample_devices",
     "select_clients",
     "server_update",

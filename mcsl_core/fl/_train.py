@@ -104,6 +104,12 @@ class FLConfig:
     strategy : {"auto", "loop", "vmap", "shard"}
     progress : bool or None
         tqdm progress bar; None shows it for runs of 50 rounds or more.
+    server_lr : float
+        Server step size: ``global += server_lr * aggregate`` (scales the
+        aggregate before ``server_optimizer``); 1.0 is plain FedAvg.
+    compiled : bool
+        Run every round inside one compiled program (``lax.scan`` over rounds,
+        see :func:`mcsl_core.fl.run_compiled`); same result as the per-round loop.
     """
 
     rounds: int = 100
@@ -123,6 +129,8 @@ class FLConfig:
     target_accuracy: float | None = None
     strategy: str = "auto"
     progress: bool | None = None
+    server_lr: float = 1.0
+    compiled: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_every", "multi_krum"):
@@ -145,6 +153,10 @@ class FLConfig:
             raise ValueError(f"target_accuracy must lie in [0, 1], got {self.target_accuracy!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+            raise ValueError(f"server_lr must be finite and > 0, got {self.server_lr!r}")
+        if not isinstance(self.compiled, (bool, np.bool_)):
+            raise ValueError(f"compiled must be a bool, got {self.compiled!r}")
 
 
 class RoundUpdates(NamedTuple):
@@ -585,6 +597,12 @@ def run_fedavg(
         raise ValueError(
             f"clients_per_round={config.clients_per_round} exceeds the {train.num_clients} clients"
         )
+    if config.compiled:
+        from mcsl_core.fl._compiled import run_compiled
+
+        if callback is not None:
+            raise ValueError("callback needs the per-round loop; use FLConfig(compiled=False)")
+        return run_compiled(model, train, config, test=test, params=params)
     key = jax.random.key(config.seed)
     init_key, train_key, noise_key = jax.random.split(key, 3)
     if params is None:
@@ -613,6 +631,8 @@ def run_fedavg(
         agg = aggregate(ru.updates, ru.num_samples, config, key=jax.random.fold_in(noise_key, r))
         train_loss = float(np.average(ru.loss, weights=np.maximum(ru.num_samples, 1)))
         del ru  # free the stacked updates before the server step
+        if config.server_lr != 1.0:
+            agg = jax.tree_util.tree_map(lambda a: a * jnp.float32(config.server_lr), agg)
         params, opt_state = server_update(opt, params, opt_state, agg)
         jax.block_until_ready(params)
         dt = time.perf_counter() - t0
