@@ -9,6 +9,7 @@ aggregators working on stacked update pytrees (:func:`fedavg`, :func:`median`,
 """
 
 from mcsl_core.fl._aggregate import (
+    AGGREGATORS,
     clip_updates,
     dp_fedavg,
     fedavg,
@@ -30,7 +31,6 @@ from mcsl_core.fl._data import (
 )
 from mcsl_core.fl._models import MLP, FemnistCNN, Logistic, femnist_cnn, logistic, mlp, num_params
 from mcsl_core.fl._train import (
-    AGGREGATORS,
     STRATEGIES,
     EvalResult,
     FLConfig,
