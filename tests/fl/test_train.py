@@ -412,6 +412,7 @@ def test_bad_config_and_round_input(synth):
 def test_aggregator_registry_drives_validation():
     """fl.AGGREGATORS is the one list: every name configures and aggregates; others are refused."""
     assert isinstance(fl.AGGREGATORS, tuple) and fl.AGGREGATORS == fl._aggregate.AGGREGATORS
+    assert set(fl.AGGREGATORS) == {"fedavg", "median", "trimmed_mean", "krum"}  # the rules _aggregate defines
     u = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)}
     ref = {
         "fedavg": np.asarray(u["w"]).mean(axis=0),  # equal weights
