@@ -443,8 +443,9 @@ for _ in range(3):
     jax.block_until_ready(ru.updates)
     ts.append(time.perf_counter() - t)
 dt = sorted(ts)[1]
-print(json.dumps(dict(clients_per_s=k / dt, samples_per_s=float(tr.num_samples.sum()) / dt, round_s=dt,
-    first_round_s=first, peak_rss_mib=hwm(), rss_before_round_mib=base, strategy=ru.strategy, samples=int(tr.num_samples.sum()))))
+n = int(tr.num_samples.sum())
+print(json.dumps(dict(clients_per_s=k / dt, samples_per_s=n / dt, round_s=dt, first_round_s=first,
+    peak_rss_mib=hwm(), rss_before_round_mib=base, strategy=ru.strategy, samples=n)))
 """
 
 
