@@ -273,7 +273,7 @@ def _client_update_fn(model, steps: int, batch: int, epochs: int):
     return update
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=512)  # a 1,000-client FedProx round: 56 vmap (width, bucket) programs
 def _chunk_program(model, rows: int, batch: int, epochs: int, width: int, capacity: int):
     """One compiled program training up to ``capacity`` chunks of ``width`` clients.
 
@@ -528,6 +528,10 @@ def _run_shard(model, params, data, clients, keys, cfg, *, warm=False, deadline=
     if kp != k:
         deltas = jax.tree_util.tree_map(lambda a: a[:k], deltas)
         losses = losses[:k]
+    if deadline is not None:
+        jax.block_until_ready(losses)
+        if _clock() > deadline:
+            return None
     return deltas, losses
 
 
