@@ -11,6 +11,7 @@ compiled program), and sweeps of many experiments in one vectorised program
 """
 
 from mcsl_core.fl._aggregate import (
+    AGGREGATORS,
     clip_updates,
     dp_fedavg,
     fedavg,
@@ -34,7 +35,6 @@ from mcsl_core.fl._data import (
 from mcsl_core.fl._models import MLP, FemnistCNN, Logistic, femnist_cnn, logistic, mlp, num_params
 from mcsl_core.fl._sweep import FLSweepResult, run_sweep
 from mcsl_core.fl._train import (
-    AGGREGATORS,
     STRATEGIES,
     EvalResult,
     FLConfig,

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "AGGREGATORS",
     "clip_updates",
     "dp_fedavg",
     "fedavg",
@@ -26,6 +27,11 @@ __all__ = [
 ]
 
 PyTree = Any
+
+#: The aggregation rules by name: the one registry that :class:`mcsl_core.fl.FLConfig`
+#: (``aggregator``) and the system layer validate against. DP-FedAvg is not a name
+#: here: it is switched on by ``dp_clip_norm`` and replaces the rule.
+AGGREGATORS: tuple[str, ...] = ("fedavg", "median", "trimmed_mean", "krum")
 
 
 def _num_clients(updates: PyTree) -> int:

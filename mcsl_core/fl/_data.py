@@ -200,13 +200,82 @@ def _leaf_files(path: Path) -> list[Path]:
     raise ValueError(f"path {str(path)!r} does not exist")
 
 
+_MAX_LABEL = 2**31 - 2  # labels are int32 and num_classes = max label + 1 must be an int32 too
+
+
+def _leaf_blob(f: Path) -> tuple[list, list, dict, list | None]:
+    """``(users, num_samples, user_data, hierarchies)`` of one LEAF file, checked
+    at the file level (every failure a ``ValueError`` naming the file)."""
+    try:
+        blob = json.loads(f.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{f}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{f}: not readable LEAF JSON ({exc})") from exc
+    if not isinstance(blob, dict):
+        raise ValueError(f"{f}: top level must be a JSON object")
+    for key in ("users", "num_samples", "user_data"):
+        if key not in blob:
+            raise ValueError(f"{f}: missing key {key!r}")
+    users, counts, udata = blob["users"], blob["num_samples"], blob["user_data"]
+    if not isinstance(users, list) or not isinstance(counts, list) or len(users) != len(counts):
+        raise ValueError(f"{f}: 'users' and 'num_samples' must be lists of equal length")
+    if not isinstance(udata, dict):
+        first = f" (first user {str(users[0])!r})" if users else ""
+        raise ValueError(
+            f"{f}: 'user_data' must be a JSON object keyed by user, got {type(udata).__name__}{first}"
+        )
+    fh = blob.get("hierarchies")
+    if fh is not None and (not isinstance(fh, list) or len(fh) != len(users)):
+        raise ValueError(f"{f}: 'hierarchies' must list one entry per user")
+    return users, counts, udata, fh
+
+
+def _leaf_user(where: str, entry, n) -> tuple[np.ndarray, np.ndarray]:
+    """One user's ``(x, y)``: x float32 [n, dim] (shape [0, 0] when n is 0 and
+    x carries no row length), y int32 [n]; every failure names ``where``."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: user_data entry must be a JSON object, got {type(entry).__name__}")
+    if "x" not in entry or "y" not in entry:
+        raise ValueError(f"{where} user_data lacks 'x' or 'y'")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{where}: num_samples must be a non-negative int, got {n!r}")
+    xr, yr = entry["x"], entry["y"]
+    if not isinstance(xr, list) or not isinstance(yr, list):
+        raise ValueError(f"{where}: x and y must be JSON arrays")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in yr):
+        raise ValueError(f"{where}: y must hold numbers only")
+    try:
+        x = np.asarray(xr, dtype=np.float32)
+        y_raw = np.asarray(yr, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{where}: x and y must be numeric arrays ({exc})") from exc
+    if y_raw.ndim != 1 or y_raw.size != n:
+        raise ValueError(f"{where}: num_samples says {n} but y has shape {y_raw.shape}")
+    if x.ndim == 1 and n == 0:
+        x = x.reshape(0, 0)
+    if x.ndim != 2 or x.shape[0] != n:
+        raise ValueError(f"{where}: num_samples says {n} but x has shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{where}: x holds NaN or infinite values")
+    bad = (y_raw != np.round(y_raw)) | (y_raw < 0) | (y_raw > _MAX_LABEL) | ~np.isfinite(y_raw)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{where}: label {yr[i]!r} at index {i} is not an integer in [0, {_MAX_LABEL}] (labels are int32)"
+        )
+    return x, y_raw.astype(np.int32)
+
+
 def load_leaf(path: str | Path | Sequence[str | Path], *, num_classes: int | None = None) -> FederatedData:
     """Load LEAF JSON files (one file, a directory of them, or a list).
 
     Each file holds ``users``, ``num_samples``, ``user_data{uid: {x, y}}`` and
     optionally ``hierarchies``. Clients keep file order (files sorted by name
-    within a directory). Every entry is checked: a malformed file raises
-    ``ValueError`` naming the file and the user.
+    within a directory). Every entry is checked: a malformed file (not UTF-8,
+    not JSON, wrong types, counts that disagree, labels that are not integers
+    in ``[0, 2**31 - 2]``) raises ``ValueError`` naming the file and the user.
+    A user with no samples is kept (an empty client).
 
     Parameters
     ----------
@@ -225,21 +294,7 @@ def load_leaf(path: str | Path | Sequence[str | Path], *, num_classes: int | Non
     dim = None
     seen: dict[str, Path] = {}
     for f in files:
-        try:
-            blob = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{f}: not readable LEAF JSON ({exc})") from exc
-        if not isinstance(blob, dict):
-            raise ValueError(f"{f}: top level must be a JSON object")
-        for key in ("users", "num_samples", "user_data"):
-            if key not in blob:
-                raise ValueError(f"{f}: missing key {key!r}")
-        users, counts, udata = blob["users"], blob["num_samples"], blob["user_data"]
-        if not isinstance(users, list) or not isinstance(counts, list) or len(users) != len(counts):
-            raise ValueError(f"{f}: 'users' and 'num_samples' must be lists of equal length")
-        fh = blob.get("hierarchies")
-        if fh is not None and (not isinstance(fh, list) or len(fh) != len(users)):
-            raise ValueError(f"{f}: 'hierarchies' must list one entry per user")
+        users, counts, udata, fh = _leaf_blob(f)
         if has_hier is None:
             has_hier = fh is not None
         elif has_hier != (fh is not None):
@@ -250,46 +305,26 @@ def load_leaf(path: str | Path | Sequence[str | Path], *, num_classes: int | Non
             if u in seen:
                 raise ValueError(f"{where} appears twice (also in {seen[u]})")
             seen[u] = f
-            if u not in udata or not isinstance(udata[u], dict):
+            if u not in udata:
                 raise ValueError(f"{where} has no user_data entry")
-            if "x" not in udata[u] or "y" not in udata[u]:
-                raise ValueError(f"{where} user_data lacks 'x' or 'y'")
-            try:
-                x = np.asarray(udata[u]["x"], dtype=np.float32)
-                y_raw = np.asarray(udata[u]["y"], dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{where}: x and y must be numeric arrays ({exc})") from exc
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise ValueError(f"{where}: num_samples must be a non-negative int, got {n!r}")
-            if y_raw.ndim != 1 or y_raw.size != n:
-                raise ValueError(f"{where}: num_samples says {n} but y has shape {y_raw.shape}")
-            if x.ndim == 1 and n == 0:
-                x = x.reshape(0, dim or 0)
-            if x.ndim != 2 or x.shape[0] != n:
-                raise ValueError(f"{where}: num_samples says {n} but x has shape {x.shape}")
-            if dim is None:
-                dim = x.shape[1]
-            elif x.shape[1] != dim:
-                raise ValueError(f"{where}: feature size {x.shape[1]} differs from {dim} seen before")
-            if not np.all(np.isfinite(x)):
-                raise ValueError(f"{where}: x holds NaN or infinite values")
-            if np.any(y_raw != np.round(y_raw)) or np.any(y_raw < 0):
-                bad = int(np.flatnonzero((y_raw != np.round(y_raw)) | (y_raw < 0))[0])
-                raise ValueError(
-                    f"{where}: label {y_raw[bad]!r} at index {bad} is not a non-negative integer"
-                )
-            if num_classes is not None and y_raw.size and y_raw.max() >= num_classes:
-                bad = int(np.flatnonzero(y_raw >= num_classes)[0])
-                raise ValueError(
-                    f"{where}: label {int(y_raw[bad])} at index {bad} outside [0, {num_classes})"
-                )
+            x, y = _leaf_user(where, udata[u], n)
+            if n > 0:  # an empty user says nothing about the row length
+                if dim is None:
+                    dim = x.shape[1]
+                elif x.shape[1] != dim:
+                    raise ValueError(f"{where}: feature size {x.shape[1]} differs from {dim} seen before")
+            if num_classes is not None and y.size and y.max() >= num_classes:
+                bad = int(np.flatnonzero(y >= num_classes)[0])
+                raise ValueError(f"{where}: label {int(y[bad])} at index {bad} outside [0, {num_classes})")
             xs.append(x)
-            ys.append(y_raw.astype(np.int32))
+            ys.append(y)
             ids.append(u)
             if fh is not None:
                 hier.append(fh[j])
     if not ids:
         raise ValueError(f"path {path!r} holds no users")
+    dim = 0 if dim is None else dim
+    xs = [x if x.shape[0] else np.zeros((0, dim), np.float32) for x in xs]
     off = np.concatenate([[0], np.cumsum([y.size for y in ys])]).astype(np.int64)
     y_all = np.concatenate(ys)
     k = num_classes if num_classes is not None else int(y_all.max(initial=0)) + 1

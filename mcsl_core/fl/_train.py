@@ -2,20 +2,23 @@
 (paper IV-C, Algorithm 2, learning side; SPEC.md 3; DESIGN.md "FL execution
 strategies").
 
-One definition of a client's local training, :func:`_client_update_fn`, is run
-by three strategies:
+One definition of a client's local training (:func:`_client_update_fn`: epoch
+order, batches, masked loss, SGD) is run by three strategies:
 
-- ``"loop"``: one compiled call per client (its whole local training is one
-  ``lax.scan``), clients bucketed by padded size so a dataset compiles to a few
-  shapes; each call writes the client's update in place into a donated stacked
-  buffer;
-- ``"vmap"``: all clients of a round in one XLA program (``jax.vmap`` of the
-  same function), padded to the largest bucket among them;
-- ``"shard"``: the ``"vmap"`` program with the client axis split over every
-  device with ``jax.sharding`` (results identical to ``"vmap"``).
+- ``"loop"``: clients one after another, each for exactly its own
+  ``ceil(n / batch_size)`` steps per epoch (a dynamic trip count, so no padded
+  steps); the clients of one size bucket share one compiled program and one
+  dispatch, which writes each update in place into a donated stacked buffer;
+- ``"vmap"``: clients sorted by size and cut into groups whose lockstep padding
+  is at most :data:`VMAP_WASTE` of the real steps; each group trains in chunks of
+  power-of-two width, one ``jax.vmap`` program per (width, size bucket);
+- ``"shard"``: every client in one vmapped program padded to the round's
+  largest bucket, the client axis split over every device with
+  ``jax.sharding``.
 
-``"auto"`` times the candidates on a small trial (cached per backend, device
-count, model and shapes) and keeps the fastest.
+``"auto"`` runs every candidate on the whole real round (after a compile-only
+pass), keeps the fastest, and caches the choice per backend, devices, model,
+shapes, data and round settings.
 
 Local training is minibatch SGD as in LEAF: each local epoch shuffles the
 client's rows and walks them in batches of ``batch_size`` (the last batch may
@@ -40,8 +43,8 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mcsl_core.fl._aggregate import dp_fedavg, fedavg, krum, median, trimmed_mean
-from mcsl_core.fl._data import FederatedData
+from mcsl_core.fl._aggregate import AGGREGATORS, dp_fedavg, fedavg, krum, median, trimmed_mean
+from mcsl_core.fl._data import FederatedData, bucket_steps
 
 __all__ = [
     "AGGREGATORS",
@@ -63,16 +66,43 @@ __all__ = [
 
 PyTree = Any
 STRATEGIES = ("auto", "loop", "vmap", "shard")
-AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
 
 
 # ---------------------------------------------------------------------------
 # configuration and results
 # ---------------------------------------------------------------------------
-def _pos_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+def _int_field(name: str, v, lo: int = 1, hi: int | None = None) -> int:
+    """An int field of :class:`FLConfig` (or an argument): a Python or NumPy
+    integer, not bool, in ``[lo, hi]``; anything else names ``name``."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be an integer {span}, got {v!r}")
     return int(v)
+
+
+def _pos_int(name: str, v) -> int:
+    return _int_field(name, v, 1)
+
+
+def _real_field(
+    name: str, v, lo: float, *, lo_open: bool = False, hi: float | None = None, hi_open: bool = False
+) -> float:
+    """A finite real field (int or float, not bool or str) in ``[lo, hi]`` (ends
+    open as asked; ``hi`` None: no upper bound); anything else names ``name``."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a real number, got {v!r}")
+    f = float(v)
+    bad_hi = hi is not None and (f > hi or (hi_open and f == hi))
+    if not math.isfinite(f) or f < lo or (lo_open and f == lo) or bad_hi:
+        left = "(" if lo_open else "["
+        right = "inf)" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+        raise ValueError(f"{name} must be finite and lie in {left}{lo:g}, {right}, got {v!r}")
+    return f
+
+
+_MAX_SEED = 2**63 - 1  # seeds are int64 everywhere (NumPy, JAX keys, the ledger)
 
 
 @dataclass(frozen=True)
@@ -135,28 +165,29 @@ class FLConfig:
     def __post_init__(self) -> None:
         for name in ("rounds", "clients_per_round", "local_epochs", "batch_size", "eval_every", "multi_krum"):
             _pos_int(name, getattr(self, name))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not (math.isfinite(self.client_lr) and self.client_lr > 0):
-            raise ValueError(f"client_lr must be finite and > 0, got {self.client_lr!r}")
-        if self.aggregator not in AGGREGATORS:
-            raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
-        if not 0.0 <= self.trim_fraction < 0.5:
-            raise ValueError(f"trim_fraction must lie in [0, 0.5), got {self.trim_fraction!r}")
-        if isinstance(self.num_byzantine, bool) or self.num_byzantine < 0:
-            raise ValueError(f"num_byzantine must be >= 0, got {self.num_byzantine!r}")
-        if self.dp_clip_norm is not None and not (math.isfinite(self.dp_clip_norm) and self.dp_clip_norm > 0):
-            raise ValueError(f"dp_clip_norm must be finite and > 0, got {self.dp_clip_norm!r}")
-        if not (math.isfinite(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
-            raise ValueError(f"dp_noise_multiplier must be finite and >= 0, got {self.dp_noise_multiplier!r}")
-        if self.target_accuracy is not None and not 0.0 <= self.target_accuracy <= 1.0:
-            raise ValueError(f"target_accuracy must lie in [0, 1], got {self.target_accuracy!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
-            raise ValueError(f"server_lr must be finite and > 0, got {self.server_lr!r}")
+        _int_field("seed", self.seed, 0, _MAX_SEED)
+        _int_field("num_byzantine", self.num_byzantine, 0)
+        _real_field("client_lr", self.client_lr, 0.0, lo_open=True)
+        _real_field("trim_fraction", self.trim_fraction, 0.0, hi=0.5, hi_open=True)
+        if self.dp_clip_norm is not None:
+            _real_field("dp_clip_norm", self.dp_clip_norm, 0.0, lo_open=True)
+        _real_field("dp_noise_multiplier", self.dp_noise_multiplier, 0.0)
+        if self.target_accuracy is not None:
+            _real_field("target_accuracy", self.target_accuracy, 0.0, hi=1.0)
+        for name, allowed in (("aggregator", AGGREGATORS), ("strategy", STRATEGIES)):
+            v = getattr(self, name)
+            if not isinstance(v, str) or v not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
+        opt = self.server_optimizer
+        if opt is not None and not (
+            callable(getattr(opt, "init", None)) and callable(getattr(opt, "update", None))
+        ):
+            raise ValueError(f"server_optimizer must be an optax GradientTransformation or None, got {opt!r}")
+        _real_field("server_lr", self.server_lr, 0.0, lo_open=True)
         if not isinstance(self.compiled, (bool, np.bool_)):
             raise ValueError(f"compiled must be a bool, got {self.compiled!r}")
+        if self.progress is not None and not isinstance(self.progress, (bool, np.bool_)):
+            raise ValueError(f"progress must be True, False or None, got {self.progress!r}")
 
 
 class RoundUpdates(NamedTuple):
@@ -253,22 +284,81 @@ def _client_update_fn(model, steps: int, batch: int, epochs: int):
     return update
 
 
-@functools.lru_cache(maxsize=64)
-def _loop_fn(model, steps: int, batch: int, epochs: int):
-    upd = _client_update_fn(model, steps, batch, epochs)
+@functools.lru_cache(maxsize=512)  # a 1,000-client FedProx round: 56 vmap (width, bucket) programs
+def _chunk_program(model, rows: int, batch: int, epochs: int, width: int, capacity: int):
+    """One compiled program training up to ``capacity`` chunks of ``width`` clients.
 
-    def one(params, stack, losses, i, x_all, y_all, start, n, key_data, lr):
-        delta, loss = upd(params, x_all, y_all, start, n, key_data, lr)
-        stack = jax.tree_util.tree_map(lambda s, d: s.at[i].set(d), stack, delta)
-        return stack, losses.at[i].set(loss)
+    Arguments of the returned function: ``(params, stack, losses, x_all, y_all,
+    slots, start, n, key_data, trips, num_chunks, lr)`` with ``slots``, ``start``,
+    ``n`` shape=[capacity, width] int32 (``slots``: the client's position in the
+    round's stacked output), ``key_data``
+    shape=[capacity, width, 2] uint32, ``trips`` shape=[capacity] int32 (minibatch
+    steps per epoch the chunk runs: its largest client's ``ceil(n / batch)``) and
+    ``num_chunks`` the chunks to run (dynamic, so the program is reused for any
+    count). ``stack`` and ``losses`` are donated and returned updated in place.
 
-    return jax.jit(one, donate_argnums=(1, 2))
+    A chunk's clients train in lockstep; client ``c`` takes the same epoch order,
+    batches and masked loss as :func:`_client_update_fn` (a step past its own
+    ``ceil(n / batch)`` has no real row, an exactly zero gradient and no effect),
+    but the step loop stops at ``trips`` instead of a padded static length.
+    """
+    grad_fn = jax.value_and_grad(functools.partial(_masked_loss, model))
+    pos = jnp.arange(rows)
 
+    def client_order(key, start, n, e):
+        order = _epoch_order(jax.random.fold_in(key, e), n, rows)
+        return start + jnp.where(pos < n, order, 0)
 
-@functools.lru_cache(maxsize=64)
-def _vmap_fn(model, steps: int, batch: int, epochs: int):
-    upd = _client_update_fn(model, steps, batch, epochs)
-    return jax.jit(jax.vmap(upd, in_axes=(None, None, None, 0, 0, 0, None)))
+    def client_step(p, x_all, y_all, idx, n, s, lr):
+        ib = lax.dynamic_slice_in_dim(idx, s * batch, batch)
+        mb = s * batch + jnp.arange(batch) < n
+        loss, g = grad_fn(p, x_all[ib], y_all[ib], mb)
+        return jax.tree_util.tree_map(lambda a, b: a - lr * b, p, g), loss * jnp.sum(mb)
+
+    if width == 1:  # no client axis inside: the model's own (unbatched) kernels
+        order_fn, step_fn = client_order, client_step
+    else:
+        order_fn = jax.vmap(client_order, in_axes=(0, 0, 0, None))
+        step_fn = jax.vmap(client_step, in_axes=(0, None, None, 0, 0, None, None))
+
+    def chunk(params, x_all, y_all, start, n, kd, trip, lr):
+        keys = jax.random.wrap_key_data(kd)
+        if width == 1:
+            keys, start, n = keys[0], start[0], n[0]
+            p0 = params
+        else:
+            p0 = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (width, *a.shape)), params)
+
+        def epoch(e, carry):
+            idx = order_fn(keys, start, n, e)
+
+            def step(s, c):
+                p, l = step_fn(c[0], x_all, y_all, idx, n, s, lr)
+                return p, c[1] + l
+
+            return lax.fori_loop(0, trip, step, carry)
+
+        p, acc = lax.fori_loop(0, epochs, epoch, (p0, jnp.zeros(jnp.shape(n), jnp.float32)))
+        delta = jax.tree_util.tree_map(jnp.subtract, p, p0)
+        loss = acc / jnp.maximum(n * epochs, 1).astype(jnp.float32)
+        if width == 1:
+            return jax.tree_util.tree_map(lambda a: a[None], delta), loss[None]
+        return delta, loss
+
+    def write(buf, slot, value):  # in place; every slot of a run chunk is a real client
+        if width == 1:
+            return lax.dynamic_update_index_in_dim(buf, value[0], slot[0], 0)
+        return buf.at[slot].set(value, mode="promise_in_bounds", unique_indices=True)
+
+    def run(params, stack, losses, x_all, y_all, slots, start, n, kd, trips, num_chunks, lr):
+        def body(c, carry):
+            d, l = chunk(params, x_all, y_all, start[c], n[c], kd[c], trips[c], lr)
+            st = jax.tree_util.tree_map(lambda s, u: write(s, slots[c], u), carry[0], d)
+            return st, write(carry[1], slots[c], l)
+
+        return lax.fori_loop(0, num_chunks, body, (stack, losses))
+
+    return jax.jit(run, donate_argnums=(1, 2))
 
 
 @functools.lru_cache(maxsize=64)
@@ -300,49 +390,131 @@ def _device_data(data: FederatedData, sharding=None):
 # ---------------------------------------------------------------------------
 # strategies
 # ---------------------------------------------------------------------------
-def _run_loop(model, params, data, clients, keys, cfg):
+VMAP_WASTE = 0.10  # vmap groups: padded lockstep steps at most this share of the real steps
+_WIDTH_BYTES = 2**28  # vmap chunk width: at most this many bytes of per-client parameters
+
+
+class _Call(NamedTuple):
+    """One dispatch of :func:`_chunk_program`: chunks of ``width`` clients."""
+
+    rows: int  # static order length (bucket of the largest client) = steps bucket * batch
+    width: int
+    pos: np.ndarray  # shape=[chunks, width] int64: positions in the round
+    trips: np.ndarray  # shape=[chunks] int64: steps per epoch of each chunk
+
+
+def _pow2_parts(m: int) -> list[int]:
+    """``m`` as a sum of distinct powers of two, largest first (13 -> 8, 4, 1)."""
+    return [1 << b for b in range(m.bit_length() - 1, -1, -1) if m >> b & 1]
+
+
+def _vmap_groups(steps: np.ndarray, waste: float = VMAP_WASTE) -> list[np.ndarray]:
+    """Positions sorted by steps and cut into groups whose lockstep cost
+    ``max(steps) * size`` exceeds the real ``sum(steps)`` by at most ``waste``."""
+    groups, cur, tot = [], [], 0
+    for j in np.argsort(steps, kind="stable"):
+        s = int(steps[j])
+        if cur and s * (len(cur) + 1) > (1.0 + waste) * (tot + s):
+            groups.append(np.asarray(cur))
+            cur, tot = [], 0
+        cur.append(int(j))
+        tot += s
+    return [*groups, np.asarray(cur)]
+
+
+def _plan(strategy: str, steps: np.ndarray, batch: int, max_width: int) -> list[_Call]:
+    """The dispatches of a round: ``loop`` trains one client per chunk (its exact
+    steps); ``vmap`` trains sorted groups in chunks of power-of-two widths."""
+    chunks: list[np.ndarray] = []
+    if strategy == "loop":
+        chunks = [np.asarray([j]) for j in np.argsort(steps, kind="stable")]
+    else:
+        for g in _vmap_groups(steps):
+            at = 0
+            for w in _pow2_parts(len(g)):
+                for _ in range(0, w, max_width):
+                    part = g[at : at + min(w, max_width)]
+                    chunks.append(part)
+                    at += len(part)
+    by_shape: dict[tuple[int, int], list[np.ndarray]] = {}
+    for c in chunks:
+        trip = int(steps[c].max())
+        by_shape.setdefault((bucket_steps(trip) * batch, len(c)), []).append(c)
+    return [
+        _Call(rows, width, np.stack(cs), np.array([int(steps[c].max()) for c in cs]))
+        for (rows, width), cs in sorted(by_shape.items())
+    ]
+
+
+def _max_width(params) -> int:
+    nbytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(params))
+    return 1 << (max(_WIDTH_BYTES // max(nbytes, 1), 1).bit_length() - 1)  # largest power of two
+
+
+def _run_chunks(strategy, model, params, data, clients, keys, cfg, *, warm=False, deadline=None):
+    """Run a round as :func:`_plan` lays it out. ``warm``: every step count 0
+    (compiles every program of the round at almost no run cost). ``deadline``
+    (a :data:`_clock` time): block after each dispatch and give up (None) once past it."""
     x_all, y_all = _device_data(data)
-    k = len(clients)
+    k, b = len(clients), cfg.batch_size
+    steps = data.steps(b)[clients]
     stack = jax.tree_util.tree_map(lambda p: jnp.zeros((k, *p.shape), p.dtype), params)
     losses = jnp.zeros((k,), jnp.float32)
-    padded = data.padded_steps(cfg.batch_size)
+    start = np.append(data.offsets[clients], 0).astype(np.int32)  # position k: a dropped dummy
+    n = np.append(data.num_samples[clients], 0).astype(np.int32)
+    kd = np.concatenate([np.asarray(keys), np.zeros((1, *keys.shape[1:]), np.uint32)])
     lr = jnp.float32(cfg.client_lr)
-    for j, c in enumerate(clients):
-        fn = _loop_fn(model, int(padded[c]), cfg.batch_size, cfg.local_epochs)
+    for c in _plan(strategy, steps, b, 1 if strategy == "loop" else _max_width(params)):
+        cap = k // c.width  # most chunks of this width a round can hold: one program per width
+        pos = np.full((cap, c.width), k, np.int64)
+        pos[: len(c.pos)] = c.pos
+        trips = np.zeros(cap, np.int32)
+        trips[: len(c.trips)] = 0 if warm else c.trips
+        fn = _chunk_program(model, c.rows, b, cfg.local_epochs, c.width, cap)
         stack, losses = fn(
-            params,
-            stack,
-            losses,
-            jnp.int32(j),
-            x_all,
-            y_all,
-            jnp.int32(data.offsets[c]),
-            jnp.int32(data.num_samples[c]),
-            keys[j],
-            lr,
-        )
+            params, stack, losses, x_all, y_all, pos.astype(np.int32), start[pos], n[pos], kd[pos],
+            trips, np.int32(len(c.pos)), lr,
+        )  # fmt: skip
+        if deadline is not None:
+            jax.block_until_ready(losses)
+            if _clock() > deadline:
+                return None
     return stack, losses
+
+
+def padded_step_overhead(
+    data: FederatedData, clients: Sequence[int], batch_size: int, strategy: str
+) -> float:
+    """Share of extra minibatch steps a strategy runs on these clients beyond
+    their real ``sum(ceil(n / batch_size))``: 0 for ``loop``; lockstep padding
+    for ``vmap``; padding to the round's largest bucket for ``shard``."""
+    steps = data.steps(batch_size)[np.asarray(clients, np.int64)]
+    real = max(int(steps.sum()), 1)
+    if strategy == "loop":
+        return 0.0
+    if strategy == "shard":
+        return (len(steps) * bucket_steps(int(steps.max())) - real) / real
+    if strategy != "vmap":
+        raise ValueError(f"strategy must be 'loop', 'vmap' or 'shard', got {strategy!r}")
+    ran = sum(int(t) * c.width for c in _plan("vmap", steps, batch_size, 1 << 30) for t in c.trips)
+    return (ran - real) / real
+
+
+def _run_loop(model, params, data, clients, keys, cfg, **kw):
+    return _run_chunks("loop", model, params, data, clients, keys, cfg, **kw)
+
+
+def _run_vmap(model, params, data, clients, keys, cfg, **kw):
+    return _run_chunks("vmap", model, params, data, clients, keys, cfg, **kw)
 
 
 def _round_steps(data, clients, cfg) -> int:
     return int(max(data.padded_steps(cfg.batch_size)[clients]))
 
 
-def _run_vmap(model, params, data, clients, keys, cfg):
-    x_all, y_all = _device_data(data)
-    fn = _vmap_fn(model, _round_steps(data, clients, cfg), cfg.batch_size, cfg.local_epochs)
-    return fn(
-        params,
-        x_all,
-        y_all,
-        jnp.asarray(data.offsets[clients], jnp.int32),
-        jnp.asarray(data.num_samples[clients], jnp.int32),
-        keys,
-        jnp.float32(cfg.client_lr),
-    )
-
-
-def _run_shard(model, params, data, clients, keys, cfg):
+def _run_shard(model, params, data, clients, keys, cfg, *, warm=False, deadline=None):
+    """All clients in one sharded program padded to the round's largest bucket
+    (``warm`` is a full run; ``deadline`` is checked once, at the end)."""
     devices = tuple(jax.devices())
     fn, mesh = _shard_fn(model, _round_steps(data, clients, cfg), cfg.batch_size, cfg.local_epochs, devices)
     split = NamedSharding(mesh, PartitionSpec("clients"))
@@ -367,11 +539,16 @@ def _run_shard(model, params, data, clients, keys, cfg):
     if kp != k:
         deltas = jax.tree_util.tree_map(lambda a: a[:k], deltas)
         losses = losses[:k]
+    if deadline is not None:
+        jax.block_until_ready(losses)
+        if _clock() > deadline:
+            return None
     return deltas, losses
 
 
 _RUNNERS = {"loop": _run_loop, "vmap": _run_vmap, "shard": _run_shard}
 _AUTO_CACHE: dict[tuple, str] = {}
+_clock = time.perf_counter  # the timer auto measures with (a module attribute, so tests can drive it)
 _FEDAVG_SERVER = optax.sgd(1.0)  # one object, so the jitted server step is reused across runs
 
 
@@ -379,41 +556,62 @@ def _shape_key(params) -> tuple:
     return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree_util.tree_leaves(params))
 
 
-def choose_strategy(model, params, data: FederatedData, config: FLConfig, clients: Sequence[int]) -> str:
-    """Pick the fastest strategy by measurement, cached per backend and shapes.
-
-    Runs :func:`federated_round` with each candidate (``loop``, ``vmap``, and
-    ``shard`` when more than one device is present) on up to 4 of ``clients``:
-    once to compile, once timed; the best samples per second wins.
-    """
-    cands = ["loop", "vmap"] + (["shard"] if jax.device_count() > 1 else [])
-    trial = np.asarray(clients, dtype=np.int64)[:4]
-    ck = (
+def _auto_key(model, params, data: FederatedData, config: FLConfig, k: int) -> tuple:
+    """What the decision depends on: backend, devices, model, shapes, the data's
+    client sizes (a digest) and the round's settings, not the exact participants."""
+    return (
         jax.default_backend(),
         jax.device_count(),
         model,
         _shape_key(params),
         data.dim,
+        hash(data.num_samples.tobytes()),
         config.batch_size,
         config.local_epochs,
-        len(clients),
-        tuple(sorted(set(data.padded_steps(config.batch_size)[trial].tolist()))),
+        k,
     )
-    if ck in _AUTO_CACHE:
-        return _AUTO_CACHE[ck]
-    key = jax.random.key(config.seed)
-    best, best_rate = cands[0], -1.0
+
+
+def _measure(model, params, data, config, clients, keys):
+    """Time every candidate on the whole real round: ``(best, its output)``.
+
+    Each candidate first compiles every program the round uses (``warm``, no
+    steps run), then runs the round timed; a candidate is abandoned as soon as it
+    takes longer than the best so far. The output of the winner is kept, so the
+    round is not run again.
+    """
+    cands = ["loop", "vmap"] + (["shard"] if jax.device_count() > 1 else [])
+    best, best_t, best_out = cands[0], math.inf, None
     for s in cands:
-        for _rep in range(2):
-            t0 = time.perf_counter()
-            ru = federated_round(model, params, data, trial, config, key=key, strategy=s)
-            jax.block_until_ready(ru.updates)
-            dt = time.perf_counter() - t0
-        rate = float(ru.num_samples.sum()) / max(dt, 1e-9)
-        if rate > best_rate:
-            best, best_rate = s, rate
-    _AUTO_CACHE[ck] = best
-    return best
+        jax.block_until_ready(_RUNNERS[s](model, params, data, clients, keys, config, warm=True))
+        t0 = _clock()
+        out = _RUNNERS[s](model, params, data, clients, keys, config, deadline=t0 + best_t)
+        if out is None:
+            continue
+        jax.block_until_ready(out)
+        dt = _clock() - t0
+        if dt < best_t:
+            best, best_t, best_out = s, dt, out
+    _AUTO_CACHE[_auto_key(model, params, data, config, len(clients))] = best
+    return best, best_out
+
+
+def choose_strategy(model, params, data: FederatedData, config: FLConfig, clients: Sequence[int]) -> str:
+    """The strategy measured fastest on this round, cached.
+
+    Every candidate (``loop``, ``vmap``, and ``shard`` with more than one device)
+    runs the whole round on the given ``clients`` (all their sizes, so all the
+    programs the round needs) after a compile-only pass; the fastest wall time
+    wins. The choice is cached per backend, device count, model, parameter
+    shapes, the data's client sizes, ``batch_size``, ``local_epochs`` and the
+    number of clients per round.
+    """
+    cl = np.asarray(clients, dtype=np.int64)
+    ck = _auto_key(model, params, data, config, len(cl))
+    if ck not in _AUTO_CACHE:
+        keys = _client_keys(jax.random.key(config.seed), jnp.uint32(0), jnp.asarray(cl, jnp.uint32))
+        _measure(model, params, data, config, cl, keys)
+    return _AUTO_CACHE[ck]
 
 
 def federated_round(
@@ -459,13 +657,16 @@ def federated_round(
     if np.unique(cl).size != cl.size:
         raise ValueError("clients must not repeat")
     cl = cl.astype(np.int64)
-    if strategy == "auto":
-        strategy = choose_strategy(model, params, data, config, cl)
-    if strategy == "shard" and jax.device_count() < 1:
-        raise ValueError("strategy 'shard' needs at least one device")
     base = jax.random.key(config.seed) if key is None else key
     keys = _client_keys(base, jnp.uint32(int(round_index)), jnp.asarray(cl, jnp.uint32))
-    deltas, losses = _RUNNERS[strategy](model, params, data, cl, keys, config)
+    out = None
+    if strategy == "auto":
+        ck = _auto_key(model, params, data, config, len(cl))
+        if ck in _AUTO_CACHE:
+            strategy = _AUTO_CACHE[ck]
+        else:  # measured on this very round; the winner's output is this round's result
+            strategy, out = _measure(model, params, data, config, cl, keys)
+    deltas, losses = out if out is not None else _RUNNERS[strategy](model, params, data, cl, keys, config)
     return RoundUpdates(deltas, data.num_samples[cl].copy(), np.asarray(losses), cl, strategy)
 
 
@@ -609,10 +810,7 @@ def run_fedavg(
         params = init_params(model, train.dim, init_key)
     opt = config.server_optimizer if config.server_optimizer is not None else _FEDAVG_SERVER
     opt_state = opt.init(params)
-    strategy = config.strategy
-    if strategy == "auto":
-        first = select_clients(train.num_clients, config.clients_per_round, config.seed, 0)
-        strategy = choose_strategy(model, params, train, config, first)
+    strategy = config.strategy  # "auto" is resolved by the first round, on its real clients
     progress = config.progress if config.progress is not None else config.rounds >= 50
     evaluated = test if test is not None else train
     rec = {k: [] for k in FLHistory._fields}
@@ -621,13 +819,14 @@ def run_fedavg(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.rounds, desc=f"FedAvg ({strategy})", unit="round")
+        bar = tqdm(total=config.rounds, desc="FedAvg", unit="round")
     for r in range(config.rounds):
         t0 = time.perf_counter()
         clients = select_clients(train.num_clients, config.clients_per_round, config.seed, r)
         ru = federated_round(
             model, params, train, clients, config, key=train_key, round_index=r, strategy=strategy
         )
+        strategy = ru.strategy
         agg = aggregate(ru.updates, ru.num_samples, config, key=jax.random.fold_in(noise_key, r))
         train_loss = float(np.average(ru.loss, weights=np.maximum(ru.num_samples, 1)))
         del ru  # free the stacked updates before the server step

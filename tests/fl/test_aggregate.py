@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from mcsl_core import fl
-from tests.conftest import tol
+from tests.conftest import examples, tol
 from tests.reference import fl_ref
 
 
@@ -91,15 +92,51 @@ def test_clip_and_dp_noise(rng):
     np.testing.assert_array_equal(np.asarray(noisy), np.asarray(again))
 
 
-@settings(max_examples=30, deadline=None)
-@given(k=st.integers(1, 9), seed=st.integers(0, 10_000))
-def test_robust_aggregates_stay_within_client_range(k, seed):
-    u = np.random.default_rng(seed).normal(size=(k, 7)).astype(np.float32)
+_UPDATES = st.integers(1, 9).flatmap(
+    lambda k: hnp.arrays(np.float32, (k, 7), elements=st.floats(-1e3, 1e3, width=32, allow_subnormal=False))
+)
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(u=_UPDATES)
+@example(u=np.zeros((1, 7), np.float32))
+@example(u=np.full((4, 7), 3.5, np.float32))  # all equal: every rule returns that value
+@example(u=np.array([[1e3] * 7, [-1e3] * 7, [0.0] * 7], np.float32))
+def test_robust_aggregates_stay_within_client_range(u):
+    """Coordinate-wise: median, trimmed mean and the mean lie between the smallest and
+    largest client value (float32 sums of k <= 9 values of magnitude <= 1e3 round by
+    at most about k * 1e3 * 6e-8 < 1e-3)."""
+    k = u.shape[0]
     t = _tree(u)
-    lo, hi = u.min(axis=0) - 1e-6, u.max(axis=0) + 1e-6
+    lo, hi = u.min(axis=0) - 1e-3, u.max(axis=0) + 1e-3
     for out in (fl.median(t), fl.trimmed_mean(t, trim=0.2), fl.fedavg(t, np.ones(k))):
         v = _flat(out)
         assert np.all((lo <= v) & (v <= hi))
+
+
+def test_flatten_updates_against_a_by_hand_reference(rng):
+    """Leaves in JAX's pytree order (dict keys sorted, nested), each client's row the
+    concatenation of its C-order ravelled leaves."""
+    k = 3
+    tree = {
+        "b": rng.normal(size=(k, 2, 3)).astype(np.float32),
+        "a": {"z": rng.normal(size=(k,)).astype(np.float32), "y": rng.normal(size=(k, 4)).astype(np.float32)},
+    }
+    got = np.asarray(fl.flatten_updates(jax.tree_util.tree_map(jnp.asarray, tree)))
+    order = [tree["a"]["y"], tree["a"]["z"], tree["b"]]  # sorted keys: a/y, a/z, b
+    want = np.zeros((k, 4 + 1 + 6), np.float32)
+    for i in range(k):
+        col = 0
+        for leaf in order:
+            for v in np.asarray(leaf[i]).ravel():
+                want[i, col] = v
+                col += 1
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (3, 11) and got.dtype == np.float32
+    with pytest.raises(ValueError, match="leading client axis"):
+        fl.flatten_updates({"a": jnp.zeros((3, 2)), "b": jnp.zeros((2, 2))})
+    with pytest.raises(ValueError, match="at least one array"):
+        fl.flatten_updates({})
 
 
 def test_bad_input():

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mcsl_core import fl
+from tests.conftest import examples
 from tests.reference import fl_ref
 
 
@@ -74,6 +75,19 @@ def _good():
         (lambda b: b["user_data"].pop("b"), "user 'b' has no user_data"),
         (lambda b: b["user_data"]["a"]["x"].__setitem__(0, [float("nan"), 0.0]), "user 'a'.*NaN"),
         (lambda b: b.__setitem__("users", ["a", "a"]), "user 'a' appears twice"),
+        # issue 10 item 10: labels beyond int32 are refused, not wrapped; wrong JSON types name the user
+        (lambda b: b["user_data"]["b"].__setitem__("y", [2**31]), "user 'b'.*label 2147483648"),
+        (lambda b: b["user_data"]["b"].__setitem__("y", [2**31 - 1]), "user 'b'.*label 2147483647"),
+        (lambda b: b["user_data"]["b"].__setitem__("y", [10**400]), "user 'b'.*numeric"),
+        (lambda b: b["user_data"]["b"].__setitem__("y", [True]), "user 'b'.*numbers"),
+        (lambda b: b["user_data"]["b"].__setitem__("y", "2"), "user 'b'.*JSON arrays"),
+        (lambda b: b["user_data"]["b"].__setitem__("x", {"0": [0.5, 0.6]}), "user 'b'.*JSON arrays"),
+        (lambda b: b["user_data"]["b"].__setitem__("x", [[0.5, "a"]]), "user 'b'.*numeric"),
+        (lambda b: b["user_data"]["b"].__setitem__("x", [[0.5], [0.6, 0.7]]), "user 'b'.*numeric"),
+        (lambda b: b["user_data"].__setitem__("b", [[0.5, 0.6]]), "user 'b'.*JSON object"),
+        (lambda b: b.__setitem__("user_data", [b["user_data"]]), "user_data.*first user 'a'"),
+        (lambda b: b.__setitem__("user_data", "ab"), "user_data.*first user 'a'"),
+        (lambda b: b["num_samples"].__setitem__(1, 1.0), "user 'b'.*num_samples"),
     ],
 )
 def test_load_leaf_malformed_names_file_and_user(tmp_path, mutate, match):
@@ -83,6 +97,33 @@ def test_load_leaf_malformed_names_file_and_user(tmp_path, mutate, match):
     with pytest.raises(ValueError, match=match) as info:
         fl.load_leaf(p, num_classes=5)
     assert "bad.json" in str(info.value)
+
+
+def test_load_leaf_keeps_an_empty_first_user(tmp_path):
+    """A valid file whose first user has 0 samples (LEAF writes ``x: []``) loads: the
+    feature size comes from the first non-empty user, the empty client stays."""
+    blob = _good()
+    blob["users"].insert(0, "e")
+    blob["num_samples"].insert(0, 0)
+    blob["user_data"]["e"] = {"x": [], "y": []}
+    data = fl.load_leaf(_write(tmp_path, blob), num_classes=5)
+    assert data.client_ids == ("e", "a", "b") and data.num_samples.tolist() == [0, 2, 1]
+    assert data.dim == 2 and data.client(0)[0].shape == (0, 2)
+    np.testing.assert_array_equal(data.client(1)[0], np.float32([[0.1, 0.2], [0.3, 0.4]]))
+    only = {"users": ["e"], "num_samples": [0], "user_data": {"e": {"x": [], "y": []}}}
+    empty = fl.load_leaf(_write(tmp_path, only))
+    assert empty.num_clients == 1 and empty.x.shape == (0, 0)
+
+
+def test_load_leaf_largest_int32_class_and_non_utf8(tmp_path):
+    blob = _good()
+    blob["user_data"]["b"]["y"] = [2**31 - 2]  # the largest label whose num_classes (label + 1) is an int32
+    data = fl.load_leaf(_write(tmp_path, blob))
+    assert int(data.y[-1]) == 2**31 - 2 and data.num_classes == 2**31 - 1
+    p = tmp_path / "latin1.json"
+    p.write_bytes(b'{"users": ["\xe9"], "num_samples": [0], "user_data": {}}')
+    with pytest.raises(ValueError, match="latin1.json.*not UTF-8"):
+        fl.load_leaf(p)
 
 
 def test_load_leaf_bad_paths(tmp_path):
@@ -138,13 +179,15 @@ def test_synthetic_same_seed_same_data_and_bad_input():
         fl.synthetic_fedprox(1.0, 1.0, num_clients=0)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     counts=st.lists(st.integers(0, 7), min_size=1, max_size=12),
     k=st.integers(1, 12),
     rule=st.sampled_from(["contiguous", "random", "round_robin"]),
-    seed=st.integers(0, 5),
+    seed=st.integers(0, 2**32 - 1),
 )
+@example(counts=[0], k=1, rule="random", seed=0)
+@example(counts=[0, 5, 0, 0, 3], k=5, rule="round_robin", seed=1)
 def test_assign_to_servers_is_a_partition(counts, k, rule, seed):
     k = min(k, len(counts))
     off = np.concatenate([[0], np.cumsum(counts)])
@@ -184,3 +227,42 @@ def test_bucket_steps_and_pack():
     assert not pk.x[0, n[2] :].any()
     with pytest.raises(ValueError, match="client index"):
         tr.client(3)
+
+
+def _merge_ref(data, groups, ids):
+    """merge_clients by hand: each group's members' rows, concatenated in group order."""
+    xs, ys, off = [], [], [0]
+    for g in groups:
+        rows_x = [data.x[data.offsets[d] : data.offsets[d + 1]] for d in g]
+        rows_y = [data.y[data.offsets[d] : data.offsets[d + 1]] for d in g]
+        xs += rows_x
+        ys += rows_y
+        off.append(off[-1] + sum(len(r) for r in rows_y))
+    return np.concatenate(xs), np.concatenate(ys), off
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 6), min_size=1, max_size=9),
+    data_st=st.data(),
+)
+@example(counts=[2, 0, 3], data_st=None)
+def test_merge_clients_against_a_by_hand_reference(counts, data_st):
+    off = np.concatenate([[0], np.cumsum(counts)])
+    n = int(off[-1])
+    x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    y = (np.arange(n) % 3).astype(np.int32)
+    data = fl.FederatedData(x, y, off, tuple(f"d{i}" for i in range(len(counts))), 3)
+    if data_st is None:  # the pinned case: groups out of order, a member repeated across groups
+        groups = [[2, 0], [1], [0, 1, 2]]
+    else:
+        member = st.integers(0, len(counts) - 1)
+        groups = data_st.draw(st.lists(st.lists(member, min_size=1, max_size=4), min_size=1, max_size=5))
+    ids = [f"s{k}" for k in range(len(groups))]
+    got = fl.merge_clients(data, groups, ids)
+    wx, wy, woff = _merge_ref(data, groups, ids)
+    np.testing.assert_array_equal(got.x, wx)
+    np.testing.assert_array_equal(got.y, wy)
+    assert got.offsets.tolist() == woff and got.client_ids == tuple(ids) and got.num_classes == 3
+    with pytest.raises(ValueError, match="ids"):
+        fl.merge_clients(data, groups, [*ids, "extra"])
