@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ from mcsl_core.sweep import _results, _worker
 from mcsl_core.sweep._spec import SweepPoint, SweepSpec, load_spec, spec_from_mapping
 
 __all__ = ["SerialExecutor", "SweepResult", "dask_executor", "default_workers", "local_pool", "run_sweep"]
+
+
+#: Seconds between rebuilds of results.csv during a sweep (and once at its end): the point
+#: folders are the committed record, the table is derived from them.
+_CSV_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -265,7 +271,11 @@ def _drive(
 
     names = [p.point for p in spec.points]
     queue = list(reversed(todo))
-    cap = _capacity(slot.executor)
+    workers = _capacity(slot.executor)
+    # one point queued per worker beyond the one it runs, so a worker never waits for the
+    # caller to commit the point it just finished (the serial executor runs at submit)
+    cap = workers if isinstance(slot.executor, SerialExecutor) else 2 * workers
+    written = time.monotonic()
     running: dict[cf.Future, tuple[SweepPoint, cf.Executor]] = {}
     attempts: dict[str, int] = {}
     counts = {"ok": 0, "failed": 0}
@@ -295,12 +305,14 @@ def _drive(
                         continue
                     result = _broken(exc)
                 _commit(out_dir, point, result, rows, counts)
-                _results.write_results(out_dir, [rows[n] for n in names if n in rows], spec.axes)
                 bar.update(1)
+            if time.monotonic() - written > _CSV_EVERY_S:  # the point folders are committed already
+                _results.write_results(out_dir, [rows[n] for n in names if n in rows], spec.axes)
+                written = time.monotonic()
             if broken:
                 slot.replace()
             bar.set_postfix_str(
-                f"ok {counts['ok']}, failed {counts['failed']}, running {len(running)}, skipped {skipped}"
+                f"ok {counts['ok']}, failed {counts['failed']}, running {min(len(running), workers)}, skipped {skipped}"
             )
     except BaseException:
         for fut in running:
