@@ -61,7 +61,7 @@ def plot_sweep(
     pos = {x: (float(x) if numeric else i) for i, x in enumerate(order)}
     for ax, metric in zip(panels[0], metrics):
         stats = seed_stats(rows, axes, metric)
-        for line, xs in sorted(stats.items(), key=lambda kv: str(kv[0])):
+        for line, xs in stats.items():  # lines in the order their values first appear
             pts = sorted(xs.items(), key=lambda kv: pos[kv[0]])
             xv = np.array([pos[x] for x, _ in pts])
             mean = np.array([m for _, (m, _, _) in pts])
@@ -69,8 +69,8 @@ def plot_sweep(
             label = ", ".join(f"{a.split('.')[-1]}={v}" for a, v in zip(axes[1:], line)) or None
             (h,) = ax.plot(xv, mean, marker="o", ms=4, label=label)
             ax.fill_between(xv, mean - std, mean + std, color=h.get_color(), alpha=0.18, lw=0)
-        if not numeric:
-            ax.set_xticks(range(len(order)), [str(x) for x in order])
+        if not numeric or len(order) <= 12:  # a long numeric axis keeps matplotlib's ticks
+            ax.set_xticks([pos[x] for x in order], [str(x) for x in order])
         ax.set(xlabel=axes[0] if axes else "", ylabel=metric, title=metric)
         if not stats:
             ax.set_title(f"{metric}: no data")

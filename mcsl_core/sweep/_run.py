@@ -261,66 +261,91 @@ def _drive(
     progress: bool,
     skipped: int,
 ) -> None:
-    """Keep the executor's workers busy; commit each finished point and rebuild results.csv.
+    """Keep the executor's workers busy; commit each finished point and rebuild results.csv."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="sweep", unit="point", disable=not progress, dynamic_ncols=True)
+    d = _Driver(spec, out_dir, todo, rows, slot, keep_ledgers, bar)
+    bar.set_postfix_str(f"skipped {skipped}")
+    try:
+        while d.queue or d.running:
+            d.submit()
+            done, _ = cf.wait(d.running, return_when=cf.FIRST_COMPLETED)
+            d.collect(done)
+            c = d.counts
+            bar.set_postfix_str(
+                f"ok {c['ok']}, failed {c['failed']}, running {min(len(d.running), d.workers)}, skipped {skipped}"
+            )
+    except BaseException:
+        for fut in d.running:
+            fut.cancel()
+        raise
+    finally:
+        bar.close()
+        d.write_csv()
+
+
+class _Driver:
+    """The points waiting, the futures in flight, and how each finished one is committed.
 
     A worker process that dies (killed, out of memory) breaks a local pool and every
     point in flight on it: the pool is replaced and those points run once more; a point
     whose second attempt breaks the pool again is recorded failed.
     """
-    from tqdm.auto import tqdm
 
-    names = [p.point for p in spec.points]
-    queue = list(reversed(todo))
-    workers = _capacity(slot.executor)
-    # one point queued per worker beyond the one it runs, so a worker never waits for the
-    # caller to commit the point it just finished (the serial executor runs at submit)
-    cap = workers if isinstance(slot.executor, SerialExecutor) else 2 * workers
-    written = time.monotonic()
-    running: dict[cf.Future, tuple[SweepPoint, cf.Executor]] = {}
-    attempts: dict[str, int] = {}
-    counts = {"ok": 0, "failed": 0}
-    bar = tqdm(total=len(todo), desc="sweep", unit="point", disable=not progress, dynamic_ncols=True)
-    bar.set_postfix_str(f"skipped {skipped}")
-    try:
-        while queue or running:
-            while queue and len(running) < cap:
-                point = queue.pop()
-                attempts[point.point] = attempts.get(point.point, 0) + 1
-                try:
-                    fut = slot.executor.submit(_worker.run_point, point.config, keep_ledgers)
-                    running[fut] = (point, slot.executor)
-                except Exception as exc:  # a broken or shut-down executor fails the point, not the sweep
-                    _commit(out_dir, point, _broken(exc), rows, counts)
-                    bar.update(1)
-            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                point, ran_on = running.pop(fut)
-                try:
-                    result = fut.result()
-                except Exception as exc:  # the worker died, or the executor could not run it
-                    if isinstance(exc, cf.BrokenExecutor) and slot.renew and attempts[point.point] < 2:
-                        queue.append(point)
-                        broken |= ran_on is slot.executor
-                        continue
-                    result = _broken(exc)
-                _commit(out_dir, point, result, rows, counts)
-                bar.update(1)
-            if time.monotonic() - written > _CSV_EVERY_S:  # the point folders are committed already
-                _results.write_results(out_dir, [rows[n] for n in names if n in rows], spec.axes)
-                written = time.monotonic()
-            if broken:
-                slot.replace()
-            bar.set_postfix_str(
-                f"ok {counts['ok']}, failed {counts['failed']}, running {min(len(running), workers)}, skipped {skipped}"
-            )
-    except BaseException:
-        for fut in running:
-            fut.cancel()
-        raise
-    finally:
-        bar.close()
-        _results.write_results(out_dir, [rows[n] for n in names if n in rows], spec.axes)
+    def __init__(self, spec, out_dir, todo, rows, slot, keep_ledgers, bar):
+        self.spec, self.out_dir, self.rows, self.slot = spec, out_dir, rows, slot
+        self.keep, self.bar = keep_ledgers, bar
+        self.queue = list(reversed(todo))  # popped from the end: the spec's order
+        self.workers = _capacity(slot.executor)
+        # one point queued per worker beyond the one it runs, so a worker never waits for
+        # the caller to commit the point it just finished (the serial executor runs at submit)
+        self.cap = self.workers if isinstance(slot.executor, SerialExecutor) else 2 * self.workers
+        self.running: dict[cf.Future, tuple[SweepPoint, cf.Executor]] = {}
+        self.attempts: dict[str, int] = {}
+        self.counts = {"ok": 0, "failed": 0}
+        self.written = time.monotonic()
+
+    def submit(self) -> None:
+        while self.queue and len(self.running) < self.cap:
+            point = self.queue.pop()
+            self.attempts[point.point] = self.attempts.get(point.point, 0) + 1
+            try:
+                fut = self.slot.executor.submit(_worker.run_point, point.config, self.keep)
+                self.running[fut] = (point, self.slot.executor)
+            except Exception as exc:  # a broken or shut-down executor fails the point, not the sweep
+                self.commit(point, _broken(exc))
+
+    def collect(self, done) -> None:
+        broken = False
+        for fut in done:
+            point, ran_on = self.running.pop(fut)
+            try:
+                result = fut.result()
+            except Exception as exc:  # the worker died, or the executor could not run it
+                if isinstance(exc, cf.BrokenExecutor) and self.slot.renew and self.attempts[point.point] < 2:
+                    self.queue.append(point)
+                    broken |= ran_on is self.slot.executor
+                    continue
+                result = _broken(exc)
+            self.commit(point, result)
+        if time.monotonic() - self.written > _CSV_EVERY_S:  # the point folders are committed already
+            self.write_csv()
+        if broken:
+            self.slot.replace()
+
+    def commit(self, point: SweepPoint, result: Mapping[str, Any]) -> None:
+        # through JSON, so a fresh row has the same types as one read back from row.json
+        row = json.loads(json.dumps(_results.make_row(point, result)))
+        _results.write_point(self.out_dir, point, result, row)
+        self.rows[point.point] = row
+        self.counts["ok" if row["status"] == "ok" else "failed"] += 1
+        self.bar.update(1)
+
+    def write_csv(self) -> None:
+        names = [p.point for p in self.spec.points]
+        _results.write_results(self.out_dir, [self.rows[n] for n in names if n in self.rows], self.spec.axes)
+        self.written = time.monotonic()
 
 
 def _broken(exc: BaseException) -> dict[str, Any]:
@@ -332,20 +357,6 @@ def _broken(exc: BaseException) -> dict[str, Any]:
         files={},
         seconds=0.0,
     )
-
-
-def _commit(
-    out_dir: Path,
-    point: SweepPoint,
-    result: Mapping[str, Any],
-    rows: dict[str, dict[str, Any]],
-    counts: dict[str, int],
-) -> None:
-    # through JSON, so a fresh row has the same types as one read back from row.json
-    row = json.loads(json.dumps(_results.make_row(point, result)))
-    _results.write_point(out_dir, point, result, row)
-    rows[point.point] = row
-    counts["ok" if row["status"] == "ok" else "failed"] += 1
 
 
 def _figure(spec: SweepSpec, out_dir: Path, rows: tuple[dict[str, Any], ...]) -> Path | None:
