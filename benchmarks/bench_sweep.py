@@ -15,7 +15,7 @@ process warms up on the same points) and the timed rounds measure steady-state
 throughput. The rounds are interleaved (sequential, pool, Dask, sequential, ...) in a
 module fixture; its medians give ``extra_info["interleaved"]``; each test then times its
 own variant for pytest-benchmark's table. Smoke mode (``--benchmark-disable``): two
-points, a thread pool and an in-process Dask cluster, once each.
+points, a thread pool and an in-process Dask cluster, once each, without warm-up.
 """
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ def bench(request, tmp_path_factory):
     b = _Bench(small, tmp_path_factory.mktemp("sweep-bench"))
     b.times = {"sequential": [], "pool": [], "dask": []}
     variants = {"sequential": b.sequential, "pool": lambda: b.on(b.pool), "dask": lambda: b.on(b.dask)}
-    for name, fn in variants.items():  # warm-up: compile in this process and in every worker
+    for name, fn in variants.items() if not small else ():  # warm-up: compile here and in every worker
         fn()
-        if name != "sequential" and not small:
+        if name != "sequential":
             fn()  # a second pass: both workers of each pool have now seen every program
     for _ in range(0 if small else ROUNDS):
         for name, fn in variants.items():
