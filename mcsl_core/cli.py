@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run, check_inputs=_run_inputs)
 
+    from mcsl_core.sweep import _cli as sweep_cli
+
+    sweep_cli.add_parser(sub)
+
     p = sub.add_parser("reproduce", help="reproduce a figure of the paper: CSV + PNG")
     p.add_argument("figure", choices=[*FIGURES, "all"], help="which figure")
     p.add_argument("--out", default="mcsl_out", help="output folder (default: mcsl_out)")
