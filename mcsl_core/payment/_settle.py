@@ -35,6 +35,7 @@ from mcsl_core._validation import check_nonneg_int, check_range
 
 __all__ = ["Settlement", "settle"]
 
+
 @dataclass(frozen=True)
 class Settlement:
     """Integer payouts of one task's bill (minor units of the currency)."""
