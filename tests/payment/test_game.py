@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mcsl_core.payment import (
@@ -23,7 +23,7 @@ from mcsl_core.payment import (
 )
 from mcsl_core.payment._game import _lf_parallel
 from mcsl_core.payment._markov import threads
-from tests.conftest import tol
+from tests.conftest import examples, tol
 from tests.reference.payment_ref import game_matrix, long_run_ref
 
 X = np.array(PAPER_X)
@@ -89,8 +89,11 @@ def test_broadcasting_and_parallel_equals_serial(rng):
 # ---- ZD strategies ---------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(chi=st.floats(1.0, 20.0), frac=st.floats(0.01, 1.0), q1=prob, q2=prob)
+@example(chi=2.0, frac=0.5, q1=1.0, q2=0.0)  # Fig. 7's ZD leader against full cooperation
+@example(chi=1.0, frac=1.0, q1=0.0, q2=0.0)  # chi = 1 at the phi bound, always-defect
+@example(chi=20.0, frac=1.0, q1=0.0, q2=1.0)  # largest chi, alternating requestor
 def test_zd_relation_leader_follower(chi, frac, q1, q2):
     _, hi = zd_phi_bounds(X, Y, chi)
     p = zd_strategy(X, Y, chi, frac * hi)
@@ -102,8 +105,11 @@ def test_zd_relation_leader_follower(chi, frac, q1, q2):
     assert lr.E_r <= Y[0] + 1e-12
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(chi=st.floats(1.0, 10.0), frac=st.floats(0.01, 1.0), q=st.lists(prob_sim, min_size=4, max_size=4))
+@example(chi=2.0, frac=0.5, q=[0.0, 1.0, 1.0, 0.0])  # anti-Pavlov: deterministic requestor
+@example(chi=1.0, frac=1.0, q=[1.0, 0.0, 1.0, 0.0])  # TFT requestor, phi at its bound
+@example(chi=3.0, frac=0.01, q=[1e-60, 1.0, 0.0, 1e-60])  # near-absorbing, tiny phi
 def test_zd_relation_simultaneous(chi, frac, q):
     _, hi = zd_phi_bounds(X, Y, chi)
     p = zd_strategy(X, Y, chi, frac * hi)
@@ -123,7 +129,10 @@ def test_zd_relation_thousands_of_requestors(rng):
         np.testing.assert_allclose(lr.E_b - X[0], chi * (lr.E_r - Y[0]), rtol=0, atol=1e-11 * chi)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
+@example(p=[1.0, 0.0, 1.0, 0.0], q1=1.0, q2=0.0, alpha=0.1, beta=-0.2)  # TFT vs copycat: reducible
+@example(p=[1.0, 0.0, 0.0, 1.0], q1=0.0, q2=0.0, alpha=-0.3, beta=0.3)  # WSLS vs ALLD: periodic
+@example(p=[1.0, 1.0, 0.0, 0.0], q1=0.5, q2=0.5, alpha=0.0, beta=0.0)  # leader repeats itself
 @given(
     p=st.lists(prob, min_size=4, max_size=4),
     q1=prob,
