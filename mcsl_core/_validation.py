@@ -92,3 +92,77 @@ def check_nonneg_int(name: str, x) -> np.ndarray:
     if idx is not None:
         raise ValueError(f"{name} must be >= 0; got {out[idx].item()!r}{_where(idx)}")
     return np.ascontiguousarray(out)
+
+
+#: Smallest positive normal float64. XLA (the JAX backend) flushes smaller
+#: (subnormal) values to zero, so kernels with a JAX twin refuse them upfront.
+SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
+
+
+def check_real(name: str, x) -> None:
+    """Raise when ``x`` is complex: a float64 cast would silently drop the imaginary part."""
+    if np.iscomplexobj(x):
+        raise ValueError(f"{name} must be real, got a complex value")
+
+
+def check_not_subnormal(name: str, arr: np.ndarray) -> None:
+    """Raise at the first nonzero entry of magnitude below :data:`SMALLEST_NORMAL`."""
+    arr = np.asarray(arr, dtype=np.float64)
+    idx = first_bad_index((arr != 0.0) & (np.abs(arr) < SMALLEST_NORMAL))
+    if idx is not None:
+        raise ValueError(
+            f"{name} must not be subnormal (nonzero with magnitude below {SMALLEST_NORMAL:.6g}: the "
+            f"JAX backend flushes such floats to zero); got {arr[idx].item()!r}{_where(idx)}"
+        )
+
+
+def check_int_scalar(name: str, x, lo: int | None = None, hi: int | None = None) -> int:
+    """A Python int from an integer or an integral float (not bool, NaN, inf or 2.7) in [lo, hi]."""
+    if isinstance(x, (bool, np.bool_, str, bytes)) or np.ndim(x) != 0:
+        raise ValueError(f"{name} must be an integer scalar, got {x!r}")
+    if isinstance(x, (int, np.integer)):
+        v = int(x)
+    else:
+        try:
+            f = float(x)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be an integer, got {x!r}") from exc
+        if not np.isfinite(f) or f != int(f):
+            raise ValueError(f"{name} must be an integer, got {x!r}")
+        v = int(f)
+    if lo is not None and v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")
+    return v
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (Linux ``MemAvailable``; else
+    physical pages free). Kernels compare their documented need with this upfront."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import os
+
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - no way to tell
+        return 2**62
+
+
+def check_memory(name: str, nbytes: int, detail: str = "") -> None:
+    """Raise ``ValueError`` naming the argument ``name`` when a kernel's estimated need
+    of ``nbytes`` exceeds :func:`available_memory` (before anything is allocated, so a
+    parallel worker never meets a failed allocation)."""
+    avail = available_memory()
+    if nbytes > avail:
+        extra = f" ({detail})" if detail else ""
+        raise ValueError(
+            f"{name} is too large: the kernel needs about {nbytes / 2**20:,.0f} MiB{extra}, "
+            f"{avail / 2**20:,.0f} MiB are available"
+        )

@@ -33,15 +33,19 @@ def _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta):
     q = -c_d / (2.0 * km1)
     # eps so small that p overflows is the eps -> 0 limit of the clipped rule (v = 0)
     use = epos & jnp.isfinite(p) & jnp.isfinite(q)
-    return ok, use, a, b, M, jnp.where(use, p, 0.0), jnp.where(use, q, 0.0)
+    return ok, use, a, b, M, jnp.where(use, p, 0.0), jnp.where(use, q, 0.0), km1
 
 
-def _s_free(a, b, M, p, q):
-    c2 = (1.0 + p) * (a * p + b)
-    nz = c2 != 0.0
-    c2_safe = jnp.where(nz, c2, 1.0)
-    s = ((M - q) * (a * p + b) - (1.0 + p) * a * q) / (2.0 * c2_safe)
-    return s, c2, nz
+def _stationary(a, b, M, c_d, m):
+    """(s*, v*, d2, usable): the numba kernel's cancellation-free closed forms."""
+    d1 = a + b * m
+    d2 = a * (1.0 + 2.0 * m) - b * m
+    den = d1 * d2
+    nz = den != 0.0
+    den_safe = jnp.where(nz, den, 1.0)
+    s = a * (M * m * d1 + a * c_d * (1.0 + m)) / den_safe
+    v = (M * (a - b * m) * d1 - c_d * (a * (a + b) + b * m * (3.0 * a - b))) / (2.0 * den_safe)
+    return s, v, d2, nz
 
 
 def _f_con(s, a, b, M, p, q, v_bar):
@@ -49,33 +53,40 @@ def _f_con(s, a, b, M, p, q, v_bar):
     return (M - v - s) * (a * v + b * s), v
 
 
-def _best_con(a, b, M, p, q, v_bar, s_bar, extra=None):
+def _best_con(a, b, M, p, q, use, m, c_d, v_bar, s_bar, extra=None):
     """Exact maximiser over s in [0, s_bar] of the piecewise quadratic U_s(v_c(s), s):
-    candidates in the numba kernel's order, first maximum wins."""
-    p_nz = p != 0.0
-    p_safe = jnp.where(p_nz, p, 1.0)
+    candidates (s, known v or NaN) in the numba kernel's order, first maximum wins."""
+    e = a - b * m
+    brk = use & (e != 0.0)
+    e_safe = jnp.where(brk, e, 1.0)
     b_pos = b > 0.0
     b_safe = jnp.where(b_pos, b, 1.0)
-    s_lin, _, lin_ok = _s_free(a, b, M, p, q)
-    zero = jnp.zeros_like(M * a * b * p * q * v_bar * s_bar)
+    s_lin, v_lin, d2, lin_ok = _stationary(a, b, M, c_d, m)
+    zero = jnp.zeros_like(M * a * b * p * q * v_bar * s_bar * m * c_d)
+    nan = jnp.nan
     cands = [
-        (zero, True),
-        (s_bar + zero, True),
-        (-q / p_safe, p_nz),
-        ((v_bar - q) / p_safe, p_nz),
-        (0.5 * M, b_pos),
-        ((b * (M - v_bar) - a * v_bar) / (2.0 * b_safe), b_pos),
-        (s_lin, lin_ok),
+        (zero, nan, True),
+        (s_bar + zero, nan, True),
+        (a * c_d / e_safe, 0.0, brk),
+        (a * (c_d + 2.0 * m * v_bar) / e_safe, v_bar, brk),
+        (0.5 * M, nan, b_pos),
+        ((b * (M - v_bar) - a * v_bar) / (2.0 * b_safe), nan, b_pos),
+        (s_lin, v_lin, use & lin_ok & (d2 != 0.0)),
     ]
     if extra is not None:
-        cands.append((extra, jnp.isfinite(extra)))
+        cands.append((extra[0], extra[1], jnp.isfinite(extra[0])))
     shape = zero.shape
-    S = jnp.stack(
-        [jnp.broadcast_to(jnp.clip(jnp.where(ok, c, 0.0), 0.0, s_bar), shape) for c, ok in cands], axis=-1
-    )
-    use = jnp.stack([jnp.broadcast_to(ok, shape) for _, ok in cands], axis=-1)
+    # an unusable or NaN candidate becomes s = 0, a duplicate of the first (as in numba)
+    C = jnp.stack([jnp.broadcast_to(jnp.where(ok & (c == c), c, 0.0), shape) for c, _, ok in cands], axis=-1)
+    VC = jnp.stack([jnp.broadcast_to(vc + zero, shape) for _, vc, _ in cands], axis=-1)
+    use_c = jnp.stack([jnp.broadcast_to(ok, shape) for _, _, ok in cands], axis=-1)
+    fine = jnp.stack([jnp.broadcast_to(ok & (c == c), shape) for c, _, ok in cands], axis=-1)
+    inside = fine & (C >= 0.0) & (C <= _x(s_bar)) & (VC >= 0.0) & (VC <= _x(v_bar))
+    S = jnp.clip(C, 0.0, _x(s_bar))
     F, V = _f_con(S, _x(a), _x(b), _x(M), _x(p), _x(q), _x(v_bar))
-    F = jnp.where(use, F, -jnp.inf)
+    V = jnp.where(inside, VC, V)
+    F = jnp.where(inside, (_x(M) - V - S) * (_x(a) * V + _x(b) * S), F)
+    F = jnp.where(use_c, F, -jnp.inf)
     j = jnp.argmax(F, axis=-1)[..., None]
     pick = lambda X: jnp.take_along_axis(X, j, axis=-1)[..., 0]  # noqa: E731
     return pick(S), pick(V), pick(F)
@@ -88,17 +99,16 @@ def _x(x):
 @partial(jax.jit, static_argnames=("constrained",))
 def solve_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, *, constrained):
     """(s, v, g, U_s, U_d, valid, accepted) at every broadcast point; eqs. (1)-(4)."""
-    ok, use, a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    ok, use, a, b, M, p, q, m = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     shape = jnp.broadcast_shapes(
         *(jnp.shape(x) for x in (R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T))
     )
     if constrained:
-        s, v, _ = _best_con(a, b, M, p, q, v_bar, s_bar)
+        s, v, _ = _best_con(a, b, M, p, q, use, m, c_d, v_bar, s_bar)
         valid = ok
     else:
-        s, c2, _ = _s_free(a, b, M, p, q)
-        v = p * s + q
-        valid = ok & use & (c2 > 0.0)
+        s, v, d2, _ = _stationary(a, b, M, c_d, m)
+        valid = ok & use & (d2 > 0.0)
     g = a * v + b * s
     us = T * (M - v - s) * g
     ud = T * (v + s - c_d - eta * xi * v) * g
@@ -113,21 +123,23 @@ def solve_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, 
 @partial(jax.jit, static_argnames=("constrained",))
 def gap_fields(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat, *, constrained):
     """U_s(s*(theta)) - U_s(s*(theta_hat)) under the true theta (Theorem IV.1)."""
-    ok, use, a, b, M, p, q = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
-    M_hat = R + alpha_s * theta_hat + beta_s
+    ok, use, a, b, M, p, q, m = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     shape = jnp.broadcast_shapes(
         *(jnp.shape(x) for x in (R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat))
     )
     if constrained:
-        s_hat, _, _ = _best_con(a, b, M_hat, p, q, v_bar, s_bar)
-        _, _, f_best = _best_con(a, b, M, p, q, v_bar, s_bar, extra=s_hat)
-        f_hat, _ = _f_con(s_hat, a, b, M, p, q, v_bar)
+        M_hat = R + alpha_s * theta_hat + beta_s
+        s_hat, v_hat, _ = _best_con(a, b, M_hat, p, q, use, m, c_d, v_bar, s_bar)
+        _, _, f_best = _best_con(a, b, M, p, q, use, m, c_d, v_bar, s_bar, extra=(s_hat, v_hat))
+        f_hat = (M - v_hat - s_hat) * (a * v_hat + b * s_hat)
         gap = T * (f_best - f_hat)
         valid = ok
     else:
-        s_true, c2, _ = _s_free(a, b, M, p, q)
-        s_hat, _, _ = _s_free(a, b, M_hat, p, q)
-        gap = T * c2 * (s_hat - s_true) ** 2
-        valid = ok & use & (c2 > 0.0)
+        d1 = a + b * m
+        d2 = a * (1.0 + 2.0 * m) - b * m
+        dM = alpha_s * (theta_hat - theta)
+        d2_safe = jnp.where(d2 != 0.0, d2, 1.0)
+        gap = T * a * d1 * dM * dM / (4.0 * d2_safe)
+        valid = ok & use & (d2 > 0.0)
     valid = valid & jnp.isfinite(gap)
     return jnp.where(jnp.broadcast_to(valid, shape), jnp.broadcast_to(gap, shape), jnp.nan)

@@ -14,10 +14,17 @@ IEEE division via ``error_model="numpy"``) that LLVM vectorises.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["CHUNK", "broadcast_layout", "gap_flat", "solve_flat"]
+from mcsl_core._validation import check_memory
+
+__all__ = ["CHUNK", "SOLVE_BYTES_PER_POINT", "broadcast_layout", "gap_flat", "kernel_bytes", "solve_flat"]
+
+#: Output bytes per point: five float64 fields and two bool masks (solve), one float64 (gap).
+SOLVE_BYTES_PER_POINT = 5 * 8 + 2
+GAP_BYTES_PER_POINT = 8
 
 _NAN = np.nan
 _JIT = dict(cache=True, error_model="numpy")
@@ -28,30 +35,44 @@ CHUNK = 1024
 
 @njit(inline="always", **_JIT)
 def _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta):
-    """(a, b, M, p, q, use): g = a v + b s, M = R + r(theta), v*(s) = p s + q (eq. (4)).
+    """(a, b, M, p, q, use, m): g = a v + b s, M = R + r(theta), v*(s) = p s + q (eq. (4)),
+    m = eta xi - 1.
 
-    Meaningful where eta*xi > 1 (callers mask the rest). At eps = 0 the device's
+    Meaningful where m > 0 (callers mask the rest). At eps = 0 the device's
     objective is linear in v with negative slope for s > 0, so its box optimum is
     v = 0: p = q = 0 and ``use`` is False (eq. (4) does not apply).
     """
-    km1 = eta * xi - 1.0
+    m = eta * xi - 1.0
     a = eps / v_bar
     b = (1.0 - eps) / s_bar
     M = R + alpha_s * theta + beta_s
-    p = -b / (2.0 * a) + 1.0 / (2.0 * km1)
-    q = -c_d / (2.0 * km1)
+    p = -b / (2.0 * a) + 1.0 / (2.0 * m)
+    q = -c_d / (2.0 * m)
     # eps so small that p overflows is the eps -> 0 limit of the clipped rule (v = 0)
     use = (eps > 0.0) & np.isfinite(p) & np.isfinite(q)
-    return a, b, M, (p if use else 0.0), (q if use else 0.0), use
+    return a, b, M, (p if use else 0.0), (q if use else 0.0), use, m
 
 
 @njit(inline="always", **_JIT)
-def _s_free(a, b, M, p, q):
-    """Stationary point of U_s(v*(s), s) (the paper's closed-form s*) and the concavity
-    measure c2 = (1+p)(a p + b) = -(d2 U_s / ds2) / (2T)."""
-    c2 = (1.0 + p) * (a * p + b)
-    s = ((M - q) * (a * p + b) - (1.0 + p) * a * q) / (2.0 * c2)
-    return s, c2
+def _stationary(a, b, M, c_d, m):
+    """The paper's closed form (s*, v*) and den2 = a (1 + 2m) - b m, in a form without
+    the large terms of ``p s + q``.
+
+    With m = eta xi - 1, d1 = a + b m and d2 = a (1 + 2 m) - b m (sympy, from the
+    device's rule and the server's first-order condition):
+    ``s* = a (M m d1 + a c_d (1 + m)) / (d1 d2)`` and
+    ``v* = (M (a - b m) d1 - c_d (a (a + b) + b m (3 a - b))) / (2 d1 d2)``.
+    Where m is small, p ~ 1/(2m) and q ~ -c_d/(2m) are huge and ``p s* + q`` loses
+    all but a few digits (at eta xi = 1 + 1e-13, v* had a relative error of 2e-4);
+    these forms keep full accuracy. ``d2 > 0`` iff U_s is concave along the rule
+    (c2 = (1 + p)(a p + b) = d1 d2 / (4 a m^2)).
+    """
+    d1 = a + b * m
+    d2 = a * (1.0 + 2.0 * m) - b * m
+    den = d1 * d2
+    s = a * (M * m * d1 + a * c_d * (1.0 + m)) / den
+    v = (M * (a - b * m) * d1 - c_d * (a * (a + b) + b * m * (3.0 * a - b))) / (2.0 * den)
+    return s, v, d2
 
 
 @njit(inline="always", **_JIT)
@@ -62,40 +83,72 @@ def _f_con(s, a, b, M, p, q, v_bar):
 
 
 @njit(inline="always", **_JIT)
-def _try(c, ok, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f):
-    """Score candidate c (if ok and not NaN) projected onto [0, s_bar]; keep the best."""
-    c = c if (ok and c == c) else 0.0
+def _try(c, vc, ok, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f):
+    """Score candidate c (if ok and not NaN) projected onto [0, s_bar]; keep the best.
+
+    ``vc`` is the device's v at c when known in closed form (a breakpoint or the
+    linear piece's stationary point; NaN otherwise). It is used when c lies in
+    [0, s_bar] and vc in [0, v_bar], instead of ``p c + q``, whose large terms
+    cancel where eta xi is near 1; otherwise the rule is evaluated at the
+    projected c (a redundant feasible point).
+    """
+    usable = ok and c == c
+    c = c if usable else 0.0
+    inside = usable & (c >= 0.0) & (c <= s_bar) & (vc >= 0.0) & (vc <= v_bar)
     c = min(max(c, 0.0), s_bar)
     f, v = _f_con(c, a, b, M, p, q, v_bar)
+    v = vc if inside else v
+    f = (M - v - c) * (a * v + b * c) if inside else f
     better = f > best_f
     return (c if better else best_s), (v if better else best_v), (f if better else best_f)
 
 
 @njit(inline="always", **_JIT)
-def _best_con(a, b, M, p, q, v_bar, s_bar, extra):
+def _best_con(a, b, M, p, q, use, m, c_d, v_bar, s_bar, extra, extra_v):
     """Exact maximiser of the piecewise quadratic U_s(v_c(s), s) over s in [0, s_bar].
 
-    The maximiser is an end of [0, s_bar], a breakpoint of the clipped rule, or a
-    stationary point of the quadratic of its piece (v = 0, v = v_bar, or v = p s + q);
-    every candidate is projected onto [0, s_bar] and scored with the true objective,
-    so a candidate outside its own piece is only a redundant feasible point. An
-    unusable candidate becomes s = 0, a duplicate of the first. ``extra`` (NaN for
-    none) is one more candidate, used by the incentive gap.
+    The maximiser is an end of [0, s_bar], a breakpoint of the clipped rule
+    (v = 0 at ``s0 = a c_d / (a - b m)``, v = v_bar at ``s1 = a (c_d + 2 m v_bar) /
+    (a - b m)``), or a stationary point of the quadratic of its piece (v = 0,
+    v = v_bar, or v = p s + q, see :func:`_stationary`); every candidate is
+    projected onto [0, s_bar] and scored with the true objective, so a candidate
+    outside its own piece is only a redundant feasible point. An unusable
+    candidate becomes s = 0, a duplicate of the first. ``extra`` (NaN for none)
+    is one more candidate with its device answer ``extra_v``, used by the
+    incentive gap.
     """
     best_f, best_v = _f_con(0.0, a, b, M, p, q, v_bar)
     best_s = 0.0
-    p_nz = p != 0.0
+    e = a - b * m  # 2 a m p: zero where the rule is flat in s
+    brk = use & (e != 0.0)
     b_pos = b > 0.0
-    s_lin, c2 = _s_free(a, b, M, p, q)
-    best_s, best_v, best_f = _try(s_bar, True, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
-    best_s, best_v, best_f = _try(-q / p, p_nz, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
-    best_s, best_v, best_f = _try((v_bar - q) / p, p_nz, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
-    best_s, best_v, best_f = _try(0.5 * M, b_pos, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
+    s_lin, v_lin, d2 = _stationary(a, b, M, c_d, m)
+    nan = _NAN
+    best_s, best_v, best_f = _try(s_bar, nan, True, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
+    best_s, best_v, best_f = _try(a * c_d / e, 0.0, brk, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
     best_s, best_v, best_f = _try(
-        (b * (M - v_bar) - a * v_bar) / (2.0 * b), b_pos, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f
+        a * (c_d + 2.0 * m * v_bar) / e, v_bar, brk, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f
     )
-    best_s, best_v, best_f = _try(s_lin, c2 != 0.0, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
-    best_s, best_v, best_f = _try(extra, True, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
+    best_s, best_v, best_f = _try(0.5 * M, nan, b_pos, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
+    best_s, best_v, best_f = _try(
+        (b * (M - v_bar) - a * v_bar) / (2.0 * b),
+        nan,
+        b_pos,
+        a,
+        b,
+        M,
+        p,
+        q,
+        v_bar,
+        s_bar,
+        best_s,
+        best_v,
+        best_f,
+    )
+    best_s, best_v, best_f = _try(
+        s_lin, v_lin, use & (d2 != 0.0), a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f
+    )
+    best_s, best_v, best_f = _try(extra, extra_v, True, a, b, M, p, q, v_bar, s_bar, best_s, best_v, best_f)
     return best_s, best_v, best_f
 
 
@@ -103,14 +156,13 @@ def _best_con(a, b, M, p, q, v_bar, s_bar, extra):
 def _point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, constrained):
     """(s, v, g, U_s, U_d, valid) at one parameter point, branch-free."""
     k = eta * xi
-    a, b, M, p, q, use = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
+    a, b, M, p, q, use, m = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     if constrained:
-        s, v, _ = _best_con(a, b, M, p, q, v_bar, s_bar, _NAN)
+        s, v, _ = _best_con(a, b, M, p, q, use, m, c_d, v_bar, s_bar, _NAN, _NAN)
         ok = k > 1.0
     else:
-        s, c2 = _s_free(a, b, M, p, q)
-        v = p * s + q
-        ok = (k > 1.0) & use & (c2 > 0.0)
+        s, v, d2 = _stationary(a, b, M, c_d, m)
+        ok = (k > 1.0) & use & (d2 > 0.0)
     g = a * v + b * s
     us = T * (M - v - s) * g
     ud = T * (v + s - c_d - k * v) * g
@@ -129,23 +181,27 @@ def _point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, constr
 @njit(inline="always", **_JIT)
 def _gap_point(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, T, theta_hat, constrained):
     k = eta * xi
-    a, b, M, p, q, use = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
-    M_hat = R + alpha_s * theta_hat + beta_s
+    a, b, M, p, q, use, m = _coeffs(R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta)
     if constrained:
-        s_hat, _, _ = _best_con(a, b, M_hat, p, q, v_bar, s_bar, _NAN)
-        # s_hat is a candidate of the true problem, so best >= f(s_hat) exactly
-        _, _, f_best = _best_con(a, b, M, p, q, v_bar, s_bar, s_hat)
-        f_hat, _ = _f_con(s_hat, a, b, M, p, q, v_bar)
+        M_hat = R + alpha_s * theta_hat + beta_s
+        # the device's rule does not depend on theta: v_hat is its answer to s_hat
+        s_hat, v_hat, _ = _best_con(a, b, M_hat, p, q, use, m, c_d, v_bar, s_bar, _NAN, _NAN)
+        # (s_hat, v_hat) is a candidate of the true problem, scored by the same
+        # expression as f_hat, so best >= f_hat exactly
+        _, _, f_best = _best_con(a, b, M, p, q, use, m, c_d, v_bar, s_bar, s_hat, v_hat)
+        f_hat = (M - v_hat - s_hat) * (a * v_hat + b * s_hat)
         gap = T * (f_best - f_hat)
         ok = k > 1.0
     else:
-        s_true, c2 = _s_free(a, b, M, p, q)
-        s_hat, _ = _s_free(a, b, M_hat, p, q)
-        # U_s is the concave quadratic -T c2 s^2 + ... along the rule, so
-        # U_s(s*) - U_s(s_hat) = T c2 (s_hat - s*)^2 exactly, never negative.
-        d = s_hat - s_true
-        gap = T * c2 * d * d
-        ok = (k > 1.0) & use & (c2 > 0.0)
+        # U_s is the concave quadratic -T c2 s^2 + ... along the rule and s* is affine
+        # in M with slope a m / d2, so U_s(s*) - U_s(s_hat) = T c2 (s_hat - s*)^2 =
+        # T a d1 dM^2 / (4 d2) with dM = alpha_s (theta_hat - theta): no difference of
+        # two nearly equal s (which lost all digits near eta xi = 1).
+        d1 = a + b * m
+        d2 = a * (1.0 + 2.0 * m) - b * m
+        dM = alpha_s * (theta_hat - theta)
+        gap = T * a * d1 * dM * dM / (4.0 * d2)
+        ok = (k > 1.0) & use & (d2 > 0.0)
     ok = ok & np.isfinite(gap)
     return gap if ok else _NAN
 
@@ -322,10 +378,31 @@ def broadcast_layout(arrays, shape):
     return tuple(flat), np.asarray(shape, dtype=np.int64), strides
 
 
-def solve_flat(arrays, shape, constrained, *, parallel=True, chunk=CHUNK):
-    """Run the solve kernel on broadcastable float64 arrays; returns seven flat outputs."""
+def kernel_bytes(n: int, nfields: int, chunk: int, per_point: int, parallel: bool) -> int:
+    """Bytes a kernel allocates for ``n`` output points: ``per_point * n`` outputs, plus
+    per thread one gather buffer ``8 * nfields * chunk`` and an index vector. The inputs
+    are read in place (broadcast axes are never materialised)."""
+    threads = numba.get_num_threads() if parallel else 1
+    return per_point * n + threads * (8 * nfields * chunk + 256)
+
+
+def _prepare(arrays, shape, chunk, per_point, parallel):
     X, shp, strides = broadcast_layout(arrays, shape)
-    n = int(np.prod(shp))
+    n = int(np.prod(shp, dtype=object))  # exact: a huge grid must not wrap to a small one
+    if int(chunk) < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    need = kernel_bytes(n, len(arrays), int(chunk), per_point, parallel)
+    check_memory("params", need, f"{n} points of shape {tuple(int(d) for d in shp)}")
+    return X, shp, strides, n
+
+
+def solve_flat(arrays, shape, constrained, *, parallel=True, chunk=CHUNK):
+    """Run the solve kernel on broadcastable float64 arrays; returns seven flat outputs.
+
+    Memory: :func:`kernel_bytes` with 42 bytes per point (checked before any output
+    is allocated; ``ValueError`` naming ``params``), parallel and serial alike.
+    """
+    X, shp, strides, n = _prepare(arrays, shape, chunk, SOLVE_BYTES_PER_POINT, parallel)
     out = [np.empty(n) for _ in range(5)] + [np.empty(n, dtype=np.bool_) for _ in range(2)]
     kernel = _solve_par if parallel else _solve_ser
     kernel(X, shp, strides, int(chunk), bool(constrained), *out)
@@ -333,9 +410,13 @@ def solve_flat(arrays, shape, constrained, *, parallel=True, chunk=CHUNK):
 
 
 def gap_flat(arrays, shape, constrained, *, parallel=True, chunk=CHUNK):
-    """Run the incentive-gap kernel (theta_hat last in ``arrays``); returns a flat output."""
-    X, shp, strides = broadcast_layout(arrays, shape)
-    out = np.empty(int(np.prod(shp)))
+    """Run the incentive-gap kernel (theta_hat last in ``arrays``); returns a flat output.
+
+    Memory: :func:`kernel_bytes` with 8 bytes per point, checked upfront as in
+    :func:`solve_flat`.
+    """
+    X, shp, strides, n = _prepare(arrays, shape, chunk, GAP_BYTES_PER_POINT, parallel)
+    out = np.empty(n)
     kernel = _gap_par if parallel else _gap_ser
     kernel(X, shp, strides, int(chunk), bool(constrained), out)
     return out

@@ -7,9 +7,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mcsl_core._validation import check_range
+from mcsl_core._validation import check_not_subnormal, check_range, check_real
 
-__all__ = ["FIELDS", "MechanismParams", "MechanismSolution"]
+__all__ = ["FIELDS", "MechanismParams", "MechanismSolution", "check_field"]
 
 #: Field order shared by every backend kernel.
 FIELDS: tuple[str, ...] = (
@@ -56,6 +56,19 @@ _PAPER_DEFAULTS: dict[str, float] = dict(
 )
 
 
+def check_field(
+    name: str, value: Any, lo: float | None, hi: float | None, lo_open: bool = False
+) -> np.ndarray:
+    """The one input rule of every mechanism argument, whatever the backend: real,
+    finite, in its interval, and not subnormal (XLA flushes subnormals to zero, so
+    the JAX backend would answer differently). Returns float64 of ``value``'s shape."""
+    check_real(name, value)
+    arr = check_range(name, value, lo, hi, lo_open=lo_open)
+    check_not_subnormal(name, arr)
+    # np.ascontiguousarray (inside check_range) makes scalars 1-d; keep 0-d
+    return arr.reshape(np.shape(value))
+
+
 def is_tracer(x: Any) -> bool:
     """True for a JAX tracer (checked by class name, so this module imports no JAX)."""
     return any(c.__name__ == "Tracer" for c in type(x).__mro__)
@@ -92,8 +105,10 @@ class MechanismParams:
     Raises
     ------
     ValueError
-        A field that is not finite or lies outside its domain (naming the field and
-        the first bad index), or fields that do not broadcast together.
+        A field that is complex, not finite, subnormal (nonzero and below
+        2.2e-308 in magnitude: the JAX backend would flush it to zero) or outside
+        its domain (naming the field and the first bad index), or fields that do
+        not broadcast together.
 
     Notes
     -----
@@ -120,9 +135,7 @@ class MechanismParams:
             if is_tracer(value):
                 continue
             lo, hi, lo_open = _DOMAIN[name]
-            arr = check_range(name, value, lo, hi, lo_open=lo_open)
-            # np.ascontiguousarray (inside check_range) makes scalars 1-d; keep 0-d
-            object.__setattr__(self, name, arr.reshape(np.shape(value)))
+            object.__setattr__(self, name, check_field(name, value, lo, hi, lo_open))
         try:
             np.broadcast_shapes(*(np.shape(getattr(self, n)) for n in FIELDS))
         except ValueError as exc:

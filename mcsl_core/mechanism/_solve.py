@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mcsl_core._validation import check_finite, check_range
+from mcsl_core._validation import check_finite, check_memory, check_real
 from mcsl_core.mechanism import _numpy
-from mcsl_core.mechanism._params import MechanismParams, MechanismSolution
+from mcsl_core.mechanism._params import MechanismParams, MechanismSolution, check_field, is_tracer
 
 __all__ = [
     "device_rule",
@@ -22,6 +22,26 @@ __all__ = [
 
 Backend = Literal["numba", "jax", "numpy"]
 _BACKENDS = ("numba", "jax", "numpy")
+
+
+#: Bytes per point of the whole-array backends (peak of their temporaries, measured
+#: with tracemalloc for NumPy at 1e5 points and rounded up by about 30 %; the JAX
+#: figure counts its stacked candidate arrays: 8 candidates x (s, v, f, mask)).
+_ARRAY_BYTES_PER_POINT = {
+    ("numpy", False): 160,
+    ("numpy", True): 256,
+    ("jax", False): 192,
+    ("jax", True): 384,
+}
+
+
+def _check_size(backend: str, shape: tuple[int, ...], constrained: bool) -> None:
+    """Refuse upfront a NumPy/JAX problem that cannot fit (numba checks in its kernel)."""
+    if backend == "numba":
+        return
+    n = int(np.prod(shape, dtype=object))
+    need = _ARRAY_BYTES_PER_POINT[backend, constrained] * n
+    check_memory("params", need, f"backend {backend!r} on {n} points of shape {tuple(shape)}")
 
 
 def _check_params(params: Any) -> MechanismParams:
@@ -43,6 +63,8 @@ def success_probability(v, s, params: MechanismParams) -> np.ndarray:
     paper's unconstrained model leaves [0, 1] for some of them).
     """
     p = _check_params(params)
+    check_real("v", v)
+    check_real("s", s)
     v = check_finite("v", v).reshape(np.shape(v))
     s = check_finite("s", s).reshape(np.shape(s))
     return p.eps * v / p.v_bar + (1.0 - p.eps) * s / p.s_bar
@@ -76,6 +98,7 @@ def device_rule(s, params: MechanismParams, *, constrained: bool = False) -> np.
     onto the box (``v = 0`` when ``eps = 0``); ``s`` must lie in ``[0, s_bar]``.
     """
     p = _check_params(params)
+    check_real("s", s)
     s = check_finite("s", s).reshape(np.shape(s))
     ok, use, _a, _b, _M, pp, q = _numpy.coeffs(
         p.R, p.alpha_s, p.beta_s, p.v_bar, p.s_bar, p.c_d, p.eta, p.xi, p.eps, p.theta
@@ -135,6 +158,13 @@ def solve(
         in the paper's model); the constrained model treats an eps that small as
         the eps -> 0 limit of the device's rule (v = 0).
 
+    Memory, for ``n = prod(params.shape)`` points (broadcast fields are read in
+    place, never materialised, by the numba kernel): numba ``42 n`` bytes of
+    outputs plus ``96 * 1024`` per thread; NumPy about ``160 n`` (paper's model)
+    or ``256 n`` (constrained) of temporaries; JAX about ``192 n`` / ``384 n``.
+    A need above the available memory raises ``ValueError`` naming ``params``
+    before anything is allocated, on every backend and on the serial path too.
+
     Returns
     -------
     MechanismSolution
@@ -144,6 +174,8 @@ def solve(
     p = _check_params(params)
     backend = _check_backend(backend)
     constrained = bool(constrained)
+    if not any(is_tracer(f) for f in p.fields()):
+        _check_size(backend, p.shape, constrained)
     if backend == "jax":
         import jax
         import jax.numpy as jnp
@@ -172,11 +204,26 @@ def incentive_gap(
     Never negative where valid: unconstrained it is computed as
     ``T c2 (s*(theta_hat) - s*(theta))^2`` with ``c2 = -(d2 U_s/ds2)/(2T) > 0``;
     constrained, ``s*(theta_hat)`` joins the candidates of the true problem. NaN
-    where the model is not valid (as in :func:`solve`).
+    where the model is not valid (as in :func:`solve`). ``theta_hat`` is checked
+    by the same rule as the fields (real, finite, in [0, 1], not subnormal) on
+    every backend. Memory: as :func:`solve` (numba: 8 bytes per point).
     """
     p = _check_params(params)
     backend = _check_backend(backend)
     constrained = bool(constrained)
+    # the same checks for every backend; a JAX tracer (under jit/grad) cannot be inspected
+    if is_tracer(theta_hat) and backend != "jax":
+        raise ValueError(f"theta_hat is a JAX tracer: use backend='jax', not {backend!r}")
+    if not is_tracer(theta_hat):
+        theta_hat = check_field("theta_hat", theta_hat, 0.0, 1.0)
+        try:
+            shape = np.broadcast_shapes(p.shape, theta_hat.shape)
+        except ValueError as exc:
+            raise ValueError(
+                f"theta_hat of shape {theta_hat.shape} does not broadcast with params of shape {p.shape}"
+            ) from exc
+        if not any(is_tracer(f) for f in p.fields()):
+            _check_size(backend, shape, constrained)
     if backend == "jax":
         import jax
         import jax.numpy as jnp
@@ -186,13 +233,6 @@ def incentive_gap(
         with jax.enable_x64(True):
             fields = [jnp.asarray(f, dtype=jnp.float64) for f in (*p.fields(), theta_hat)]
             return _jax.gap_fields(*fields, constrained=constrained)
-    theta_hat = check_range("theta_hat", theta_hat, 0.0, 1.0).reshape(np.shape(theta_hat))
-    try:
-        shape = np.broadcast_shapes(p.shape, theta_hat.shape)
-    except ValueError as exc:
-        raise ValueError(
-            f"theta_hat of shape {theta_hat.shape} does not broadcast with params of shape {p.shape}"
-        ) from exc
     if backend == "numpy":
         return _numpy.gap_arrays(p.fields(), theta_hat, constrained)
     from mcsl_core.mechanism import _numba

@@ -15,11 +15,12 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from mcsl_core._validation import check_range
+from mcsl_core._validation import check_int_scalar, check_memory, check_range
 from mcsl_core.payment._game import (
     PAPER_X,
     PAPER_Y,
     _batch_shape,
+    _batch_size,
     _check_game,
     _check_payoff,
     _check_strategies,
@@ -31,6 +32,14 @@ from mcsl_core.payment._markov import check_init, threads
 __all__ = ["RULES", "Trajectory", "evolve_requestor", "simulate_play"]
 
 RULES = ("gradient", "bush_mosteller")
+
+_INT64_MAX = 2**63 - 1  # the kernels count rounds and steps in int64
+
+#: Bytes per pair of simulate_play: p (32), q (<= 32), init (32), seeds (32),
+#: counts (32), the float result (32) and the division's temporary (32).
+PLAY_BYTES_PER_PAIR = 224
+#: Bytes per pair and recorded step of evolve_requestor: q (16), E_b, E_r (8 each), valid (1).
+TRAJ_BYTES_PER_RECORD = 33
 
 
 @njit(cache=True, inline="always")
@@ -128,15 +137,22 @@ def simulate_play(
     ndarray, shape (..., 4), float64
         Frequencies of cc, cd, dc, dd over rounds 1..rounds; they converge to
         ``long_run(p, q, ...).v`` (with the same ``init`` for reducible chains).
+
+    Notes
+    -----
+    Memory for ``B`` pairs: ``PLAY_BYTES_PER_PAIR * B`` = 224 B bytes (copies of
+    ``p``, ``q`` and ``init``, seeds, int64 counts and the float result),
+    independent of ``rounds``; more than is available raises ``ValueError``
+    naming ``p`` before the kernel runs (parallel and serial alike).
     """
     _check_game(game)
     p, q = _check_strategies(p, q, game)
     check_range("p", p, 0.0, 1.0)
     check_range("q", q, 0.0, 1.0)
-    rounds = int(rounds)
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    rounds = check_int_scalar("rounds", rounds, 1, _INT64_MAX)
     shape = _batch_shape(p, q, init)
+    B = _batch_size(shape)
+    check_memory("p", PLAY_BYTES_PER_PAIR * B, f"play of {B} pairs")
     init2 = check_init(np.full(4, 0.25) if init is None else init, 4, shape)
     pb = np.ascontiguousarray(np.broadcast_to(p, (*shape, 4)).reshape(-1, 4))
     qb = np.ascontiguousarray(np.broadcast_to(q, (*shape, q.shape[-1])).reshape(-1, q.shape[-1]))
@@ -328,6 +344,13 @@ def evolve_requestor(
     Trajectory
         ``E_b``/``E_r`` are the long-run payoffs at the recorded ``q`` (paper
         IV-D); ``t`` holds the step numbers.
+
+    Notes
+    -----
+    Memory: ``TRAJ_BYTES_PER_RECORD * R * B + 8 R + 128 B`` bytes for ``B`` pairs
+    and ``R = steps // record_every + 1`` records (33 bytes per pair and record);
+    more than is available raises ``ValueError`` naming ``steps`` before anything
+    is allocated (parallel and serial alike).
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -336,21 +359,22 @@ def evolve_requestor(
     check_range("q0", q0, 0.0, 1.0)
     x = _check_payoff("x", x)
     y = _check_payoff("y", y)
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    every = int(record_every)
-    if every < 1:
-        raise ValueError(f"record_every must be >= 1, got {every}")
+    steps = check_int_scalar("steps", steps, 0, _INT64_MAX - 1)
+    every = check_int_scalar("record_every", record_every, 1, _INT64_MAX)
     hi = 1.0 if rule == "bush_mosteller" else None
     if np.ndim(lr) != 0:
         raise ValueError(f"lr must be a scalar, got shape {np.shape(lr)}")
     lr = float(check_range("lr", lr, 0.0, hi, lo_open=True).reshape(-1)[0])
     shape = _batch_shape(p, q0)
+    B = _batch_size(shape)
+    R = steps // every + 1
+    check_memory(
+        "steps",
+        TRAJ_BYTES_PER_RECORD * R * B + 8 * R + 128 * B,
+        f"{R} records of {B} trajectories; raise record_every",
+    )
     pb = np.ascontiguousarray(np.broadcast_to(p, (*shape, 4)).reshape(-1, 4))
     qb = np.ascontiguousarray(np.broadcast_to(q0, (*shape, 2)).reshape(-1, 2))
-    B = pb.shape[0]
-    R = steps // every + 1
     tq = np.full((R, B, 2), np.nan)
     teb = np.full((R, B), np.nan)
     ter = np.full((R, B), np.nan)

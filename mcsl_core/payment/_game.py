@@ -30,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from mcsl_core._validation import as_float64, check_finite, check_range
-from mcsl_core.payment._markov import _stationary_batch, check_init
+from mcsl_core._validation import as_float64, check_finite, check_memory, check_range, check_real
+from mcsl_core.payment._markov import _stationary_batch, check_init, stationary_bytes
 
 __all__ = [
     "GAMES",
@@ -51,6 +51,11 @@ GAMES = ("leader_follower", "simultaneous")
 #: Payoffs used in the paper's experiments (Section V-C): leader x, requestor y.
 PAPER_X = (6.0, 3.0, 8.0, 5.0)
 PAPER_Y = (6.0, 8.0, 3.0, 5.0)
+
+#: Bytes per pair: transition_matrix (result 16 doubles + 4 column blocks of 4 +
+#: their broadcast products), long_run leader-follower (p, q copies, v, E_b, E_r, flags).
+TM_BYTES_PER_PAIR = 384
+LF_BYTES_PER_PAIR = 8 * (4 + 2 + 4 + 2) + 2
 
 #: Requestor's own-perspective index for each leader-perspective state (cd <-> dc).
 _SWAP = np.array([0, 2, 1, 3])
@@ -76,6 +81,8 @@ def _q_len(game: str) -> int:
 
 
 def _check_strategies(p, q, game: str) -> tuple[np.ndarray, np.ndarray]:
+    check_real("p", p)
+    check_real("q", q)
     p = as_float64("p", p)
     q = as_float64("q", q)
     if p.ndim == 0 or p.shape[-1] != 4:
@@ -105,7 +112,12 @@ def _batch_shape(p: np.ndarray, q: np.ndarray, init=None) -> tuple[int, ...]:
     return shape
 
 
+def _batch_size(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=object))  # exact: a huge batch must not wrap to a small one
+
+
 def _check_payoff(name: str, x) -> np.ndarray:
+    check_real(name, x)
     x = check_finite(name, x)
     if x.shape != (4,):
         raise ValueError(f"{name} must have shape (4,), got {x.shape}")
@@ -130,12 +142,20 @@ def transition_matrix(p, q, *, game: str = "leader_follower") -> np.ndarray:
         Leader-follower: row s is ``(p_s q1, p_s (1-q1), (1-p_s) q2, (1-p_s)(1-q2))``.
         Simultaneous: with ``r_s`` the requestor's probability of c after state s,
         row s is ``(p_s r_s, p_s (1-r_s), (1-p_s) r_s, (1-p_s)(1-r_s))``.
+
+    Notes
+    -----
+    Memory for a batch of ``B`` pairs: ``TM_BYTES_PER_PAIR * B`` = 384 B bytes
+    (the result, 128 B, and the four column blocks it is joined from); more than
+    is available raises ``ValueError`` naming ``p`` before anything is allocated.
     """
     _check_game(game)
     p, q = _check_strategies(p, q, game)
     check_range("p", p, 0.0, 1.0)
     check_range("q", q, 0.0, 1.0)
     shape = _batch_shape(p, q)
+    B = _batch_size(shape)
+    check_memory("p", TM_BYTES_PER_PAIR * B, f"transition matrices of {B} pairs")
     p = np.broadcast_to(p, (*shape, 4))
     q = np.broadcast_to(q, (*shape, q.shape[-1]))
     ps = p[..., :, None]
@@ -231,16 +251,30 @@ def long_run(p, q, x, y, *, game: str = "leader_follower", init=None) -> LongRun
         reported with ``valid`` False and NaN (paper IV-D; the leader-follower
         game uses the closed form in the module docstring, the simultaneous one
         GTH on the 4x4 matrix).
+
+    Notes
+    -----
+    Memory for ``B`` pairs: leader-follower ``LF_BYTES_PER_PAIR * B`` = 98 B bytes
+    (contiguous copies of ``p`` and ``q``, ``v``, ``E_b``, ``E_r`` and two flags);
+    simultaneous: the transition matrices (384 B) plus GTH on them
+    (:func:`~mcsl_core.payment._markov.stationary_bytes`, about 34 B), plus 32 B
+    for a batched ``init``. More than is available raises ``ValueError`` naming
+    ``p`` before the kernel runs.
     """
     _check_game(game)
     p, q = _check_strategies(p, q, game)
     x = _check_payoff("x", x)
     y = _check_payoff("y", y)
     shape = _batch_shape(p, q, init)
+    B = _batch_size(shape)
+    if game == "leader_follower":
+        check_memory("p", LF_BYTES_PER_PAIR * B, f"long run of {B} leader-follower pairs")
+    else:
+        check_memory("p", TM_BYTES_PER_PAIR * B + stationary_bytes(B, 4), f"long run of {B} pairs")
     init2 = None if init is None else check_init(init, 4, shape)
     if game == "simultaneous":
         P = transition_matrix(p, q, game=game)
-        out, valid, _ = _stationary_batch(P.reshape(-1, 4, 4), init2)
+        out, valid, _ = _stationary_batch(P.reshape(-1, 4, 4), init2, name="p")
         v = out.reshape((*shape, 4))
         valid = valid.reshape(shape)
         return LongRun(v, v @ x, v @ y, valid)

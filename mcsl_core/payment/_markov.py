@@ -22,7 +22,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from mcsl_core._validation import as_float64, check_range, first_bad_index
+from mcsl_core._validation import as_float64, check_memory, check_range, check_real, first_bad_index
 
 __all__ = ["stationary"]
 
@@ -302,12 +302,45 @@ def threads(n: int | None):
         numba.set_num_threads(old)
 
 
-def _stationary_batch(P3: np.ndarray, init2: np.ndarray | None, *, parallel: bool = True):
+#: Doubles in one block's work matrix ``W (n, n, lanes)`` (2 MiB): blocks of many
+#: small chains stay in L2, a large chain gets one lane (no unused lanes allocated).
+_BLOCK_DOUBLES = 2**18
+
+
+def lanes_for(n: int, B: int) -> int:
+    """Chains per block: 64 (n <= 8) or 32 lanes, fewer when ``n * n * lanes`` would pass
+    :data:`_BLOCK_DOUBLES`, and never more than the ``B`` chains there are."""
+    base = 64 if n <= 8 else 32
+    return max(1, min(base, _BLOCK_DOUBLES // max(n * n, 1), B))
+
+
+def stationary_bytes(B: int, n: int, *, parallel: bool = True) -> int:
+    """Bytes the GTH kernel allocates for ``B`` chains of ``n`` states beyond its input.
+
+    Outputs ``B (8 n + 2)``; per running block (one per thread, at most one per block)
+    the work matrix and vectors ``8 L (n^2 + n + 4)`` with ``L = lanes_for(n, B)``, plus
+    the reducible-chain path ``n^2 (8 + 8 + 1) + 8 n^2`` (closure, class matrix and
+    stationary vectors of the classes, the transient system) for one chain at a time.
+    """
+    if B == 0:
+        return 0
+    L = lanes_for(n, B)
+    blocks = (B + L - 1) // L
+    workers = min(blocks, numba.get_num_threads() if parallel else 1)
+    per_block = 8 * L * (n * n + n + 4) + 25 * n * n + 64 * n
+    return B * (8 * n + 2) + workers * per_block
+
+
+def _stationary_batch(P3: np.ndarray, init2: np.ndarray | None, *, parallel: bool = True, name: str = "P"):
     """``(pi, valid, code)`` for C-contiguous ``P3`` of shape ``(B, n, n)``.
 
     ``code``: 0 fine or several recurrent classes, 1 bad input, 2 underflow.
+    Memory: :func:`stationary_bytes` beyond ``P3``, checked before anything is
+    allocated (``ValueError`` naming ``name``), the same for the parallel and the
+    serial (one-thread) path.
     """
     B, n = P3.shape[0], P3.shape[1]
+    check_memory(name, stationary_bytes(B, n, parallel=parallel), f"GTH on {B} chains of {n} states")
     out = np.empty((B, n))
     valid = np.zeros(B, dtype=np.bool_)
     bad = np.zeros(B, dtype=np.int8)
@@ -315,7 +348,7 @@ def _stationary_batch(P3: np.ndarray, init2: np.ndarray | None, *, parallel: boo
     if not has_init:
         init2 = np.zeros((1, n))
     if B:
-        lanes = 64 if n <= 8 else 32  # a block's work matrix stays in L1/L2
+        lanes = lanes_for(n, B)
         # static scheduling: on the shared 2-core machine dynamic chunks measured slower
         with threads(None if parallel else 1):
             _batch_parallel(P3, init2, has_init, ROW_SUM_TOL * max(n, 1), lanes, out, valid, bad)
@@ -382,7 +415,18 @@ def stationary(P, *, init=None, return_valid: bool = False):
         underflow are reported the same way instead of answered wrongly.
     valid : ndarray of bool, shape (...)
         Only with ``return_valid=True``.
+
+    Notes
+    -----
+    Memory, for ``B`` chains of ``n`` states: the float64 C-contiguous copy of
+    ``P`` (none when it already is one), ``8 B n`` for the result, and per thread
+    one block of ``L`` chains (``8 L n^2`` bytes, at most 2 MiB unless ``n > 512``,
+    where ``L = 1``: ``8 n^2``) plus ``25 n^2`` bytes when a chain is reducible
+    (:func:`stationary_bytes`). One 1000 x 1000 matrix (8 MB) needs about 8 MB
+    of work space beyond its input. A need above the available memory raises
+    ``ValueError`` naming ``P`` before anything is allocated.
     """
+    check_real("P", P)
     P = as_float64("P", P)
     if P.ndim < 2 or P.shape[-1] != P.shape[-2] or P.shape[-1] == 0:
         raise ValueError(f"P must have shape (..., n, n) with n >= 1, got {P.shape}")

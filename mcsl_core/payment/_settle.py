@@ -16,6 +16,12 @@ w_b * blocks``. Rounding rule (deterministic, exact):
 
 So the payouts always sum to ``total`` exactly and no payee gets more than
 one unit above its floor.
+
+Exact end to end: shares, floors, the total and the payouts are Python ints
+(the payout arrays have dtype ``object``), so no amount is bounded by int64 and
+nothing wraps; ``settle([9e18, 9e18], [], [], [], ..., minor_unit=1.0)`` pays
+``9 * 10**18`` twice and totals ``18 * 10**18``. The only bound is on the counts
+(``server_trainings`` etc.), which are read as int64.
 """
 
 from __future__ import annotations
@@ -29,17 +35,15 @@ from mcsl_core._validation import check_nonneg_int, check_range
 
 __all__ = ["Settlement", "settle"]
 
-_INT64_MAX = np.iinfo(np.int64).max
-
 
 @dataclass(frozen=True)
 class Settlement:
     """Integer payouts of one task's bill (minor units of the currency)."""
 
-    total: int  # W in minor units (round half to even)
-    devices: np.ndarray  # shape=[n_devices], dtype=int64
-    servers: np.ndarray  # shape=[n_servers], dtype=int64
-    producers: np.ndarray  # shape=[n_nodes], dtype=int64
+    total: int  # W in minor units (round half to even), a Python int
+    devices: np.ndarray  # shape=[n_devices], dtype=object: Python ints (exact, unbounded)
+    servers: np.ndarray  # shape=[n_servers], dtype=object: Python ints
+    producers: np.ndarray  # shape=[n_nodes], dtype=object: Python ints
     minor_unit: float  # currency units per minor unit
 
 
@@ -53,6 +57,13 @@ def _rate(name: str, w) -> Fraction:
     if np.ndim(w) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {np.shape(w)}")
     return Fraction(float(check_range(name, w, 0.0).reshape(-1)[0]))
+
+
+def _int_array(values: list[int]) -> np.ndarray:
+    """1-D object array of Python ints (exact; ``np.array`` would pick int64 and wrap)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = [int(v) for v in values]
+    return out
 
 
 def _round_half_even(f: Fraction) -> int:
@@ -89,7 +100,8 @@ def settle(
     -------
     Settlement
         ``devices.sum() + servers.sum() + producers.sum() == total`` exactly,
-        with the rounding rule of the module docstring.
+        with the rounding rule of the module docstring; every payout is a Python
+        int (object arrays), so arbitrarily large bills neither wrap nor round.
     """
     amounts = _vector("device_amounts", check_range("device_amounts", device_amounts, 0.0))
     trainings = _vector("server_trainings", check_nonneg_int("server_trainings", server_trainings))
@@ -118,9 +130,7 @@ def settle(
     order = sorted(range(len(shares)), key=lambda k: (-(shares[k] - floors[k]), k))
     for k in order[:left]:
         floors[k] += 1
-    if floors and max(floors) > _INT64_MAX:
-        raise ValueError("a payout exceeds the int64 range of minor units; use a larger minor_unit")
-    pay = np.array(floors, dtype=np.int64)
+    pay = _int_array(floors)
     nd, ns = amounts.shape[0], trainings.shape[0]
     return Settlement(
         total=int(total),

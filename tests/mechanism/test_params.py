@@ -154,3 +154,100 @@ def test_scalar_input_keeps_scalar_shape():
     np.testing.assert_allclose(
         sol.s, ref.spec_s_star(10, 3, 2, 50, 500, 2, 5, 5, 0.9, 0.5), **tol(np.float64)
     )
+
+
+# ---------------------------------------------------------------- one input rule, every backend
+
+BACKENDS = ("numba", "numpy", "jax")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad, match", [(np.nan, "be finite"), (2.0, r"lie in \[0, 1\]"), (-0.1, r"lie in")])
+def test_theta_hat_checked_on_every_backend(backend, bad, match):
+    """Issue 10 item 9: the JAX backend returned nan / a number for theta_hat = nan or 2."""
+    p = MechanismParams.paper_defaults()
+    with pytest.raises(ValueError, match=f"theta_hat must {match}"):
+        incentive_gap(p, bad, backend=backend)
+    with pytest.raises(ValueError, match=r"theta_hat must .* at index 2"):
+        incentive_gap(p, [0.1, 0.2, bad], backend=backend)
+
+
+@pytest.mark.parametrize("field", ["R", "v_bar", "s_bar", "eps", "eta", "T"])
+def test_subnormal_fields_refused(field):
+    """Subnormal v_bar/s_bar were valid in numba and NumPy but flushed to zero (invalid)
+    in JAX: every backend now refuses them upfront, naming the field and index."""
+    value = np.full(3, 0.5)
+    value[1] = 1e-310
+    with pytest.raises(ValueError, match=rf"{field} must not be subnormal.*at index 1"):
+        MechanismParams.paper_defaults(**{field: value})
+    # the smallest normal float and zero (where the domain allows it) stay valid
+    MechanismParams.paper_defaults(**{field: np.finfo(np.float64).tiny})
+
+
+def test_subnormal_theta_hat_refused_and_backends_agree_near_it():
+    p = MechanismParams.paper_defaults()
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="theta_hat must not be subnormal"):
+            incentive_gap(p, 5e-324, backend=backend)
+    # just above the subnormal range the three backends agree on validity
+    tiny = np.finfo(np.float64).tiny
+    q = MechanismParams.paper_defaults(v_bar=[tiny, 50.0], s_bar=[500.0, tiny], eps=[1.0, 0.0])
+    masks = [np.asarray(solve(q, constrained=True, backend=b).valid) for b in BACKENDS]
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])
+
+
+@pytest.mark.parametrize("field", ["R", "eta", "theta"])
+def test_complex_refused(field):
+    """Issue 10 item 12: complex arrays were cast to float, dropping the imaginary part."""
+    with pytest.raises(ValueError, match=f"{field} must be real"):
+        MechanismParams.paper_defaults(**{field: np.array([0.5 + 0.5j, 0.5])})
+    p = MechanismParams.paper_defaults()
+    with pytest.raises(ValueError, match="theta_hat must be real"):
+        incentive_gap(p, 0.5 + 0j, backend="jax")
+    with pytest.raises(ValueError, match="v must be real"):
+        success_probability(np.array([1j]), 1.0, p)
+    with pytest.raises(ValueError, match="s must be real"):
+        device_rule([1 + 0j], p)
+
+
+# ---------------------------------------------------------------- memory, checked upfront
+
+
+def test_too_large_grid_refused_naming_params_on_every_path():
+    """A broadcast grid of 10^12 points: a clear ValueError before any allocation, on
+    every backend and on numba's serial path too (issue 10 items 7 and 14)."""
+    from mcsl_core.mechanism import _numba
+
+    big = MechanismParams.paper_defaults(eta=np.full((10**6, 1), 5.0), xi=np.full(10**6, 5.0))
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match=r"params is too large.*10{12} points|params is too large"):
+            solve(big, backend=backend)
+        with pytest.raises(ValueError, match="params is too large"):
+            incentive_gap(big, 0.3, backend=backend, constrained=True)
+    for parallel in (True, False):
+        with pytest.raises(ValueError, match="params is too large"):
+            _numba.solve_flat(big.fields(), big.shape, True, parallel=parallel)
+        with pytest.raises(ValueError, match="params is too large"):
+            _numba.gap_flat((*big.fields(), np.full(1, 0.3)), big.shape, False, parallel=parallel)
+
+
+def test_documented_memory_is_what_is_checked(monkeypatch):
+    """The estimate checked is the docstring's: 42 bytes per point of outputs plus one
+    gather buffer per thread; with exactly that much memory free the call runs, with
+    one byte less it is refused."""
+    import numba
+
+    import mcsl_core._validation as V
+    from mcsl_core.mechanism import _numba
+
+    n = 10_000
+    p = MechanismParams.paper_defaults(eta=np.linspace(1.5, 9, n))
+    for parallel in (True, False):
+        threads = numba.get_num_threads() if parallel else 1
+        need = 42 * n + threads * (8 * 11 * _numba.CHUNK + 256)
+        assert _numba.kernel_bytes(n, 11, _numba.CHUNK, 42, parallel) == need
+        monkeypatch.setattr(V, "available_memory", lambda need=need: need)
+        _numba.solve_flat(p.fields(), p.shape, True, parallel=parallel)
+        monkeypatch.setattr(V, "available_memory", lambda need=need: need - 1)
+        with pytest.raises(ValueError, match="params is too large"):
+            _numba.solve_flat(p.fields(), p.shape, True, parallel=parallel)

@@ -1,35 +1,22 @@
-"""solve / incentive_gap against the symbolic derivation, brute force and each other."""
+"""solve / incentive_gap: the symbolic derivation, invariants, and the backends against each other.
+
+Value checks against exact references (both models, every backend, hard cases,
+the incentive gap) are in test_constrained.py, with their error model. Here:
+exact identities (numba == NumPy bit for bit, parallel == serial, broadcast ==
+materialised), the derivation itself, and invariants whose tolerance is stated.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from mcsl_core.mechanism import MechanismParams, _numba, incentive_gap, solve
-from tests.conftest import tol
 from tests.reference import mechanism_ref as ref
 
 FLOAT_OUT = ("s", "v", "g", "U_s", "U_d")
-
-
-def _close(a, b, scale, rtol=1e-9):
-    """Round-off comparison relative to the magnitude of the terms that were summed."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    assert np.array_equal(np.isnan(a), np.isnan(b))
-    m = ~np.isnan(a)
-    err = np.abs(a[m] - b[m])
-    lim = rtol * (np.abs(b[m]) + np.broadcast_to(scale, a.shape)[m])
-    worst = int(np.argmax(err / lim)) if err.size else 0
-    assert np.all(err <= lim), (a[m][worst], b[m][worst], err[worst], lim[worst])
-
-
-def _scale(pts):
-    """Size of the terms in the utilities (M, s_bar, v_bar) times T, squared for U."""
-    M = pts["R"] + pts["alpha_s"] * pts["theta"] + pts["beta_s"]
-    return 1.0 + M + pts["s_bar"] + pts["v_bar"] + pts["c_d"]
+U = 2.0**-53  # unit round-off of float64
 
 
 # ---------------------------------------------------------------- symbolic derivation
@@ -63,58 +50,7 @@ def test_server_problem_is_convex_at_some_valid_points(rng):
     assert np.array_equal(sol.valid, (k > 1) & (d2 < 0))
 
 
-# ---------------------------------------------------------------- paper's model
-
-
-@pytest.mark.parametrize("backend", ["numba", "numpy", "jax"])
-def test_unconstrained_matches_symbolic_reference(rng, backend):
-    pts = ref.random_points(rng, 300)
-    sol = solve(MechanismParams(**pts), backend=backend)
-    want = [ref.solve_point({n: pts[n][i] for n in ref.NAMES}) for i in range(300)]
-    assert np.array_equal(np.asarray(sol.valid), [w["valid"] for w in want])
-    assert np.array_equal(np.asarray(sol.accepted), [w["accepted"] for w in want])
-    sc = _scale(pts)
-    _close(sol.s, [w["s"] for w in want], sc)
-    _close(sol.v, [w["v"] for w in want], sc)
-    _close(sol.g, [w["g"] for w in want], 1.0)
-    _close(sol.U_s, [w["U_s"] for w in want], pts["T"] * sc)
-    _close(sol.U_d, [w["U_d"] for w in want], pts["T"] * sc * (1 + pts["eta"] * pts["xi"]))
-
-
-@pytest.mark.parametrize(
-    "over",
-    [
-        dict(eta=1.0 + 1e-9, xi=1.0),
-        dict(eta=1.0 + 1e-13, xi=1.0),
-        dict(eta=2.0, xi=0.5 + 1e-12),
-        dict(eps=1e-12),
-        dict(eps=1e-6),
-        dict(eps=1 - 1e-12),
-        dict(eps=1.0),
-        dict(eta=15.0, xi=15.0),
-        dict(c_d=0.0, R=0.0, alpha_s=0.0, beta_s=0.0),
-    ],
-)
-def test_hard_cases_match_reference(over):
-    P = {n: float(np.asarray(getattr(MechanismParams.paper_defaults(), n))) for n in ref.NAMES}
-    P.update(over)
-    want = ref.solve_point_exact(P)
-    # the closed forms divide by eps and by eta*xi - 1: the float result carries a
-    # relative error of about 1e-16 / min(eps, eta*xi - 1) from the rounded inputs
-    cond = 1.0 / min(P["eps"], P["eta"] * P["xi"] - 1.0, 1.0)
-    rt = 1e-13 * cond + 1e-12
-    for backend in ("numba", "numpy", "jax"):
-        sol = solve(MechanismParams(**P), backend=backend)
-        assert bool(sol.valid) == want["valid"]
-        assert bool(sol.accepted) == want["accepted"]
-        if not want["valid"]:
-            continue
-        big = {"s": abs(want["s"]), "v": abs(want["s"]) + abs(want["v"]), "g": 1.0}
-        for name in FLOAT_OUT:
-            scale = big.get(name, (abs(want["s"]) + abs(want["v"]) + P["R"] + P["c_d"]) * 1.0)
-            np.testing.assert_allclose(
-                float(getattr(sol, name)), want[name], rtol=rt, atol=rt * scale, err_msg=f"{backend} {name}"
-            )
+# ---------------------------------------------------------------- validity
 
 
 @pytest.mark.parametrize("constrained", [False, True])
@@ -136,34 +72,12 @@ def test_eps_zero():
     for backend in ("numba", "numpy", "jax"):
         sol = solve(p, constrained=True, backend=backend)
         assert bool(sol.valid)
-        np.testing.assert_allclose(float(sol.v), 0.0, atol=0)
-        np.testing.assert_allclose(float(sol.s), (10 + 3 * 0.5 + 2) / 2, **tol(np.float64))
+        assert float(sol.v) == 0.0
+        # M = 10 + 3 * 0.5 + 2 = 13.5 and M / 2 are exact in binary: no rounding at all
+        assert float(sol.s) == 6.75
 
 
 # ---------------------------------------------------------------- constrained model
-
-
-def test_constrained_matches_brute_force(rng):
-    pts = ref.random_points(rng, 30)
-    pts["eta"] = np.maximum(pts["eta"], 1.2 / pts["xi"])  # keep eta*xi > 1
-    # and a few from the paper's sweep range where the closed form's v* is negative
-    for n, val in dict(eta=[10.0, 14.0, 5.0], xi=[10.0, 14.0, 5.0], eps=[0.9, 0.5, 0.3]).items():
-        pts[n] = np.concatenate([pts[n], val])
-    base = MechanismParams.paper_defaults()
-    for n in ref.NAMES:
-        if pts[n].size == 30:
-            pts[n] = np.concatenate([pts[n], np.full(3, float(np.asarray(getattr(base, n))))])
-    sol = solve(MechanismParams(**pts), constrained=True)
-    assert sol.valid.all()
-    for i in range(33):
-        P = {n: pts[n][i] for n in ref.NAMES}
-        bf = ref.brute_force_constrained(P)
-        scale = P["T"] * _scale(P) ** 2
-        assert 0 <= sol.s[i] <= P["s_bar"] and 0 <= sol.v[i] <= P["v_bar"]
-        assert -1e-15 <= sol.g[i] <= 1 + 1e-15
-        # exact optimum: never below brute force, and brute force gets within its grid error
-        assert sol.U_s[i] >= bf["U_s"] - 1e-12 * scale, (i, sol.U_s[i], bf)
-        np.testing.assert_allclose(sol.U_s[i], bf["U_s"], rtol=1e-7, atol=1e-9 * scale)
 
 
 def test_constrained_never_worse_than_feasible_unconstrained(rng):
@@ -174,8 +88,14 @@ def test_constrained_never_worse_than_feasible_unconstrained(rng):
     c = solve(p, constrained=True)
     feas = u.valid & (u.v >= 0) & (u.v <= pts["v_bar"]) & (u.s >= 0) & (u.s <= pts["s_bar"])
     assert feas.sum() > 50
-    sc = pts["T"] * _scale(pts) ** 2
-    assert np.all(c.U_s[feas] >= u.U_s[feas] - 1e-12 * sc[feas])
+    # the paper's (s*, v*) is one of the constrained kernel's candidates, computed by the
+    # same expressions, so its score is never above the constrained best; U_s is then
+    # recomputed as T (M - v - s) g from each answer, 3 roundings each: at most 4 u |U_s|
+    # apart beyond that (checked bit-exact where the same candidate won)
+    lim = 4 * U * (np.abs(u.U_s) + np.abs(c.U_s))
+    assert np.all(c.U_s[feas] >= u.U_s[feas] - lim[feas])
+    same = feas & (c.s == u.s)
+    assert same.sum() > 50 and np.array_equal(c.U_s[same], u.U_s[same])
 
 
 # ---------------------------------------------------------------- backends agree
@@ -183,19 +103,25 @@ def test_constrained_never_worse_than_feasible_unconstrained(rng):
 
 @pytest.mark.parametrize("constrained", [False, True])
 def test_backends_agree(rng, constrained):
+    """numba and NumPy evaluate the same expressions in the same order: equal bit for
+    bit. XLA reorders and fuses floating-point operations, so JAX is compared with the
+    exact reference directly (test_constrained.py); here its masks must agree."""
     pts = ref.random_points(rng, 5000)
-    pts["eta"] = pts["eta"].reshape(50, 100)
     p = MechanismParams(**{n: (v.reshape(50, 100) if v.size == 5000 else v) for n, v in pts.items()})
     a = solve(p, constrained=constrained)
     b = solve(p, constrained=constrained, backend="numpy")
     c = solve(p, constrained=constrained, backend="jax")
-    sc = _scale({n: np.asarray(getattr(p, n)) for n in ref.NAMES}) * p.T
-    for other in (b, c):
-        for name in FLOAT_OUT:
-            _close(getattr(a, name), getattr(other, name), sc**2, rtol=1e-11)
-        assert np.array_equal(a.valid, np.asarray(other.valid))
-        assert np.array_equal(a.accepted, np.asarray(other.accepted))
+    for name in (*FLOAT_OUT, "valid", "accepted"):
+        assert _same(getattr(a, name), np.asarray(getattr(b, name))), name
+    assert np.array_equal(a.valid, np.asarray(c.valid))
+    assert np.array_equal(a.accepted, np.asarray(c.accepted))
     assert np.array_equal(a.accepted, a.valid & (a.U_s >= 0))
+    th = rng.uniform(0, 1, (50, 100))
+    g_nb = incentive_gap(p, th, constrained=constrained)
+    assert _same(g_nb, incentive_gap(p, th, constrained=constrained, backend="numpy"))
+    assert np.array_equal(
+        np.isnan(g_nb), np.isnan(np.asarray(incentive_gap(p, th, constrained=constrained, backend="jax")))
+    )
 
 
 def _same(x, y):
@@ -255,70 +181,3 @@ def test_same_input_same_output(rng):
     for c in (False, True):
         for x, y in zip(solve(p, constrained=c), solve(p, constrained=c)):
             assert np.array_equal(x, y, equal_nan=True) if x.dtype.kind == "f" else np.array_equal(x, y)
-
-
-# ---------------------------------------------------------------- incentive compatibility
-
-
-@pytest.mark.parametrize("constrained", [False, True])
-def test_incentive_gap_matches_direct_difference(rng, constrained):
-    pts = ref.random_points(rng, 400)
-    p = MechanismParams(**pts)
-    th_hat = rng.uniform(0, 1, 400)
-    gap = incentive_gap(p, th_hat, constrained=constrained)
-    sol = solve(p, constrained=constrained)
-    fake = solve(p.replace(theta=th_hat), constrained=constrained)
-    # the fake answer is scored under the true theta along the device's rule
-    from mcsl_core.mechanism import device_rule, server_utility
-
-    v_hat = np.nan_to_num(device_rule(np.nan_to_num(fake.s), p, constrained=constrained))
-    direct = sol.U_s - server_utility(v_hat, np.nan_to_num(fake.s), p)
-    direct = np.where(sol.valid, direct, np.nan)
-    sc = pts["T"] * _scale(pts) ** 2
-    _close(gap, direct, sc, rtol=1e-10)
-    for backend in ("numpy", "jax"):
-        _close(
-            gap,
-            np.asarray(incentive_gap(p, th_hat, constrained=constrained, backend=backend)),
-            sc,
-            rtol=1e-11,
-        )
-    assert np.all(gap[sol.valid] >= 0)
-    assert np.array_equal(np.isfinite(gap), sol.valid)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    R=st.floats(0, 100),
-    alpha_s=st.floats(0, 20),
-    beta_s=st.floats(0, 20),
-    v_bar=st.floats(1e-3, 1e3),
-    s_bar=st.floats(1e-3, 1e3),
-    c_d=st.floats(0, 20),
-    eta=st.floats(1e-3, 20),
-    xi=st.floats(1e-3, 20),
-    eps=st.floats(0, 1),
-    theta=st.floats(0, 1),
-    theta_hat=st.floats(0, 1),
-    constrained=st.booleans(),
-)
-def test_incentive_gap_never_negative(
-    R, alpha_s, beta_s, v_bar, s_bar, c_d, eta, xi, eps, theta, theta_hat, constrained
-):
-    p = MechanismParams(
-        R=R,
-        alpha_s=alpha_s,
-        beta_s=beta_s,
-        v_bar=v_bar,
-        s_bar=s_bar,
-        c_d=c_d,
-        eta=eta,
-        xi=xi,
-        eps=eps,
-        theta=theta,
-    )
-    gap = float(incentive_gap(p, theta_hat, constrained=constrained))
-    valid = bool(solve(p, constrained=constrained).valid)
-    assert np.isfinite(gap) == valid
-    if valid:
-        assert gap >= 0.0

@@ -152,3 +152,50 @@ def test_bad_arguments():
         simulate_play(tit_for_tat(), [0.5, 0.5], 0, seed=0)
     with pytest.raises(ValueError, match="steps must be >= 0"):
         evolve_requestor(tit_for_tat(), [0.5, 0.5], steps=-1, lr=0.1)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan, 2.7, True, "10", -3, 0, 2**63])
+def test_rounds_must_be_a_positive_integer(bad):
+    """Issue 10 item 12: rounds = inf / nan / 2.7 were truncated or raised a bare
+    OverflowError; each is a ValueError naming rounds now."""
+    with pytest.raises(ValueError, match="rounds must be"):
+        simulate_play(tit_for_tat(), [0.5, 0.5], bad, seed=0)
+    with pytest.raises(ValueError, match="steps must be"):
+        evolve_requestor(tit_for_tat(), [0.5, 0.5], steps=bad if bad not in (0,) else -1, lr=0.1)
+    # integral floats and numpy integers are integers
+    assert simulate_play(tit_for_tat(), [0.5, 0.5], 10.0, seed=0).shape == (4,)
+    assert simulate_play(tit_for_tat(), [0.5, 0.5], np.int64(10), seed=0).shape == (4,)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_memory_checked_before_the_kernels(monkeypatch, parallel):
+    """Issue 10 items 7 / 14: a batch that cannot fit raises a ValueError naming the
+    argument before anything is allocated, on the parallel and the serial path alike;
+    the estimate is the docstring's bytes per pair (and per record)."""
+    import mcsl_core._validation as V
+    from mcsl_core.payment import _dynamics
+
+    p = np.full((1000, 4), 0.5)
+    need = _dynamics.PLAY_BYTES_PER_PAIR * 1000
+    monkeypatch.setattr(V, "available_memory", lambda: need)
+    simulate_play(p, [0.5, 0.5], 5, seed=0, _parallel=parallel)
+    monkeypatch.setattr(V, "available_memory", lambda: need - 1)
+    with pytest.raises(ValueError, match="p is too large"):
+        simulate_play(p, [0.5, 0.5], 5, seed=0, _parallel=parallel)
+    R = 11  # records of evolve_requestor with steps = 10
+    need = _dynamics.TRAJ_BYTES_PER_RECORD * R * 1000 + 8 * R + 128 * 1000
+    monkeypatch.setattr(V, "available_memory", lambda: need)
+    evolve_requestor(p, [0.5, 0.5], steps=10, lr=0.1, _parallel=parallel)
+    monkeypatch.setattr(V, "available_memory", lambda: need - 1)
+    with pytest.raises(ValueError, match="steps is too large"):
+        evolve_requestor(p, [0.5, 0.5], steps=10, lr=0.1, _parallel=parallel)
+
+
+def test_huge_broadcast_batches_refused():
+    """10^12 pairs by broadcasting: refused upfront, not a MemoryError mid-way."""
+    p = np.full((10**6, 1, 4), 0.5)
+    q = np.full((1, 10**6, 2), 0.5)
+    with pytest.raises(ValueError, match="p is too large"):
+        simulate_play(p, q, 3, seed=0)
+    with pytest.raises(ValueError, match="steps is too large"):
+        evolve_requestor(p, q, steps=3, lr=0.1)

@@ -6,18 +6,25 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mcsl_core.payment import Settlement, settle
+from tests.conftest import examples
 from tests.reference.payment_ref import settle_ref
 
-money = st.floats(0.0, 1e6, allow_nan=False, allow_infinity=False)
-rate = st.floats(0.0, 1e3, allow_nan=False, allow_infinity=False)
-count = st.integers(0, 10_000)
+# amounts and rates up to 1e30 currency units (totals far beyond int64 minor units),
+# counts up to 10**12: the exact path must conserve money for all of them
+money = st.one_of(st.floats(0.0, 1e6), st.floats(0.0, 1e30))
+rate = st.one_of(st.floats(0.0, 1e3), st.floats(0.0, 1e30))
+count = st.one_of(st.integers(0, 10_000), st.integers(0, 10**12))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
+@example(amounts=[9e18, 9e18], trainings=[], nodes=[], w=(0.0, 0.0, 0.0), mu="1")  # issue 10 item 8
+@example(amounts=[1e30] * 3, trainings=[10**12], nodes=[(10**12, 10**12)], w=(1e30, 1e30, 1e30), mu="0.001")
+@example(amounts=[0.125, 0.125], trainings=[], nodes=[], w=(0.0, 0.0, 0.0), mu="0.01")  # ties
+@example(amounts=[], trainings=[], nodes=[], w=(0.0, 0.0, 0.0), mu="0.01")
 @given(
     amounts=st.lists(money, max_size=30),
     trainings=st.lists(count, max_size=20),
@@ -30,11 +37,14 @@ def test_conserves_money_and_matches_reference(amounts, trainings, nodes, w, mu)
     blocks = [b for _, b in nodes]
     s = settle(amounts, trainings, aggs, blocks, w_l=w[0], w_a=w[1], w_b=w[2], minor_unit=float(mu))
     assert isinstance(s, Settlement)
-    assert s.devices.dtype == np.int64 and s.servers.dtype == np.int64 and s.producers.dtype == np.int64
+    # exact Python ints, never a fixed-width integer that could wrap
+    for arr in (s.devices, s.servers, s.producers):
+        assert arr.dtype == object and all(type(v) is int for v in arr.tolist())
+    assert type(s.total) is int
     assert s.devices.shape == (len(amounts),) and s.servers.shape == (len(trainings),)
     assert s.producers.shape == (len(nodes),)
     paid = np.concatenate([s.devices, s.servers, s.producers])
-    assert int(paid.sum()) == s.total  # exact conservation
+    assert sum(paid.tolist()) == s.total  # exact conservation (Python ints)
     total, shares = settle_ref(amounts, trainings, aggs, blocks, *w, minor_unit=mu)
     assert s.total == total
     # each payee gets its floor or one unit more; more only where the exact share has a fraction
@@ -85,6 +95,17 @@ def test_half_even_total_and_tie_order():
     assert s.producers.tolist() == [0]
 
 
+def test_totals_beyond_int64_do_not_wrap():
+    """Issue 10 item 8: 2 x 9e18 minor units summed in int64 wrapped to a negative number."""
+    s = settle([9e18, 9e18], [], [], [], w_l=0, w_a=0, w_b=0, minor_unit=1.0)
+    assert s.devices.tolist() == [9 * 10**18, 9 * 10**18]
+    assert s.total == 18 * 10**18 == sum(s.devices.tolist()) == s.devices.sum()
+    # one payout alone beyond int64 (was refused before): exact, 10**30 / 0.01 minor units
+    s = settle([1e30], [3], [], [], w_l=1e30, w_a=0, w_b=0)
+    assert s.devices.tolist() == [int(Decimal(1e30) * 100)]
+    assert s.servers.tolist() == [int(Decimal(1e30) * 3 * 100)]
+
+
 def test_empty_and_zero():
     s = settle([], [], [], [], w_l=1.0, w_a=1.0, w_b=1.0)
     assert s.total == 0 and s.devices.size == s.servers.size == s.producers.size == 0
@@ -96,7 +117,7 @@ def test_large_counts_exact():
     s = settle([1e9], [10**9], [10**6], [10**6], w_l=0.01, w_a=0.5, w_b=1.25)
     exact = Decimal(1e9) + Decimal(0.01) * 10**9 + Decimal(0.5) * 10**6 + Decimal(1.25) * 10**6
     assert s.total == int((exact / Decimal("0.01")).to_integral_value(rounding="ROUND_HALF_EVEN"))
-    assert int(s.devices.sum() + s.servers.sum() + s.producers.sum()) == s.total
+    assert sum(s.devices.tolist() + s.servers.tolist() + s.producers.tolist()) == s.total
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,22 @@
   plain Python floats.
 - :func:`brute_force_constrained`: the feasible bilevel optimum at one point by dense
   grids and local refinement (no closed forms, no piecewise analysis).
+- :func:`constrained_exact`: the same optimum in exact rational arithmetic, by
+  enumerating the pieces of the server's piecewise-quadratic objective (breakpoints
+  and coefficients found from exact evaluations, not from the kernel's formulas).
+- :func:`condition`: how far an exact output moves when each input moves by one
+  relative unit, the yardstick for the float kernels' round-off.
+- :func:`unconstrained_exact_fractions`: the paper's model in exact rationals from the
+  sympy derivation's expressions.
+- :func:`gap_exact_fraction`: Theorem IV.1's gap from two exact optimisations.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import sympy as sp
@@ -214,3 +224,259 @@ def random_points(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         theta=rng.uniform(0, 1, n),
         T=rng.uniform(0.1, 3, n),
     )
+
+
+# ---------------------------------------------------------------- constrained model, exact
+
+
+def _device_best_v(s: Fraction, P: dict) -> Fraction:
+    """The device's best v in [0, v_bar] at one s, exactly: U_d(v) / T is the quadratic
+    ((1 - k) v + s - c_d) (a v + b s) in v; its maximiser over the interval is an end or
+    the vertex, scored exactly. Ties (U_d flat in v: eps = 0 and s = 0) go to the least
+    v, the eps -> 0 limit of the rule."""
+    a, b, k, cd, vb = P["a"], P["b"], P["k"], P["c_d"], P["v_bar"]
+
+    def ud(v):
+        return ((1 - k) * v + s - cd) * (a * v + b * s)
+
+    cands = [Fraction(0), vb]
+    c2 = (1 - k) * a  # coefficient of v^2
+    if c2 != 0:
+        c1 = (1 - k) * b * s + a * (s - cd)
+        vert = -c1 / (2 * c2)
+        if 0 < vert < vb:
+            cands.append(vert)
+    best = max(ud(v) for v in cands)
+    return min(v for v in cands if ud(v) == best)
+
+
+def _fractions(point: dict) -> dict:
+    P = {n: (point[n] if isinstance(point[n], Fraction) else Fraction(float(point[n]))) for n in NAMES}
+    P["k"] = P["eta"] * P["xi"]
+    P["a"] = P["eps"] / P["v_bar"]
+    P["b"] = (1 - P["eps"]) / P["s_bar"]
+    P["M"] = P["R"] + P["alpha_s"] * P["theta"] + P["beta_s"]
+    return P
+
+
+def constrained_exact_fractions(point: dict, M_override: Fraction | None = None) -> dict | None:
+    """The feasible bilevel optimum at one point in exact rational arithmetic.
+
+    Independent of the kernel's closed forms: the device's answer v(s) is found by
+    scoring its interval's ends and vertex exactly (:func:`_device_best_v`); it is a
+    clipped affine function of s (U_d's vertex is affine in s), so its breakpoints
+    come from two exact evaluations of the unclipped vertex; between breakpoints the
+    server's U_s(v(s), s) is a polynomial of degree <= 2 in s, whose coefficients are
+    read off three exact evaluations (Lagrange); each piece's maximum is at an end
+    or at the vertex of a concave piece. The largest value wins; among exact ties the
+    least s. ``M_override`` replaces R + r(theta) in the server's objective (the
+    incentive gap's fake theta_hat). Returns Fractions (s, v, g, U_s, U_d, f, ties),
+    or None where eta * xi <= 1 (no mechanism).
+    """
+    P = _fractions(point)
+    if not P["k"] > 1:
+        return None
+    M = P["M"] if M_override is None else M_override
+    sb, vb, a, b, k = P["s_bar"], P["v_bar"], P["a"], P["b"], P["k"]
+
+    def f(s):
+        v = _device_best_v(s, P)
+        return (M - v - s) * (a * v + b * s)
+
+    # unclipped vertex of U_d in v, affine in s (defined when a > 0)
+    knots = {Fraction(0), sb}
+    if a > 0:
+
+        def vert(s):
+            return -((1 - k) * b * s + a * (s - P["c_d"])) / (2 * (1 - k) * a)
+
+        slope = vert(Fraction(1)) - vert(Fraction(0))
+        if slope != 0:
+            for target in (Fraction(0), vb):
+                t = (target - vert(Fraction(0))) / slope
+                if 0 < t < sb:
+                    knots.add(t)
+    knots = sorted(knots)
+    cands = set(knots)
+    for lo, hi in itertools.pairwise(knots):
+        mid = (lo + hi) / 2
+        f0, f1, f2 = f(lo), f(mid), f(hi)
+        h = mid - lo
+        # f(lo + t) = A t^2 + B t + f0 through the three points
+        A = (f2 - 2 * f1 + f0) / (2 * h * h)
+        B = (f1 - f0) / h - A * h
+        if A < 0:
+            t = -B / (2 * A)
+            if 0 < t < hi - lo:
+                cands.add(lo + t)
+    scored = [(f(s), s) for s in cands]
+    best = max(fs for fs, _ in scored)
+    ties = sorted(s for fs, s in scored if fs == best)
+    s = ties[0]
+    v = _device_best_v(s, P)
+    g = a * v + b * s
+    T = P["T"]
+    return dict(
+        s=s,
+        v=v,
+        g=g,
+        U_s=T * (P["M"] - v - s) * g,
+        U_d=T * (v + s - P["c_d"] - k * v) * g,
+        f=best,
+        ties=len(ties),
+    )
+
+
+def constrained_exact(point: dict) -> dict:
+    """:func:`constrained_exact_fractions` rounded to floats (nearest), with ``valid`` and
+    ``accepted`` (U_s >= 0, decided exactly)."""
+    r = constrained_exact_fractions(point)
+    if r is None:
+        nan = math.nan
+        return dict(s=nan, v=nan, g=nan, U_s=nan, U_d=nan, valid=False, accepted=False, ties=0)
+    out = {n: float(r[n]) for n in ("s", "v", "g", "U_s", "U_d")}
+    return dict(out, valid=True, accepted=bool(r["U_s"] >= 0), ties=r["ties"])
+
+
+def server_value_exact(point: dict, s: float, M_override: Fraction | None = None) -> Fraction:
+    """U_s / T at a given s (taken exactly) along the device's exact best answer."""
+    P = _fractions(point)
+    M = P["M"] if M_override is None else M_override
+    s = Fraction(float(s))
+    v = _device_best_v(s, P)
+    return (M - v - s) * (P["a"] * v + P["b"] * s)
+
+
+def _value_at(s: Fraction, P: dict) -> Fraction:
+    v = _device_best_v(s, P)
+    return (P["M"] - v - s) * (P["a"] * v + P["b"] * s)
+
+
+#: Relative step of :func:`condition` (exact in binary, far below the outputs' scale
+#: yet far above float64's unit round-off, so the differences are exact derivatives
+#: of the piecewise-rational outputs except within 2**-40 of a kink).
+COND_STEP = Fraction(1, 2**40)
+OUTPUTS = ("s", "v", "g", "U_s", "U_d")
+
+
+def condition(point: dict, solver=None, outputs=OUTPUTS, names=NAMES) -> dict:
+    """Per output y: sum over inputs x_i of max over +-h of |y(x_i (1 +- h)) - y(x)| / h.
+
+    This is the first-order change of the exact y when every input moves by one
+    relative unit: a float computation whose roundings act as relative input
+    perturbations of at most c units of round-off u each is off by at most about
+    ``c u (condition + |y|)``. A jump of the argmax (two pieces tied within h)
+    makes the condition huge, as it should: such an s is not determined by the
+    inputs to float precision. ``solver`` maps a point to Fractions (default: the
+    constrained exact solver).
+    """
+    solver = solver or constrained_exact_fractions
+    base = solver(point)
+    out = dict.fromkeys(outputs, Fraction(0))
+    for n in names:
+        x = Fraction(float(point[n]))
+        if x == 0:
+            continue
+        worst = dict.fromkeys(outputs, Fraction(0))
+        for sign in (1, -1):
+            moved = dict(point)
+            xm = x * (1 + sign * COND_STEP)
+            moved[n] = xm
+            r = solver(moved)
+            if r is None:
+                continue
+            for y in outputs:
+                worst[y] = max(worst[y], abs(r[y] - base[y]) / COND_STEP)
+        for y in outputs:
+            out[y] += worst[y]
+    return {y: float(v) for y, v in out.items()}
+
+
+# ---------------------------------------------------------------- paper's model, exact
+
+
+@functools.lru_cache(maxsize=1)
+def _exact_fns() -> dict:
+    """The sympy derivation's expressions as Python functions of Fractions (the printed
+    code is pure integer-coefficient arithmetic, so Fractions stay exact)."""
+    from sympy.printing.pycode import PythonCodePrinter
+
+    class _FractionPrinter(PythonCodePrinter):
+        def _print_Rational(self, e):
+            return f"Fraction({e.p}, {e.q})"
+
+        _print_Half = _print_Rational
+
+    d = derivation()
+    syms = d["symbols"]
+
+    def mk(args, e):
+        return sp.lambdify(args, e, modules=[{"Fraction": Fraction}], printer=_FractionPrinter)
+
+    return dict(
+        s_star=mk(syms, d["s_star"]),
+        v_star=mk((d["s"], *syms), d["v_star"]),
+        d2=mk(syms, d["d2Us_ds2"]),
+        Us=mk((d["v"], d["s"], *syms), d["U_s"]),
+        Ud=mk((d["v"], d["s"], *syms), d["U_d"]),
+        g=mk((d["v"], d["s"], *syms), d["g"]),
+        Us_along=mk((d["s"], *syms), d["Us_along"]),
+    )
+
+
+def _exact(x) -> Fraction:
+    if not isinstance(x, Fraction):
+        raise TypeError(f"exact evaluation produced {type(x).__name__}, not a Fraction")
+    return x
+
+
+def unconstrained_exact_fractions(point: dict) -> dict | None:
+    """The paper's model at one point in exact rational arithmetic, from the sympy
+    derivation (first-order conditions of eqs. (3) and (1)); None where it has no
+    maximiser (eta xi <= 1, eps = 0, or U_s convex along the rule)."""
+    fn = _exact_fns()
+    P = _fractions(point)
+    x = [P[n] for n in NAMES]
+    if not (P["k"] > 1 and P["eps"] > 0) or not _exact(fn["d2"](*x)) < 0:
+        return None
+    s = _exact(fn["s_star"](*x))
+    v = _exact(fn["v_star"](s, *x))
+    return dict(
+        s=s, v=v, g=_exact(fn["g"](v, s, *x)), U_s=_exact(fn["Us"](v, s, *x)), U_d=_exact(fn["Ud"](v, s, *x))
+    )
+
+
+def exact_solution(point: dict, constrained: bool) -> dict:
+    """Floats (nearest) of the exact solution with ``valid``/``accepted`` (decided exactly)."""
+    r = (constrained_exact_fractions if constrained else unconstrained_exact_fractions)(point)
+    if r is None:
+        nan = math.nan
+        return dict(s=nan, v=nan, g=nan, U_s=nan, U_d=nan, valid=False, accepted=False, U_s_exact=None)
+    out = {n: float(r[n]) for n in OUTPUTS}
+    return dict(out, valid=True, accepted=bool(r["U_s"] >= 0), U_s_exact=r["U_s"])
+
+
+def gap_exact_fraction(point: dict, constrained: bool) -> dict | None:
+    """Theorem IV.1's gap ``U_s(s*(theta)) - U_s(s*(theta_hat))`` under the true theta,
+    exactly, from two independent optimisations (``point["theta_hat"]`` is the fake
+    degree); None where the model has no answer."""
+    P = _fractions(point)
+    th_hat = (
+        point["theta_hat"]
+        if isinstance(point["theta_hat"], Fraction)
+        else Fraction(float(point["theta_hat"]))
+    )
+    if constrained:
+        true = constrained_exact_fractions(point)
+        if true is None:
+            return None
+        fake = constrained_exact_fractions(point, M_override=P["R"] + P["alpha_s"] * th_hat + P["beta_s"])
+        return dict(gap=P["T"] * (true["f"] - _value_at(fake["s"], P)))
+    true = unconstrained_exact_fractions(point)
+    if true is None:
+        return None
+    fn = _exact_fns()
+    x = [P[n] for n in NAMES]
+    x_hat = [th_hat if n == "theta" else P[n] for n in NAMES]
+    s_hat = _exact(fn["s_star"](*x_hat))
+    return dict(gap=true["U_s"] - _exact(fn["Us_along"](s_hat, *x)))
