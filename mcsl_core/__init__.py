@@ -19,7 +19,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("mechanism", "fl", "consensus", "ledger", "payment", "system", "experiments")
+_SUBMODULES = ("mechanism", "fl", "consensus", "ledger", "payment", "system", "sweep", "experiments")
 
 __all__ = ["__version__", *_SUBMODULES]
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "prepare_out_dir", "write_csv"]
 
@@ -103,3 +105,39 @@ def prepare_out_dir(path: str | os.PathLike, *, arg: str = "--out") -> Path:
     except OSError as exc:
         raise ValueError(f"{arg}: cannot write in folder {p}: {exc.strerror or exc}") from None
     return p
+
+
+# ---------------------------------------------------------------- TOML
+def _toml_string(s: str) -> str:
+    """A TOML basic string: quote, backslash and control characters (with DEL) escaped."""
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)  # any other character, astral ones too, stands for itself
+    return '"' + "".join(out) + '"'
+
+
+def toml_text(mapping: Mapping[str, Mapping[str, Any]]) -> str:
+    """TOML text of a ``{section: {key: value}}`` mapping (``tomllib`` reads it back equal)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return _toml_string(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        if isinstance(v, float) and not math.isfinite(v):
+            return {math.inf: "inf", -math.inf: "-inf"}.get(v, "nan")
+        return repr(v)
+
+    lines = []
+    for section, body in mapping.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {fmt(v)}" for k, v in body.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

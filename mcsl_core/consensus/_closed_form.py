@@ -8,6 +8,7 @@ import numpy as np
 
 from mcsl_core._bft import max_faulty as fault_tolerance
 from mcsl_core._bft import quorum
+from mcsl_core._names import PROTOCOLS
 from mcsl_core._validation import check_nonneg_int, check_range
 
 __all__ = [
@@ -19,7 +20,6 @@ __all__ = [
     "pbft_message_counts",
 ]
 
-PROTOCOLS = ("pbft", "paper", "hotstuff")
 BLOCK_CARRIES = ("updates", "digests")
 SIG_BYTES = 64.0
 DIGEST_BYTES = 32.0

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mcsl_core._names import AGGREGATORS
+
 __all__ = [
     "AGGREGATORS",
     "clip_updates",
@@ -31,7 +33,6 @@ PyTree = Any
 #: The aggregation rules by name: the one registry that :class:`mcsl_core.fl.FLConfig`
 #: (``aggregator``) and the system layer validate against. DP-FedAvg is not a name
 #: here: it is switched on by ``dp_clip_norm`` and replaces the rule.
-AGGREGATORS: tuple[str, ...] = ("fedavg", "median", "trimmed_mean", "krum")
 
 
 def _num_clients(updates: PyTree) -> int:

@@ -43,6 +43,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mcsl_core._names import STRATEGIES
 from mcsl_core.fl._aggregate import AGGREGATORS, dp_fedavg, fedavg, krum, median, trimmed_mean
 from mcsl_core.fl._data import FederatedData, bucket_steps
 
@@ -65,7 +66,6 @@ __all__ = [
 ]
 
 PyTree = Any
-STRATEGIES = ("auto", "loop", "vmap", "shard")
 
 
 # ---------------------------------------------------------------------------

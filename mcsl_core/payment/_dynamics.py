@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from mcsl_core._names import REQUESTOR_RULES
 from mcsl_core._validation import check_int_scalar, check_memory, check_range
 from mcsl_core.payment._game import (
     PAPER_X,
@@ -31,7 +32,7 @@ from mcsl_core.payment._markov import check_init, threads
 
 __all__ = ["RULES", "Trajectory", "evolve_requestor", "simulate_play"]
 
-RULES = ("gradient", "bush_mosteller")
+RULES = REQUESTOR_RULES
 
 _INT64_MAX = 2**63 - 1  # the kernels count rounds and steps in int64
 

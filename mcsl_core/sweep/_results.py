@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcsl_core._io import write_csv
-from mcsl_core.sweep._spec import SweepPoint, mapping_to_toml
+from mcsl_core._io import toml_text, write_csv
+from mcsl_core.sweep._spec import SweepPoint
 from mcsl_core.system import TaskReport
 
 __all__ = ["is_timing_column", "load_rows", "make_row", "read_results", "write_point", "write_results"]
@@ -113,7 +113,7 @@ def write_point(out_dir: Path, point: SweepPoint, result: Mapping[str, Any], row
     points.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{point.point}-", dir=points))
     files = dict(result["files"])
-    files["config.toml"] = mapping_to_toml(point.mapping).encode()
+    files["config.toml"] = toml_text(point.mapping).encode()
     if result["status"] != "ok":
         files["error.txt"] = result.get("traceback", "").encode()
     for rel, data in files.items():

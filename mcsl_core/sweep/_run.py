@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcsl_core._io import prepare_out_dir
 from mcsl_core.sweep import _results, _worker
 from mcsl_core.sweep._spec import SweepPoint, SweepSpec, load_spec, spec_from_mapping
 
@@ -139,19 +140,6 @@ def _locked(out_dir: Path) -> Iterator[None]:
         fh.close()
 
 
-def _check_out(out_dir: Path) -> Path:
-    """A folder we can write (the sweep's own check: the output path must be a directory)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out: {out_dir} exists and is not a folder")
-    probe = out_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--out: cannot write in {probe}")
-    return out_dir
-
-
 def _as_spec(spec: SweepSpec | str | os.PathLike | Mapping[str, Any]) -> SweepSpec:
     if isinstance(spec, SweepSpec):
         return spec
@@ -195,7 +183,7 @@ def run_sweep(
     A point whose task raises is recorded ``failed``; the sweep goes on.
     """
     spec = _as_spec(spec)
-    out_dir = _check_out(Path(out_dir))
+    out_dir = prepare_out_dir(out_dir, arg="out_dir")
     if executor is not None and workers is not None:
         raise ValueError("workers: give either an executor or a number of local workers, not both")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):

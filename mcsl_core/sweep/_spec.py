@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -292,38 +291,3 @@ def _points(base_map: dict, grid: dict, zipped: dict, seeds: tuple[int, ...]) ->
     if not points:
         raise ValueError("the sweep has no points")
     return tuple(points)
-
-
-def _toml_string(s: str) -> str:
-    """A TOML basic string: quote, backslash and control characters (with DEL) escaped."""
-    out = []
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)  # any other character, astral ones too, stands for itself
-    return '"' + "".join(out) + '"'
-
-
-def mapping_to_toml(mapping: Mapping[str, Mapping[str, Any]]) -> str:
-    """TOML text of a ``{section: {key: value}}`` mapping (``tomllib`` reads it back equal)."""
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return _toml_string(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        if isinstance(v, float) and not math.isfinite(v):
-            return {math.inf: "inf", -math.inf: "-inf"}.get(v, "nan")
-        return repr(v)
-
-    lines = []
-    for section, body in mapping.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {fmt(v)}" for k, v in body.items() if v is not None]
-        lines.append("")
-    return "\n".join(lines)

@@ -13,7 +13,6 @@ Byzantine attacks, leader strategies) are listed here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tomllib
 import types
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mcsl_core._bft import max_faulty
+from mcsl_core._io import toml_text
+from mcsl_core._names import AGGREGATORS, PROTOCOLS, REQUESTOR_RULES, STRATEGIES
 
 __all__ = [
     "ATTACKS",
@@ -275,17 +276,15 @@ def _check_ranges(c: TaskConfig) -> None:
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from mcsl_core import consensus, fl, payment
-
     return {
         "dataset": DATASETS,
         "model": MODELS,
-        "aggregator": tuple(fl.AGGREGATORS),
-        "strategy": tuple(fl.STRATEGIES),
+        "aggregator": AGGREGATORS,
+        "strategy": STRATEGIES,
         "byzantine_attack": ATTACKS,
-        "protocol": tuple(consensus.PROTOCOLS),
+        "protocol": PROTOCOLS,
         "leader_strategy": LEADER_STRATEGIES,
-        "requestor_rule": tuple(payment.RULES),
+        "requestor_rule": REQUESTOR_RULES,
     }
 
 
@@ -399,19 +398,4 @@ def load_config(path: str | Path) -> TaskConfig:
 
 def config_to_toml(cfg: TaskConfig) -> str:
     """The TOML text that :func:`load_config` reads back to ``cfg``."""
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, tuple):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return repr(v)
-
-    lines = []
-    for section, names in SECTIONS.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{n} = {fmt(getattr(cfg, n))}" for n in names if getattr(cfg, n) is not None)
-        lines.append("")
-    return "\n".join(lines)
+    return toml_text({section: {n: getattr(cfg, n) for n in names} for section, names in SECTIONS.items()})

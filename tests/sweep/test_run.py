@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from mcsl_core import ledger as L
+from mcsl_core._io import toml_text
 from mcsl_core.cli import main
 from mcsl_core.sweep import (
     SerialExecutor,
@@ -33,7 +34,6 @@ from mcsl_core.sweep import (
     seed_stats,
     spec_from_mapping,
 )
-from mcsl_core.sweep._spec import mapping_to_toml
 from mcsl_core.system import load_config, run_task
 
 TINY = {
@@ -52,9 +52,9 @@ def make_spec(grid=GRID, seeds=(0,), **sections):
 
 def write_spec(path: Path, grid=GRID, seeds=(0,)) -> Path:
     sweep = {"sweep": {"seeds": list(seeds)}}
-    text = mapping_to_toml(sweep) + "[sweep.grid]\n"
+    text = toml_text(sweep) + "[sweep.grid]\n"
     text += "".join(f'"{k}" = {json.dumps(v)}\n' for k, v in grid.items())
-    path.write_text(text + mapping_to_toml(TINY))
+    path.write_text(text + toml_text(TINY))
     return path
 
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from mcsl_core._io import toml_text
 from mcsl_core.cli import main
 from mcsl_core.sweep import load_spec, point_hash, spec_from_mapping
-from mcsl_core.sweep._spec import mapping_to_toml
 from mcsl_core.system import TaskConfig, config_from_mapping, load_config
 from tests.conftest import examples
 
@@ -211,7 +211,7 @@ def test_point_config_toml_reads_back_to_the_point(grid):
     except ValueError:
         return  # equal values after canonicalisation (1 and 1.0): rejected, tested above
     for p in spec.points:
-        text = mapping_to_toml(p.mapping)
+        text = toml_text(p.mapping)
         assert config_from_mapping(tomllib.loads(text)) == p.config
 
 

@@ -24,6 +24,10 @@ def test_every_field_is_in_exactly_one_section_and_toml_round_trips(tmp_path):
     cfg = TaskConfig(task_id="t ü", leader_strategy="wsls", installments=7, faulty_leader_rounds=(2, 3))
     (tmp_path / "c.toml").write_text(config_to_toml(cfg))
     assert load_config(tmp_path / "c.toml") == cfg
+    # characters outside the BMP and quotes: JSON's surrogate-pair escapes are not TOML
+    odd = TaskConfig(task_id='emoji \U0001f600 "quoted"')
+    (tmp_path / "odd.toml").write_text(config_to_toml(odd), encoding="utf-8")
+    assert load_config(tmp_path / "odd.toml") == odd
 
 
 @pytest.mark.parametrize(
@@ -76,7 +80,11 @@ def test_bad_config_is_rejected_with_the_key(mapping, message):
 
 
 def test_choice_lists_are_the_owners():
-    from mcsl_core import consensus, fl, payment
+    from mcsl_core import _names, consensus, fl, payment
+
+    # one registry: each owner exports the very tuple the config validates against
+    assert fl.AGGREGATORS is _names.AGGREGATORS and fl.STRATEGIES is _names.STRATEGIES
+    assert consensus.PROTOCOLS is _names.PROTOCOLS and payment.RULES is _names.REQUESTOR_RULES
 
     cfg = TaskConfig()
     for key, owner in (
