@@ -51,7 +51,7 @@ def plot_sweep(
     rows: Sequence[Mapping[str, Any]], axes: Sequence[str], metrics: Sequence[str], path: str | Path
 ) -> Path:
     """Draw one panel per metric: mean over seeds (line) and mean +- one std (band)."""
-    from mcsl_core.experiments._common import pyplot, save_figure
+    from mcsl_core._plot import pyplot, save_figure
 
     plt = pyplot()
     n = max(1, len(metrics))
