@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -38,6 +39,7 @@ class ConsensusResult:
     phase_time_s: MessageCounts  # last time a message of that kind was handled (NaN: none)
     node_commit_s: np.ndarray  # shape=[n], float64: when each node committed (NaN: never)
     node_digest: np.ndarray  # shape=[n], int64: digest each node committed (-1: none)
+    node_conflict: np.ndarray  # shape=[n], bool: the node later committed a different digest
     faulty: np.ndarray  # shape=[n], bool
     agreement: bool  # no two honest nodes committed different blocks, none changed its mind
     all_honest_committed_s: float  # last honest commit (NaN if some honest node never committed)
@@ -266,7 +268,7 @@ def make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, clie
     return ConsensusResult(
         time_s=float(client[1]),
         messages=int(cnt.sum()),
-        bytes=float(byt.sum()),
+        bytes=math.fsum(float(b) for b in byt),  # correctly rounded: independent of order
         committed=bool(client[0] >= 0),
         view_changes=int(node_i[honest, 1].max()) if honest.any() else 0,
         phase_messages=MessageCounts(*(int(c) for c in cnt)),
@@ -274,6 +276,7 @@ def make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, clie
         phase_time_s=MessageCounts(*(float(t) for t in ptime)),
         node_commit_s=node_t.copy(),
         node_digest=node_d.copy(),
+        node_conflict=node_i[:, 0].astype(bool),
         faulty=mask.copy(),
         agreement=agreement,
         all_honest_committed_s=all_t,
