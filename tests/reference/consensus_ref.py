@@ -71,7 +71,7 @@ def faulty_nodes(n: int, faulty, leader_faulty: bool) -> list[bool]:
     """A count k: the last k nodes, or node 0 and the last k - 1 (leader faulty); or indices."""
     if isinstance(faulty, (int, np.integer)):
         k = int(faulty)
-        chosen = ([0] + list(range(n - k + 1, n))) if leader_faulty else list(range(n - k, n))
+        chosen = [0, *range(n - k + 1, n)] if leader_faulty else list(range(n - k, n))
     else:
         chosen = [int(i) for i in faulty]
     return [i in chosen for i in range(n)]
@@ -208,7 +208,9 @@ class Reference:
 
     def to_one(self, i, j, kind, view, digest, aux=0):
         net = self.net
-        self.send(i, j, kind, view, digest, aux, net.header_bytes, self.vote_cost(), self.sign(i, now=self.now))
+        self.send(
+            i, j, kind, view, digest, aux, net.header_bytes, self.vote_cost(), self.sign(i, now=self.now)
+        )
 
     def vote_cost(self):
         return self.net.processing_s + self.net.verify_s
