@@ -10,6 +10,7 @@ none means every suite. ``compare`` is pytest-benchmark's ``--benchmark-compare`
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench_results"
 THRESHOLD = "median:30%"
+# suites whose JSON keeps summary statistics only (pytest-benchmark's --benchmark-json
+# always writes every raw sample under stats.data)
+SUMMARY_ONLY = {"consensus"}
 
 
 def suites(names: list[str]) -> list[str]:
@@ -57,6 +61,8 @@ def record(names: list[str]) -> int:
         rc = subprocess.call(pytest_cmd(suite, f"--benchmark-json={out}"), cwd=ROOT)
         if rc != 0:
             return rc
+        if suite in SUMMARY_ONLY:
+            strip_samples(out)
     summary = subprocess.run(
         [sys.executable, "benchmarks/summarize.py", *map(str, sorted(RESULTS.glob("*.json")))],
         cwd=ROOT,
@@ -67,6 +73,14 @@ def record(names: list[str]) -> int:
     (RESULTS / "summary.md").write_text(summary)
     print(summary)
     return 0
+
+
+def strip_samples(path: Path) -> None:
+    """Drop the raw samples (``stats.data``) from a pytest-benchmark JSON file, keep the rest."""
+    data = json.loads(path.read_text())
+    for bench in data.get("benchmarks", []):
+        (bench.get("stats") or {}).pop("data", None)
+    path.write_text(json.dumps(data, indent=4) + "\n")
 
 
 def compare(names: list[str]) -> int:

@@ -124,7 +124,16 @@ def fault_mask(n: int, faulty, leader_faulty: bool) -> np.ndarray:
 
 
 def _auto_timeout(n: int, U: int, upd: float, payload: float, net: NetworkModel) -> float:
-    """Base view-change timeout: ``2 * (normal-case bound) + 1 s`` (see NetworkModel)."""
+    """Base view-change timeout: ``2 * estimate + 1`` s (see NetworkModel), where
+
+    ``estimate`` is the sum, in this order, of: ``6 L``; ``n (H + upd) e_up``;
+    ``U ((H + upd) down + proc + ver + hpb upd)``; ``(n - 1) (H + payload) up``;
+    ``(H + payload) down``; ``proc``; ``ver (1 + U)``; ``2 hpb payload``;
+    ``3 n (H (up + down) + proc + ver)``; ``8 sign`` -- with ``L`` the latency mean
+    (times 10 unless the latency is constant), ``up, down, e_up`` the seconds per byte
+    of a node's links and an edge server's uplink (8 / bits per second), ``H`` the
+    header bytes and ``payload`` the block's (``U upd``, or ``32 U`` for digests).
+    """
     spb = net.seconds_per_byte()
     H = net.header_bytes
     lat_hi = net.latency_mean_s * (1.0 if net.latency == "constant" else 10.0)
