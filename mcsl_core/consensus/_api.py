@@ -239,9 +239,9 @@ def available_bytes() -> int:
         return 1 << 62  # unknown: do not refuse
 
 
-def _check_fits(n: int, U: int, V: int, where: str = "") -> int:
+def _check_fits(n: int, U: int, V: int, where: str = "", have: int | None = None) -> int:
     need = kernel_bytes(n, U, V)
-    have = available_bytes()
+    have = available_bytes() if have is None else have
     if need > have:
         raise ValueError(
             f"n_nodes = {n}{where} (with n_updates = {U}, {V} views) needs about {need / 2**30:.2f} GiB "
@@ -415,9 +415,10 @@ def sweep(
             full["seeds"][c],
             None,
         )
+    have = available_bytes()
     need = np.array(
         [
-            _check_fits(int(ip[_sim.I_N]), int(ip[_sim.I_U]), int(ip[_sim.I_V]), f" at index {c}")
+            _check_fits(int(ip[_sim.I_N]), int(ip[_sim.I_U]), int(ip[_sim.I_V]), f" at index {c}", have)
             for c, ip in enumerate(IPs)
         ],
         dtype=np.int64,

@@ -220,6 +220,35 @@ def _sift_up(H, base, i, tb, key):
 
 
 @njit(cache=True, _nrt=False)
+def _replace_root(H, base, n, tb, key):
+    """Replace the root of a heap of ``n`` entries by (tb, key) and sift it down."""
+    i = 0
+    while True:
+        a = 4 * i + 1
+        if a >= n:
+            break
+        last = a + 4
+        if last > n:
+            last = n
+        ta = H[base + a, 0]
+        ka = H[base + a, 1]
+        for b in range(a + 1, last):
+            tt = H[base + b, 0]
+            if tt < ta or (tt == ta and H[base + b, 1] < ka):
+                a = b
+                ta = tt
+                ka = H[base + b, 1]
+        if ta < tb or (ta == tb and ka < key):
+            H[base + i, 0] = ta
+            H[base + i, 1] = ka
+            i = a
+        else:
+            break
+    H[base + i, 0] = tb
+    H[base + i, 1] = key
+
+
+@njit(cache=True, _nrt=False)
 def _sift_pop(H, base, n):
     """Remove the root of a heap that now holds ``n`` entries; return the root's key.
 
@@ -326,17 +355,17 @@ def _next(Q):
             fifo = tg < th or (tg == th and GP[gb, 1] < HP[hb, 1])
     if fifo:
         tb = GP[gb, 0]
-        g = ctr[C_GN] - 1
-        ctr[C_GN] = g
-        k = _sift_pop(GP, gb, g) & 0xFFFFFFFF
+        k = GP[gb, 1] & 0xFFFFFFFF
         slot = np.int64(fhead[k])
         nx = NX[slot]
         fhead[k] = nx
         if nx < 0:
             ftail[k] = -1
-        else:
-            _sift_up(GP, gb, g, _bits(Q, ET[nx]), (ES[nx] << SLOT_BITS) | k)
-            ctr[C_GN] = g + 1
+            g = ctr[C_GN] - 1
+            ctr[C_GN] = g
+            _sift_pop(GP, gb, g)
+        else:  # the receiver's next handle event replaces the root: one sift down
+            _replace_root(GP, gb, ctr[C_GN], _bits(Q, ET[nx]), (ES[nx] << SLOT_BITS) | k)
         return _float(Q, tb), slot, True
     tb = HP[hb, 0]
     h = ctr[C_HN] - 1
