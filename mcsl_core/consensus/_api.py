@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from mcsl_core._validation import check_nonneg_int, check_range
@@ -14,7 +17,17 @@ from . import _sim
 from ._closed_form import BLOCK_CARRIES, PROTOCOLS, MessageCounts, fault_tolerance, quorum
 from ._network import NetworkModel
 
-__all__ = ["FAULTS", "ConsensusResult", "SweepResult", "build_inputs", "fault_mask", "simulate_pbft", "sweep"]
+__all__ = [
+    "FAULTS",
+    "ConsensusResult",
+    "SweepResult",
+    "available_bytes",
+    "build_inputs",
+    "fault_mask",
+    "kernel_bytes",
+    "simulate_pbft",
+    "sweep",
+]
 
 FAULTS = ("silent", "equivocate")
 
@@ -38,6 +51,7 @@ class ConsensusResult:
     phase_time_s: MessageCounts  # last time a message of that kind was handled (NaN: none)
     node_commit_s: np.ndarray  # shape=[n], float64: when each node committed (NaN: never)
     node_digest: np.ndarray  # shape=[n], int64: digest each node committed (-1: none)
+    node_conflict: np.ndarray  # shape=[n], bool: the node later committed a different digest
     faulty: np.ndarray  # shape=[n], bool
     agreement: bool  # no two honest nodes committed different blocks, none changed its mind
     all_honest_committed_s: float  # last honest commit (NaN if some honest node never committed)
@@ -110,7 +124,16 @@ def fault_mask(n: int, faulty, leader_faulty: bool) -> np.ndarray:
 
 
 def _auto_timeout(n: int, U: int, upd: float, payload: float, net: NetworkModel) -> float:
-    """Base view-change timeout: ``2 * (normal-case bound) + 1 s`` (see NetworkModel)."""
+    """Base view-change timeout: ``2 * estimate + 1`` s (see NetworkModel), where
+
+    ``estimate`` is the sum, in this order, of: ``6 L``; ``n (H + upd) e_up``;
+    ``U ((H + upd) down + proc + ver + hpb upd)``; ``(n - 1) (H + payload) up``;
+    ``(H + payload) down``; ``proc``; ``ver (1 + U)``; ``2 hpb payload``;
+    ``3 n (H (up + down) + proc + ver)``; ``8 sign`` -- with ``L`` the latency mean
+    (times 10 unless the latency is constant), ``up, down, e_up`` the seconds per byte
+    of a node's links and an edge server's uplink (8 / bits per second), ``H`` the
+    header bytes and ``payload`` the block's (``U upd``, or ``32 U`` for digests).
+    """
     spb = net.seconds_per_byte()
     H = net.header_bytes
     lat_hi = net.latency_mean_s * (1.0 if net.latency == "constant" else 10.0)
@@ -186,6 +209,47 @@ def _entity_spb(n: int, U: int, network: NetworkModel) -> np.ndarray:
     return spb
 
 
+def kernel_bytes(n: int, U: int, V: int) -> int:
+    """Bytes one ``run_block`` allocates for ``n`` nodes, ``U`` updates and ``V`` views.
+
+    ``33 n V`` (per node and view: prepare and commit counters for two digests, int32;
+    pre-prepare digest, view-change count, best certificate view and digest, int32; a
+    sent flag) ``+ 64 (n U + 2 n (n - 1) + 4 n + 64)`` (queue slots, 64 bytes each:
+    every message of two broadcast rounds in flight) ``+ 232 n`` (node state, client
+    replies, outputs) ``+ 40 (n + 1 + U)`` (link and CPU clocks, seconds per byte,
+    FIFO heads). ``V = f + 2`` for PBFT by default (``max_views``), 1 otherwise. The
+    queue doubles if more events are pending at once (many views in flight).
+    """
+    slots = _sim.queue_slots(n, U)
+    return 33 * n * V + _sim.SLOT_BYTES * slots + 232 * n + 40 * (n + 1 + U)
+
+
+def available_bytes() -> int:
+    """Memory the kernel may use: ``MemAvailable`` from /proc/meminfo, else free physical pages."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def _check_fits(n: int, U: int, V: int, where: str = "", have: int | None = None) -> int:
+    need = kernel_bytes(n, U, V)
+    have = available_bytes() if have is None else have
+    if need > have:
+        raise ValueError(
+            f"n_nodes = {n}{where} (with n_updates = {U}, {V} views) needs about {need / 2**30:.2f} GiB "
+            f"for the simulation, more than the {have / 2**30:.2f} GiB of memory available"
+        )
+    return need
+
+
 def _fault_code(fault: str) -> int:
     if fault not in FAULTS:
         raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}")
@@ -244,6 +308,7 @@ def simulate_pbft(
     IP, P, fcode = build_inputs(
         n, U, update_bytes, network, mask * code, protocol, block_carries, seed, max_views
     )
+    _check_fits(n, U, int(IP[_sim.I_V]))
     spb = _entity_spb(n, U, network)
     cnt = np.zeros(_sim.N_PHASES, np.int64)
     byt = np.zeros(_sim.N_PHASES)
@@ -252,7 +317,8 @@ def simulate_pbft(
     node_t = np.zeros(n)
     node_i = np.zeros((n, 2), np.int64)
     client = np.zeros(2)
-    _sim.run_block(IP, P, spb, fcode, cnt, byt, ptime, node_d, node_t, node_i, client)
+    if _sim.run_block(IP, P, spb, fcode, cnt, byt, ptime, node_d, node_t, node_i, client) < 0:
+        raise ValueError(f"n_nodes = {n}: more than {_sim.MAX_SEQ} events in one run (lower max_views)")
     return make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, client)
 
 
@@ -266,7 +332,7 @@ def make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, clie
     return ConsensusResult(
         time_s=float(client[1]),
         messages=int(cnt.sum()),
-        bytes=float(byt.sum()),
+        bytes=math.fsum(float(b) for b in byt),  # correctly rounded: independent of order
         committed=bool(client[0] >= 0),
         view_changes=int(node_i[honest, 1].max()) if honest.any() else 0,
         phase_messages=MessageCounts(*(int(c) for c in cnt)),
@@ -274,6 +340,7 @@ def make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, clie
         phase_time_s=MessageCounts(*(float(t) for t in ptime)),
         node_commit_s=node_t.copy(),
         node_digest=node_d.copy(),
+        node_conflict=node_i[:, 0].astype(bool),
         faulty=mask.copy(),
         agreement=agreement,
         all_honest_committed_s=all_t,
@@ -311,6 +378,10 @@ def sweep(
     are scalars or 1-D arrays; every 1-D array must have the same length C and a
     scalar is used for every configuration. ``parallel=False`` runs the same loop on one
     thread (results are identical: each configuration is independent and deterministic).
+    Before any kernel runs, every configuration's memory (``kernel_bytes``) is checked
+    against ``available_bytes()``: one that cannot fit raises a ``ValueError`` naming
+    ``n_nodes`` and its index, on both paths alike; the parallel path runs on fewer
+    threads when the largest configurations would not fit side by side.
     """
     cols = {
         k: _column(k, v)
@@ -344,10 +415,43 @@ def sweep(
             full["seeds"][c],
             None,
         )
+    have = available_bytes()
+    need = np.array(
+        [
+            _check_fits(int(ip[_sim.I_N]), int(ip[_sim.I_U]), int(ip[_sim.I_V]), f" at index {c}", have)
+            for c, ip in enumerate(IPs)
+        ],
+        dtype=np.int64,
+    )
     SPB = np.tile(network.seconds_per_byte(), (C, 1))
     out = SweepResult(
         np.zeros(C), np.zeros(C, np.int64), np.zeros(C), np.zeros(C, bool), np.zeros(C, np.int64)
     )
-    fn = _sim.sweep_parallel if parallel else _sim.sweep_serial
-    fn(IPs, Ps, SPB, faults, *out)
+    if parallel:
+        _run_parallel(IPs, Ps, SPB, faults, out, need)
+    else:
+        _sim.sweep_serial(IPs, Ps, SPB, faults, *out)
+    if C and out.messages.min() < 0:
+        bad = int(np.flatnonzero(out.messages < 0)[0])
+        raise ValueError(f"n_nodes = {ns[bad]} at index {bad}: more than {_sim.MAX_SEQ} events in one run")
     return out
+
+
+def _run_parallel(IPs, Ps, SPB, faults, out, need) -> None:
+    """``sweep_parallel`` on as many threads as the largest configurations fit in memory at once.
+
+    Every configuration alone fits (checked before); running k of them at once needs at
+    most the k largest estimates, so k is lowered until that fits. The results do not
+    depend on k (each configuration is independent and deterministic).
+    """
+    threads = numba.get_num_threads()
+    top = np.cumsum(np.sort(need)[::-1][:threads])
+    k = max(1, int(np.searchsorted(top, available_bytes(), side="right")))
+    if k >= threads:
+        _sim.sweep_parallel(IPs, Ps, SPB, faults, *out)
+        return
+    numba.set_num_threads(k)
+    try:
+        _sim.sweep_parallel(IPs, Ps, SPB, faults, *out)
+    finally:
+        numba.set_num_threads(threads)

@@ -2,27 +2,76 @@
 
 Entities: consortium nodes ``0..n-1``, the client that collects replies (``n``) and
 the edge servers ``n+1..n+U`` that submit the signed updates. Every message goes
-through two events; the three shared resources of a node are first-come first-served
-queues:
+through two events; the three shared resources of an entity are first-come
+first-served queues (their "free at" times start at 0):
 
-1. the sender signs (its CPU), then the message is serialised on the sender's uplink;
-   it ``ARRIVE``s one link latency after its last byte left; at that moment it joins
-   the receiver's downlink queue and, behind it, the receiver's CPU queue
-   (processing time + signature checks + hashing), both in arrival order;
-2. ``HANDLE``: the protocol logic runs when the CPU has finished with it; signatures
-   the handler makes join the CPU queue at that time.
+1. the sender signs: ``ready = max(now, cpu_free) + pre + sign_s`` (``pre``: hashing the
+   block, pre-prepare only), then each copy is serialised on the sender's uplink,
+   ``done = max(ready, up_free) + size * up_spb`` (``spb`` = 8 / bits per second), and
+   ``ARRIVE``s at ``done + latency(u_k)``, where ``k`` counts the messages sent so far
+   in this run and ``u_k = uniform01(seed, k)``; at that moment it is dropped if the
+   receiver is a silent node, else it takes the receiver's downlink,
+   ``done' = max(t, down_free) + size * down_spb``, and then its CPU,
+   ``handled = max(done', cpu_free) + cost``;
+2. ``HANDLE`` at ``handled``: the protocol logic runs; the messages it sends start at
+   that time. A broadcast signs once and sends copies to ``i+1, i+2, ... (mod n)``.
 
-Ties in time are broken by insertion order (a global sequence number), the link
-latency of the k-th message sent is a pure function of ``(seed, k)`` (splitmix64), so
-the pure-Python reference in ``tests/reference/consensus_ref.py`` reproduces every
-time stamp exactly. The wrapper (``_api.simulate_pbft``) validates and allocates;
-``run_block`` only loops (STYLE.md 4).
+``seconds per byte`` of the entities: nodes (consortium up, consortium down), the
+client (consortium up, client down), edge servers (edge up, consortium down).
+Message sizes and the receiver's CPU cost (``H`` header bytes, ``proc`` processing,
+``ver`` one signature check, ``hpb`` hashing per byte, ``q`` the quorum, payload =
+``U * update_bytes`` or ``U * 32`` when the block carries digests):
 
-Pending events: arrivals and timers sit in a 4-ary heap on (time, sequence); handle
-events sit in per-node FIFO lists (a node's CPU queue is first-come first-served, so
-its handle times never decrease) whose heads sit in a small heap of their own. The
-event loop and the helpers are compiled with ``_nrt=False``: they create no arrays,
-so numba emits no reference counting (atomic increments) on the arrays they take.
+=============  ====================  =============================================
+kind           size (bytes)          receiver's cost (s)
+=============  ====================  =============================================
+submit         H + update_bytes      proc + ver + hpb * update_bytes
+pre-prepare    H + payload           proc + ver * (1 + U, or 1 for digests) + hpb * payload
+prepare,       H                     proc + ver
+commit, reply,
+vote
+view-change    H * (1 + c)           proc + ver * (1 + c); c = q with a prepared certificate, else 0
+new-view       H * (q + 1)           proc + ver * (q + 1)
+QC             H + 64 q              proc + ver * (1 + q)
+=============  ====================  =============================================
+
+Timers: a PBFT node (not silent) arms one at time 0 for view 0 and one on each view it
+enters, firing ``tbase * 2**v`` later (a commit voids it); when it fires the node asks
+for view ``v + 1``.
+
+Event order (the exact tie-break): events are handled in increasing ``(time, sequence)``
+where ``sequence`` numbers every event scheduling in the order it happens (the sends'
+arrivals, the arrivals' handle events, the timers), one counter for all. Two events at
+the same float time are handled in the order they were scheduled; any priority queue
+that pops the lexicographic minimum of ``(time, sequence)`` gives the same run, so the
+pure-Python ``heapq`` reference in ``tests/reference/consensus_ref.py`` reproduces every
+time stamp exactly.
+
+Pending events: arrivals and timers sit in a 4-ary min-heap of 16-byte entries
+``(time bits, sequence << 32 | slot)`` compared as int64 pairs (a non-negative float's
+IEEE bits order like the float), laid out so that the four children of an entry fill
+one 64-byte cache line. Handle events sit in per-receiver FIFO lists (a receiver's CPU
+queue is first-come first-served, so its handle times and sequence numbers never
+decrease) whose heads sit in a small heap of the same kind. A bucket (calendar) queue
+was measured against this layout: see ``docs/consensus.md``.
+
+Memory (``_api.kernel_bytes``): votes are counted, not stored. In this fault model
+every sender sends each kind at most once per view to each receiver (honest and
+equivocating nodes alike: a broadcast happens at most once per node, kind and view),
+so a receiver needs, per view, only how many prepares and commits it got for each
+digest; and in view ``v`` the only digests are the primary's proposal and the forged
+``v + 1`` (a backup accepts only the pre-prepare the new-view certificate names, the
+proposal of view ``v`` is 0 or a digest prepared in an earlier view, so ``<= v``), two
+counters per kind. Per node and view: 2 x 2 int32 counters, the pre-prepare digest, the
+view-change count, the best certificate (view, digest) and a sent flag: 33 bytes. The
+queue holds at most ``n U + 2 n (n - 1) + 4 n + 64`` events before it grows (every
+message of two broadcast rounds in flight), 64 bytes each. Total
+``33 n V + 64 (n U + 2 n (n - 1) + 4 n + 64) + 232 n + 40 (n + 1 + U)`` bytes (V views:
+f + 2 for PBFT by default, 1 otherwise); the queue's pages are touched only as used.
+
+The wrapper (``_api.simulate_pbft``) validates, checks the memory and allocates the
+outputs; the event loop and its helpers are compiled with ``_nrt=False``: they create
+no arrays, so numba emits no reference counting on the arrays they take.
 """
 
 from __future__ import annotations
@@ -32,12 +81,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# event kinds
-EV_ARRIVE, EV_HANDLE, EV_TIMER = 0, 1, 2
-# message kinds = phase index of the per-phase counters
+# message kinds = phase index of the per-phase counters; a timer has kind M_TIMER
 M_SUBMIT, M_PREPREPARE, M_PREPARE, M_COMMIT, M_REPLY = 0, 1, 2, 3, 4
 M_VIEWCHANGE, M_NEWVIEW, M_VOTE, M_QC = 5, 6, 7, 8
 N_PHASES = 9
+M_TIMER = 9
 PHASES = (
     "submit",
     "pre_prepare",
@@ -69,8 +117,6 @@ N_IPARAMS = 9
     S_ACCD,
     S_PREPARED,
     S_PREPD,
-    S_PCNT,
-    S_CCNT,
     S_COMINV,
     S_PROPOSED,
     S_NVSENT,
@@ -87,20 +133,33 @@ N_IPARAMS = 9
     S_ALTD,
     S_MAXINST,
     S_NVD,
-) = range(25)
-N_STATE = 25
+) = range(23)
+N_STATE = 23
 
-# queue counters
-# heap rows, next sequence number, messages sent, free-stack depth, handle-heap rows, slots ever used
-C_HN, C_SEQ, C_MSGID, C_NFREE, C_GN, C_HWM = 0, 1, 2, 3, 4, 5
-N_CTR = 6
+# event record columns (int32): message kind, source, destination, view, digest, aux
+E_KIND, E_SRC, E_DST, E_VIEW, E_DIG, E_AUX = range(6)
+N_EV = 6
+# queue counters: heap rows, next sequence, messages sent, free-stack depth, FIFO-head heap rows,
+# slots ever used, heap base row, FIFO-head heap base row
+C_HN, C_SEQ, C_MSGID, C_NFREE, C_GN, C_HWM, C_HB, C_GB = range(8)
+N_CTR = 8
+# bytes per queue slot: record 24, handle time 8, sequence 8, next 4, free stack 4, heap entry 16
+SLOT_BYTES = 64
+SLOT_BITS = 32
+MAX_SEQ = (1 << 31) - 4096  # scheduled events per run (about 10**9 messages)
 
 _TWO53 = 1.0 / 9007199254740992.0
 
 
 @njit(cache=True, _nrt=False)
 def uniform01(seed, k):
-    """Uniform in (0, 1) for message number ``k``: splitmix64 of ``(seed, k)``."""
+    """Uniform in (0, 1) for message number ``k`` (0, 1, ... in send order) of a run.
+
+    splitmix64's finaliser applied to ``z = seed * 0x9E3779B97F4A7C15 + (k + 1) *
+    0xBF58476D1CE4E5B9 (mod 2**64)``: ``z ^= z >> 30; z *= 0xBF58476D1CE4E5B9;
+    z ^= z >> 27; z *= 0x94D049BB133111EB; z ^= z >> 31`` (products mod 2**64), then
+    ``(float(z >> 11) + 0.5) * 2**-53``.
+    """
     z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(k + 1) * np.uint64(0xBF58476D1CE4E5B9)
     z = z ^ (z >> np.uint64(30))
     z = z * np.uint64(0xBF58476D1CE4E5B9)
@@ -112,7 +171,10 @@ def uniform01(seed, k):
 
 @njit(cache=True, _nrt=False)
 def link_latency(latkind, mean, shape, u):
-    """Latency from a uniform draw: constant, exponential, or Pareto with this mean."""
+    """Latency from a uniform draw: ``mean``; ``-mean ln u``; Pareto ``x_m u^(-1/shape)``.
+
+    Pareto scale ``x_m = mean (shape - 1) / shape``, so the mean is ``mean``.
+    """
     if latkind == LAT_CONSTANT:
         return mean
     if latkind == LAT_EXPONENTIAL:
@@ -121,61 +183,45 @@ def link_latency(latkind, mean, shape, u):
     return xm * math.pow(u, -1.0 / shape)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _fmax(a, b):
     return a if a > b else b
 
 
-# ----------------------------------------------------------------------------- heap
-@njit(cache=True, _nrt=False)
-def _heap_push(ht, hs, hsl, ctr, t, slot):
-    """4-ary min-heap on (time, sequence); a hole moves up instead of swapping."""
-    i = ctr[C_HN]
-    s = ctr[C_SEQ]
-    ctr[C_SEQ] = s + 1
-    ctr[C_HN] = i + 1
-    _sift_push(ht, hs, hsl, i, t, s, slot)
+# ----------------------------------------------------------------------------- heaps
+# A heap is an int64 array of rows (time bits, key) with entry e at row base + e; base is
+# chosen so that the children 4e+1..4e+4 of every entry start on a 64-byte boundary.
+@njit(cache=True, _nrt=False, inline="always")
+def _bits(Q, t):
+    Q[10][0] = t
+    return Q[11][0]
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _float(Q, b):
+    Q[11][0] = b
+    return Q[10][0]
 
 
 @njit(cache=True, _nrt=False)
-def _sift_push(ht, hs, hsl, i, t, s, slot):
-    """Insert (t, s, slot) into a 4-ary heap holding ``i`` entries."""
+def _sift_up(H, base, i, tb, key):
+    """Insert (tb, key) into a heap holding ``i`` entries (a hole moves up)."""
     while i > 0:
         p = (i - 1) >> 2
-        tp = ht[p]
-        if t < tp or (t == tp and s < hs[p]):
-            ht[i] = tp
-            hs[i] = hs[p]
-            hsl[i] = hsl[p]
+        pt = H[base + p, 0]
+        if tb < pt or (tb == pt and key < H[base + p, 1]):
+            H[base + i, 0] = pt
+            H[base + i, 1] = H[base + p, 1]
             i = p
         else:
             break
-    ht[i] = t
-    hs[i] = s
-    hsl[i] = slot
+    H[base + i, 0] = tb
+    H[base + i, 1] = key
 
 
 @njit(cache=True, _nrt=False)
-def _heap_pop(ht, hs, hsl, ctr):
-    """Remove the earliest heap event; return its (time, slot). Children of i: 4i+1 .. 4i+4.
-
-    ``_sift_pop`` is bottom-up: the hole at the root follows the smaller child down to a leaf (no test
-    against the last entry on the way), then the last entry moves up from there; it
-    usually belongs near the bottom, so this saves a comparison per level.
-    """
-    n = ctr[C_HN] - 1
-    ctr[C_HN] = n
-    return _sift_pop(ht, hs, hsl, n)
-
-
-@njit(cache=True, _nrt=False)
-def _sift_pop(ht, hs, hsl, n):
-    """Remove the root of a 4-ary heap that now holds ``n`` entries; return its (time, payload)."""
-    t0 = ht[0]
-    slot0 = hsl[0]
-    t = ht[n]
-    s = hs[n]
-    sl = hsl[n]
+def _replace_root(H, base, n, tb, key):
+    """Replace the root of a heap of ``n`` entries by (tb, key) and sift it down."""
     i = 0
     while True:
         a = 4 * i + 1
@@ -184,93 +230,148 @@ def _sift_pop(ht, hs, hsl, n):
         last = a + 4
         if last > n:
             last = n
-        ta = ht[a]
-        sa = hs[a]
+        ta = H[base + a, 0]
+        ka = H[base + a, 1]
         for b in range(a + 1, last):
-            tb = ht[b]
-            if tb < ta or (tb == ta and hs[b] < sa):
+            tt = H[base + b, 0]
+            if tt < ta or (tt == ta and H[base + b, 1] < ka):
                 a = b
-                ta = tb
-                sa = hs[b]
-        ht[i] = ta
-        hs[i] = sa
-        hsl[i] = hsl[a]
-        i = a
-    _sift_push(ht, hs, hsl, i, t, s, sl)  # then up from the leaf hole
-    return t0, slot0
+                ta = tt
+                ka = H[base + b, 1]
+        if ta < tb or (ta == tb and ka < key):
+            H[base + i, 0] = ta
+            H[base + i, 1] = ka
+            i = a
+        else:
+            break
+    H[base + i, 0] = tb
+    H[base + i, 1] = key
 
 
 @njit(cache=True, _nrt=False)
-def _new_event(ht, hs, hsl, evi, evf, free, ctr, t, ekind, mkind, src, dst, view, dig, aux, size, cost):
-    # a released slot (stack free[:nfree]) if any, else one never used (pages untouched till then)
+def _sift_pop(H, base, n):
+    """Remove the root of a heap that now holds ``n`` entries; return the root's key.
+
+    Bottom-up: the hole follows the smaller child to a leaf, then the last entry moves
+    up from there (it usually belongs near the bottom: one comparison saved per level).
+    """
+    key0 = H[base, 1]
+    tb = H[base + n, 0]
+    key = H[base + n, 1]
+    i = 0
+    while True:
+        a = 4 * i + 1
+        if a >= n:
+            break
+        last = a + 4
+        if last > n:
+            last = n
+        ta = H[base + a, 0]
+        ka = H[base + a, 1]
+        for b in range(a + 1, last):
+            tt = H[base + b, 0]
+            if tt < ta or (tt == ta and H[base + b, 1] < ka):
+                a = b
+                ta = tt
+                ka = H[base + b, 1]
+        H[base + i, 0] = ta
+        H[base + i, 1] = ka
+        i = a
+    _sift_up(H, base, i, tb, key)
+    return key0
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _new_slot(Q):
+    ctr = Q[6]
     k = ctr[C_NFREE]
     if k > 0:
-        slot = free[k - 1]
         ctr[C_NFREE] = k - 1
+        return np.int64(Q[5][k - 1])
+    slot = ctr[C_HWM]  # pages never used are never touched
+    ctr[C_HWM] = slot + 1
+    return slot
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _free_slot(Q, slot):
+    ctr = Q[6]
+    k = ctr[C_NFREE]
+    Q[5][k] = slot
+    ctr[C_NFREE] = k + 1
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _schedule(Q, t, mkind, src, dst, view, dig, aux):
+    """A new arrival or timer at time ``t``: one record, one heap entry."""
+    HP, EI, _et, _es, _nx, _fr, ctr = Q[0], Q[1], Q[2], Q[3], Q[4], Q[5], Q[6]
+    slot = _new_slot(Q)
+    EI[slot, E_KIND] = mkind
+    EI[slot, E_SRC] = src
+    EI[slot, E_DST] = dst
+    EI[slot, E_VIEW] = view
+    EI[slot, E_DIG] = dig
+    EI[slot, E_AUX] = aux
+    s = ctr[C_SEQ]
+    ctr[C_SEQ] = s + 1
+    i = ctr[C_HN]
+    ctr[C_HN] = i + 1
+    _sift_up(HP, ctr[C_HB], i, _bits(Q, t), (s << SLOT_BITS) | slot)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _to_fifo(Q, slot, t, dst):
+    """The arrived message ``slot`` is handled by ``dst`` at ``t``: append it to dst's FIFO."""
+    ET, ES, NX, ctr, fhead, ftail, GP = Q[2], Q[3], Q[4], Q[6], Q[7], Q[8], Q[9]
+    s = ctr[C_SEQ]
+    ctr[C_SEQ] = s + 1
+    ET[slot] = t
+    ES[slot] = s
+    NX[slot] = -1
+    tail = ftail[dst]
+    ftail[dst] = slot
+    if tail < 0:
+        fhead[dst] = slot
+        g = ctr[C_GN]
+        _sift_up(GP, ctr[C_GB], g, _bits(Q, t), (s << SLOT_BITS) | dst)
+        ctr[C_GN] = g + 1
     else:
-        slot = ctr[C_HWM]
-        ctr[C_HWM] = slot + 1
-    evi[slot, 0] = ekind
-    evi[slot, 1] = mkind
-    evi[slot, 2] = src
-    evi[slot, 3] = dst
-    evi[slot, 4] = view
-    evi[slot, 5] = dig
-    evi[slot, 6] = aux
-    evf[slot, 0] = size
-    evf[slot, 1] = cost
-    _heap_push(ht, hs, hsl, ctr, t, slot)
-
-
-# ----------------------------------------------------------------------------- sending
-@njit(cache=True, _nrt=False)
-def _send(Q, res, spb, cnt, byt, IP, P, src, dst, mkind, view, dig, aux, size, cost, t0):
-    ht, hs, hsl, evi, evf, free, ctr, _nxt, _stime, _sseq, _fhead, _ftail, _gt, _gs, _gn = Q
-    start = _fmax(t0, res[src, 0])
-    done = start + size * spb[src, 0]
-    res[src, 0] = done
-    u = uniform01(IP[I_SEED], ctr[C_MSGID])
-    ctr[C_MSGID] += 1
-    arrive = done + link_latency(IP[I_LAT], P[P_LAT_MEAN], P[P_LAT_SHAPE], u)
-    cnt[mkind] += 1
-    byt[mkind] += size
-    _new_event(
-        ht, hs, hsl, evi, evf, free, ctr, arrive, EV_ARRIVE, mkind, src, dst, view, dig, aux, size, cost
-    )
+        NX[tail] = slot
 
 
 @njit(cache=True, _nrt=False)
-def _sign(res, P, i, now, pre):
-    s = _fmax(now, res[i, 2]) + pre + P[P_SIGN]
-    res[i, 2] = s
-    return s
-
-
-@njit(cache=True, _nrt=False)
-def _bcast(Q, res, spb, cnt, byt, IP, P, i, mkind, view, dig, forged, equiv, aux, size, cost, now, pre):
-    """Sign once, then send to every other node in the order i+1, i+2, ... (mod n)."""
-    n = IP[I_N]
-    s = _sign(res, P, i, now, pre)
-    for k in range(1, n):
-        j = (i + k) % n
-        d = dig
-        if equiv and j % 2 == 1:
-            d = forged
-        _send(Q, res, spb, cnt, byt, IP, P, i, j, mkind, view, d, aux, size, cost, s)
-
-
-@njit(cache=True, _nrt=False)
-def _unicast(Q, res, spb, cnt, byt, IP, P, i, j, mkind, view, dig, aux, size, cost, now):
-    s = _sign(res, P, i, now, 0.0)
-    _send(Q, res, spb, cnt, byt, IP, P, i, j, mkind, view, dig, aux, size, cost, s)
-
-
-@njit(cache=True, _nrt=False)
-def _arm_timer(Q, st, P, i, v, now):
-    ht, hs, hsl, evi, evf, free, ctr, _nxt, _stime, _sseq, _fhead, _ftail, _gt, _gs, _gn = Q
-    st[i, S_TVER] += 1
-    t = now + P[P_TBASE] * float(1 << v)
-    _new_event(ht, hs, hsl, evi, evf, free, ctr, t, EV_TIMER, -1, i, i, v, -1, st[i, S_TVER], 0.0, 0.0)
+def _next(Q):
+    """Pop the earliest pending event: (time, slot, from_fifo)."""
+    HP, ET, ES, NX, ctr, fhead, ftail, GP = Q[0], Q[2], Q[3], Q[4], Q[6], Q[7], Q[8], Q[9]
+    hb = ctr[C_HB]
+    gb = ctr[C_GB]
+    fifo = False
+    if ctr[C_GN] > 0:
+        if ctr[C_HN] == 0:
+            fifo = True
+        else:
+            tg = GP[gb, 0]
+            th = HP[hb, 0]
+            fifo = tg < th or (tg == th and GP[gb, 1] < HP[hb, 1])
+    if fifo:
+        tb = GP[gb, 0]
+        k = GP[gb, 1] & 0xFFFFFFFF
+        slot = np.int64(fhead[k])
+        nx = NX[slot]
+        fhead[k] = nx
+        if nx < 0:
+            ftail[k] = -1
+            g = ctr[C_GN] - 1
+            ctr[C_GN] = g
+            _sift_pop(GP, gb, g)
+        else:  # the receiver's next handle event replaces the root: one sift down
+            _replace_root(GP, gb, ctr[C_GN], _bits(Q, ET[nx]), (ES[nx] << SLOT_BITS) | k)
+        return _float(Q, tb), slot, True
+    tb = HP[hb, 0]
+    h = ctr[C_HN] - 1
+    ctr[C_HN] = h
+    slot = _sift_pop(HP, hb, h) & 0xFFFFFFFF
+    return _float(Q, tb), slot, False
 
 
 # ----------------------------------------------------------------------------- sizes and costs
@@ -281,20 +382,90 @@ def _payload(IP, P):
     return IP[I_U] * P[P_UPD]
 
 
-@njit(cache=True, _nrt=False)
-def _pp_cost(IP, P):
+@njit(cache=True)
+def _size_cost_table(IP, P):
+    """``T[k] = (size bytes, receiver's cost s)`` per kind; row 9: a view change with a certificate."""
+    T = np.empty((10, 2), np.float64)
+    H = P[P_HEADER]
+    vote = P[P_PROC] + P[P_VERIFY]
+    for k in range(10):
+        T[k, 0] = H
+        T[k, 1] = vote
+    T[M_SUBMIT, 0] = H + P[P_UPD]
+    T[M_SUBMIT, 1] = P[P_PROC] + P[P_VERIFY] + P[P_HASH_PB] * P[P_UPD]
+    payload = _payload(IP, P)
     nver = 1.0 if IP[I_DIGESTS] else 1.0 + IP[I_U]
-    return P[P_PROC] + P[P_VERIFY] * nver + P[P_HASH_PB] * _payload(IP, P)
+    T[M_PREPREPARE, 0] = H + payload
+    T[M_PREPREPARE, 1] = P[P_PROC] + P[P_VERIFY] * nver + P[P_HASH_PB] * payload
+    q = IP[I_Q]
+    T[M_VIEWCHANGE, 0] = H * (1 + 0)
+    T[M_VIEWCHANGE, 1] = P[P_PROC] + P[P_VERIFY] * (1 + 0)
+    T[9, 0] = H * (1 + q)
+    T[9, 1] = P[P_PROC] + P[P_VERIFY] * (1 + q)
+    T[M_NEWVIEW, 0] = H * (q + 1)
+    T[M_NEWVIEW, 1] = P[P_PROC] + P[P_VERIFY] * (q + 1)
+    T[M_QC, 0] = H + 64.0 * q
+    T[M_QC, 1] = P[P_PROC] + P[P_VERIFY] * (1 + q)
+    return T
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _row(mkind, aux):
+    return 9 if (mkind == M_VIEWCHANGE and aux >= 0) else mkind
+
+
+# ----------------------------------------------------------------------------- sending
+# K = (IP, P, T, spb, fault); O = (cnt, byt, ptime, node_t, repd, cl);
+# S = (res, st, prep, com, ppdig, vccnt, sentvc, bestpv, bestpd)
+@njit(cache=True, _nrt=False, inline="always")
+def _send(Q, K, O, S, src, dst, mkind, view, dig, aux, t0):
+    IP, P, T, spb = K[0], K[1], K[2], K[3]
+    cnt, byt, res, ctr = O[0], O[1], S[0], Q[6]
+    size = T[_row(mkind, aux), 0]
+    done = _fmax(t0, res[src, 0]) + size * spb[src, 0]
+    res[src, 0] = done
+    u = uniform01(IP[I_SEED], ctr[C_MSGID])
+    ctr[C_MSGID] += 1
+    cnt[mkind] += 1
+    byt[mkind] += size
+    _schedule(
+        Q, done + link_latency(IP[I_LAT], P[P_LAT_MEAN], P[P_LAT_SHAPE], u), mkind, src, dst, view, dig, aux
+    )
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _sign(S, P, i, now, pre):
+    res = S[0]
+    s = _fmax(now, res[i, 2]) + pre + P[P_SIGN]
+    res[i, 2] = s
+    return s
 
 
 @njit(cache=True, _nrt=False)
-def _vote_cost(P):
-    return P[P_PROC] + P[P_VERIFY]
+def _bcast(Q, K, O, S, i, mkind, view, dig, forged, equiv, aux, now, pre):
+    """Sign once, then send to every other node in the order i+1, i+2, ... (mod n)."""
+    n = K[0][I_N]
+    s = _sign(S, K[1], i, now, pre)
+    for k in range(1, n):
+        j = i + k
+        if j >= n:
+            j -= n
+        d = dig
+        if equiv and j % 2 == 1:
+            d = forged
+        _send(Q, K, O, S, i, j, mkind, view, d, aux, s)
 
 
 @njit(cache=True, _nrt=False)
-def _cert_msgs(IP):
-    return IP[I_Q]
+def _unicast(Q, K, O, S, i, j, mkind, view, dig, aux, now):
+    _send(Q, K, O, S, i, j, mkind, view, dig, aux, _sign(S, K[1], i, now, 0.0))
+
+
+@njit(cache=True, _nrt=False)
+def _arm_timer(Q, K, S, i, v, now):
+    st = S[1]
+    st[i, S_TVER] += 1
+    _schedule(Q, now + K[1][P_TBASE] * float(1 << v), M_TIMER, i, i, v, -1, st[i, S_TVER])
 
 
 # ----------------------------------------------------------------------------- protocol steps
@@ -303,11 +474,18 @@ def _primary(IP, v):
     return v % IP[I_N]
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _dslot(v, d):
+    """Counter slot of digest ``d`` in view ``v``: 0 for the forged ``v + 1``, 1 otherwise."""
+    return 0 if d == v + 1 else 1
+
+
 @njit(cache=True, _nrt=False)
-def _record_commit(st, node_t, i, d, now):
+def _record_commit(O, S, i, d, now):
+    st = S[1]
     if st[i, S_COMD] < 0:
         st[i, S_COMD] = d
-        node_t[i] = now
+        O[3][i] = now
     elif st[i, S_COMD] != d:
         st[i, S_CONFLICT] = 1
 
@@ -320,8 +498,6 @@ def _reset_view(st, i, w):
     st[i, S_ACCD] = -1
     st[i, S_PREPARED] = 0
     st[i, S_PREPD] = -1
-    st[i, S_PCNT] = 0
-    st[i, S_CCNT] = 0
     st[i, S_COMINV] = 0
     st[i, S_PROPOSED] = 0
     st[i, S_NVSENT] = 0
@@ -329,89 +505,59 @@ def _reset_view(st, i, w):
 
 
 @njit(cache=True, _nrt=False)
-def _touch_view(pv, cv, vcf, vinit, v):
-    """Initialise the vote tables of view ``v`` on first use (untouched views cost no memory)."""
-    if vinit[v]:
-        return
-    vinit[v] = 1
-    pv[v] = -1
-    cv[v] = -1
-    vcf[v] = 0
-
-
-@njit(cache=True, _nrt=False)
-def _count(votes, i, v, d, skip):
-    c = 0
-    for s in range(votes.shape[2]):
-        if s != skip and votes[v, i, s] == d:
-            c += 1
-    return c
-
-
-@njit(cache=True, _nrt=False)
-def _client_reply(IP, repd, client, s, d, now):
+def _client_reply(IP, O, s, d, now):
+    repd, cl = O[4], O[5]
     if repd[s] >= 0:
-        return
+        return  # a node that committed again in a later view counts once
     repd[s] = d
-    if client[0] >= 0:
+    if cl[0] >= 0:
         return
     c = 0
     for k in range(repd.shape[0]):
         if repd[k] == d:
             c += 1
     if c >= IP[I_F] + 1:
-        client[0] = d
-        client[1] = now
+        cl[0] = d
+        cl[1] = now
 
 
 @njit(cache=True, _nrt=False)
-def _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, now):
-    IP[I_F]
-    if st[i, S_COMINV] or not st[i, S_PREPARED] or st[i, S_CCNT] < IP[I_Q]:
+def _check_committed(Q, K, O, S, i, now):
+    IP, st, com = K[0], S[1], S[3]
+    if st[i, S_COMINV] or not st[i, S_PREPARED]:
+        return
+    v = st[i, S_VIEW]
+    d = st[i, S_PREPD]
+    if com[i, v, _dslot(v, d)] + 1 < IP[I_Q]:  # + 1: its own commit
         return
     st[i, S_COMINV] = 1
-    _record_commit(st, node_t, i, st[i, S_PREPD], now)
-    _unicast(
-        Q,
-        res,
-        spb,
-        cnt,
-        byt,
-        IP,
-        P,
-        i,
-        IP[I_N],
-        M_REPLY,
-        st[i, S_VIEW],
-        st[i, S_PREPD],
-        0,
-        P[P_HEADER],
-        _vote_cost(P),
-        now,
-    )
+    _record_commit(O, S, i, d, now)
+    _unicast(Q, K, O, S, i, IP[I_N], M_REPLY, v, d, 0, now)
     st[i, S_DONE] = 1
     st[i, S_TVER] += 1  # cancels the pending view-change timer
 
 
 @njit(cache=True, _nrt=False)
-def _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, now):
-    IP[I_F]
-    if st[i, S_PREPARED] or not st[i, S_PPACC] or st[i, S_PCNT] < IP[I_Q] - 1:
+def _check_prepared(Q, K, O, S, i, now):
+    IP, st, prep = K[0], S[1], S[2]
+    if st[i, S_PREPARED] or not st[i, S_PPACC]:
         return
     v = st[i, S_VIEW]
     d = st[i, S_ACCD]
+    own = 0 if _primary(IP, v) == i else 1  # a backup's own prepare counts, the primary sends none
+    if prep[i, v, _dslot(v, d)] + own < IP[I_Q] - 1:
+        return
     st[i, S_PREPARED] = 1
     st[i, S_PREPD] = d
     st[i, S_PCV] = v
     st[i, S_PCD] = d
-    _bcast(Q, res, spb, cnt, byt, IP, P, i, M_COMMIT, v, d, d, False, 0, P[P_HEADER], _vote_cost(P), now, 0.0)
-    cv[v, i, i] = d
-    st[i, S_CCNT] = _count(cv, i, v, d, -1)
-    _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, now)
+    _bcast(Q, K, O, S, i, M_COMMIT, v, d, d, False, 0, now, 0.0)
+    _check_committed(Q, K, O, S, i, now)
 
 
 @njit(cache=True, _nrt=False)
-def _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, client, i, now):
+def _try_propose(Q, K, O, S, i, now):
+    IP, P, st = K[0], K[1], S[1]
     n = IP[I_N]
     v = st[i, S_VIEW]
     if _primary(IP, v) != i or not st[i, S_ACTIVE] or st[i, S_PROPOSED] or st[i, S_NUPD] < IP[I_U]:
@@ -420,58 +566,17 @@ def _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_
     d = 0 if v == 0 else st[i, S_NVD]
     forged = v + 1
     equiv = st[i, S_FAULT] == EQUIVOCATE
-    payload = _payload(IP, P)
-    _bcast(
-        Q,
-        res,
-        spb,
-        cnt,
-        byt,
-        IP,
-        P,
-        i,
-        M_PREPREPARE,
-        v,
-        d,
-        forged,
-        equiv,
-        0,
-        P[P_HEADER] + payload,
-        _pp_cost(IP, P),
-        now,
-        P[P_HASH_PB] * payload,
-    )
+    pre = P[P_HASH_PB] * _payload(IP, P)
+    _bcast(Q, K, O, S, i, M_PREPREPARE, v, d, forged, equiv, 0, now, pre)
     st[i, S_PPACC] = 1
     st[i, S_ACCD] = d
     proto = IP[I_PROTO]
     if proto == PROTO_PBFT:
         if equiv:
-            _bcast(
-                Q,
-                res,
-                spb,
-                cnt,
-                byt,
-                IP,
-                P,
-                i,
-                M_COMMIT,
-                v,
-                d,
-                forged,
-                True,
-                0,
-                P[P_HEADER],
-                _vote_cost(P),
-                now,
-                0.0,
-            )
-            _unicast(
-                Q, res, spb, cnt, byt, IP, P, i, n, M_REPLY, v, forged, 0, P[P_HEADER], _vote_cost(P), now
-            )
+            _bcast(Q, K, O, S, i, M_COMMIT, v, d, forged, True, 0, now, 0.0)
+            _unicast(Q, K, O, S, i, n, M_REPLY, v, forged, 0, now)
             return
-        st[i, S_PCNT] = _count(pv, i, v, d, i)
-        _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, now)
+        _check_prepared(Q, K, O, S, i, now)
     elif proto == PROTO_HOTSTUFF:
         st[i, S_PHASE] = 1
         st[i, S_QCNT] = 1
@@ -484,7 +589,8 @@ def _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_
 
 
 @njit(cache=True, _nrt=False)
-def _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, now):
+def _try_accept(Q, K, O, S, i, now):
+    IP, st, ppdig = K[0], S[1], S[4]
     v = st[i, S_VIEW]
     if not st[i, S_ACTIVE] or st[i, S_PPACC] or ppdig[i, v] < 0 or _primary(IP, v) == i:
         return
@@ -493,41 +599,35 @@ def _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, now)
     if v > 0 and ppdig[i, v] != st[i, S_NVD]:
         return  # a pre-prepare that contradicts the new-view certificate is refused
     n = IP[I_N]
-    d = ppdig[i, v]
+    d = np.int64(ppdig[i, v])
     st[i, S_PPACC] = 1
     st[i, S_ACCD] = d
     equiv = st[i, S_FAULT] == EQUIVOCATE
     forged = v + 1
     proto = IP[I_PROTO]
-    H = P[P_HEADER]
-    vc = _vote_cost(P)
     if proto == PROTO_PBFT:
         if equiv:
-            _bcast(Q, res, spb, cnt, byt, IP, P, i, M_PREPARE, v, d, forged, True, 0, H, vc, now, 0.0)
-            _bcast(Q, res, spb, cnt, byt, IP, P, i, M_COMMIT, v, d, forged, True, 0, H, vc, now, 0.0)
-            _unicast(Q, res, spb, cnt, byt, IP, P, i, n, M_REPLY, v, forged, 0, H, vc, now)
+            _bcast(Q, K, O, S, i, M_PREPARE, v, d, forged, True, 0, now, 0.0)
+            _bcast(Q, K, O, S, i, M_COMMIT, v, d, forged, True, 0, now, 0.0)
+            _unicast(Q, K, O, S, i, n, M_REPLY, v, forged, 0, now)
             return
-        _bcast(Q, res, spb, cnt, byt, IP, P, i, M_PREPARE, v, d, d, False, 0, H, vc, now, 0.0)
-        pv[v, i, i] = d
-        st[i, S_PCNT] = _count(pv, i, v, d, _primary(IP, v))
-        _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, now)
+        _bcast(Q, K, O, S, i, M_PREPARE, v, d, d, False, 0, now, 0.0)
+        _check_prepared(Q, K, O, S, i, now)
     elif proto == PROTO_PAPER:
         if equiv:
             d = forged
         else:
-            _record_commit(st, node_t, i, d, now)
-        _unicast(Q, res, spb, cnt, byt, IP, P, i, _primary(IP, v), M_REPLY, v, d, 0, H, vc, now)
+            _record_commit(O, S, i, d, now)
+        _unicast(Q, K, O, S, i, _primary(IP, v), M_REPLY, v, d, 0, now)
     else:  # hotstuff: vote for the proposal (phase 1)
         if equiv:
             d = forged
-        _unicast(Q, res, spb, cnt, byt, IP, P, i, _primary(IP, v), M_VOTE, v, d, 1, H, vc, now)
+        _unicast(Q, K, O, S, i, _primary(IP, v), M_VOTE, v, d, 1, now)
 
 
 @njit(cache=True, _nrt=False)
-def _check_new_view(
-    Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now
-):
-    IP[I_F]
+def _check_new_view(Q, K, O, S, i, w, now):
+    IP, st, vccnt, bestpv, bestpd = K[0], S[1], S[5], S[7], S[8]
     if st[i, S_NVSENT] or st[i, S_VIEW] != w or vccnt[i, w] < IP[I_Q] - 1:
         return
     st[i, S_NVSENT] = 1
@@ -537,448 +637,279 @@ def _check_new_view(
     # the new view re-proposes the digest of the highest prepared certificate among the
     # view changes (own included); the new-view message carries the signed view changes,
     # so every backup can recompute it and a primary cannot lie about it
-    d = 0
+    d = np.int64(0)
     if bestpv[i, w] >= 0:
-        d = bestpd[i, w]
+        d = np.int64(bestpd[i, w])
     if st[i, S_PCV] > bestpv[i, w]:
         d = st[i, S_PCD]
     st[i, S_NVD] = d
-    m = IP[I_Q] + 1
-    _bcast(
-        Q,
-        res,
-        spb,
-        cnt,
-        byt,
-        IP,
-        P,
-        i,
-        M_NEWVIEW,
-        w,
-        d,
-        d,
-        False,
-        0,
-        P[P_HEADER] * m,
-        P[P_PROC] + P[P_VERIFY] * m,
-        now,
-        0.0,
-    )
-    _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, client, i, now)
+    _bcast(Q, K, O, S, i, M_NEWVIEW, w, d, d, False, 0, now, 0.0)
+    _try_propose(Q, K, O, S, i, now)
 
 
 @njit(cache=True, _nrt=False)
-def _send_vc(
-    Q, res, spb, cnt, byt, IP, P, st, pv, cv, sentvc, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now
-):
+def _send_vc(Q, K, O, S, i, w, now):
+    IP, st, sentvc = K[0], S[1], S[6]
     if w >= IP[I_V] or w <= st[i, S_VIEW] or sentvc[i, w]:
         return
     sentvc[i, w] = 1
     _reset_view(st, i, w)
-    cert = _cert_msgs(IP) if st[i, S_PCV] >= 0 else 0
-    _bcast(
-        Q,
-        res,
-        spb,
-        cnt,
-        byt,
-        IP,
-        P,
-        i,
-        M_VIEWCHANGE,
-        w,
-        st[i, S_PCD],
-        st[i, S_PCD],
-        False,
-        st[i, S_PCV],
-        P[P_HEADER] * (1 + cert),
-        P[P_PROC] + P[P_VERIFY] * (1 + cert),
-        now,
-        0.0,
-    )
+    _bcast(Q, K, O, S, i, M_VIEWCHANGE, w, st[i, S_PCD], st[i, S_PCD], False, st[i, S_PCV], now, 0.0)
     if not st[i, S_DONE]:
-        _arm_timer(Q, st, P, i, w, now)
+        _arm_timer(Q, K, S, i, w, now)
     if _primary(IP, w) == i:
-        _check_new_view(
-            Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, client, i, w, now
-        )
+        _check_new_view(Q, K, O, S, i, w, now)
+
+
+# ----------------------------------------------------------------------------- handlers
+@njit(cache=True, _nrt=False)
+def _on_pbft(Q, K, O, S, i, mk, src, w, d, aux, t):
+    IP, st, prep, com, ppdig, vccnt, bestpv, bestpd = K[0], S[1], S[2], S[3], S[4], S[5], S[7], S[8]
+    if mk == M_PREPREPARE:
+        if src != _primary(IP, w) or w < st[i, S_VIEW]:
+            return
+        if ppdig[i, w] < 0:
+            ppdig[i, w] = d
+        if w == st[i, S_VIEW]:
+            _try_accept(Q, K, O, S, i, t)
+    elif mk == M_PREPARE:
+        if w < st[i, S_VIEW] or src == _primary(IP, w):
+            return
+        prep[i, w, _dslot(w, d)] += 1
+        if w == st[i, S_VIEW] and st[i, S_FAULT] == HONEST:
+            _check_prepared(Q, K, O, S, i, t)
+    elif mk == M_COMMIT:
+        if w < st[i, S_VIEW]:
+            return
+        com[i, w, _dslot(w, d)] += 1
+        if w == st[i, S_VIEW]:
+            _check_committed(Q, K, O, S, i, t)
+    elif mk == M_VIEWCHANGE:
+        if w >= IP[I_V]:
+            return
+        vccnt[i, w] += 1
+        if aux > bestpv[i, w]:  # the first of the highest certificates wins
+            bestpv[i, w] = aux
+            bestpd[i, w] = d
+        if vccnt[i, w] >= IP[I_F] + 1 and w > st[i, S_VIEW]:
+            _send_vc(Q, K, O, S, i, w, t)
+        if _primary(IP, w) == i and st[i, S_VIEW] == w and not st[i, S_ACTIVE]:
+            _check_new_view(Q, K, O, S, i, w, t)
+    elif mk == M_NEWVIEW:
+        if src != _primary(IP, w) or w < st[i, S_VIEW] or (w == st[i, S_VIEW] and st[i, S_ACTIVE]):
+            return
+        if w > st[i, S_VIEW]:
+            _reset_view(st, i, w)
+        st[i, S_ACTIVE] = 1
+        st[i, S_NVD] = d
+        if w > st[i, S_MAXINST]:
+            st[i, S_MAXINST] = w
+        if not st[i, S_DONE]:
+            _arm_timer(Q, K, S, i, w, t)
+        _try_accept(Q, K, O, S, i, t)
+
+
+@njit(cache=True, _nrt=False)
+def _on_vote(Q, K, O, S, i, d, aux, t):
+    """HotStuff leader: a quorum of one phase's votes on one digest forms its certificate."""
+    IP, st = K[0], S[1]
+    ph = st[i, S_PHASE]
+    if i != _primary(IP, 0) or aux != ph:
+        return  # a vote of an earlier phase (its quorum was reached without it)
+    if d == st[i, S_ACCD]:
+        st[i, S_QCNT] += 1
+    elif d == st[i, S_ALTD]:
+        st[i, S_QCNT2] += 1
+    qd = np.int64(-1)
+    if st[i, S_QCNT] >= IP[I_Q]:
+        qd = st[i, S_ACCD]
+    elif st[i, S_QCNT2] >= IP[I_Q]:
+        qd = st[i, S_ALTD]
+    if qd < 0:
+        return
+    _bcast(Q, K, O, S, i, M_QC, 0, qd, qd, False, ph, t, 0.0)
+    st[i, S_PHASE] = ph + 1
+    st[i, S_ACCD] = qd
+    st[i, S_ALTD] = -1
+    st[i, S_QCNT] = 1
+    st[i, S_QCNT2] = 0
+    if ph == 3:
+        rd = qd
+        if st[i, S_FAULT] == HONEST:
+            _record_commit(O, S, i, qd, t)
+        else:
+            rd = 1
+        _unicast(Q, K, O, S, i, IP[I_N], M_REPLY, 0, rd, 0, t)
+
+
+@njit(cache=True, _nrt=False)
+def _on_other(Q, K, O, S, i, mk, src, d, aux, t):
+    """Replies (to the client, or to the paper's leader), HotStuff votes and certificates."""
+    IP, st = K[0], S[1]
+    n = IP[I_N]
+    if mk == M_REPLY:
+        if i == n:
+            _client_reply(IP, O, src, d, t)
+        elif d == st[i, S_ACCD] and not st[i, S_COMINV]:  # the paper's leader
+            st[i, S_QCNT] += 1
+            if st[i, S_QCNT] >= IP[I_F] + 1:
+                st[i, S_COMINV] = 1
+                if st[i, S_FAULT] == HONEST:
+                    _record_commit(O, S, i, d, t)
+                O[5][0] = d
+                O[5][1] = t
+    elif mk == M_VOTE:
+        _on_vote(Q, K, O, S, i, d, aux, t)
+    elif mk == M_QC:
+        if src != _primary(IP, 0):
+            return
+        equiv = st[i, S_FAULT] == EQUIVOCATE
+        if aux < 3:
+            vd = 1 if equiv else d
+            _unicast(Q, K, O, S, i, src, M_VOTE, 0, vd, aux + 1, t)
+        else:
+            rd = d
+            if equiv:
+                rd = 1
+            else:
+                _record_commit(O, S, i, d, t)
+            _unicast(Q, K, O, S, i, n, M_REPLY, 0, rd, 0, t)
+
+
+@njit(cache=True, _nrt=False)
+def _event_loop(Q, K, O, S):
+    """Handle events in time order until the queue is empty or nearly full (then return)."""
+    IP, T, spb, fault = K[0], K[2], K[3], K[4]
+    EI, ctr = Q[1], Q[6]
+    st, res = S[1], S[0]
+    ptime = O[2]
+    n = IP[I_N]
+    cap = EI.shape[0]
+    while ctr[C_HN] + ctr[C_GN] > 0:
+        if ctr[C_HWM] - ctr[C_NFREE] + 4 * n + 16 > cap:
+            return  # the caller grows the queue and calls again
+        if ctr[C_SEQ] >= MAX_SEQ:
+            return  # the sequence no longer fits beside the slot in a heap key
+        t, slot, handle = _next(Q)
+        mk = np.int64(EI[slot, E_KIND])
+        dst = np.int64(EI[slot, E_DST])
+        aux = np.int64(EI[slot, E_AUX])
+        if not handle and mk != M_TIMER:  # an arrival
+            if dst < n and fault[dst] == SILENT:
+                _free_slot(Q, slot)
+                continue  # dropped: a silent node ignores everything
+            r = _row(mk, aux)
+            done = _fmax(t, res[dst, 1]) + T[r, 0] * spb[dst, 1]
+            res[dst, 1] = done
+            c = _fmax(done, res[dst, 2]) + T[r, 1]
+            res[dst, 2] = c
+            _to_fifo(Q, slot, c, dst)
+            continue
+        src = np.int64(EI[slot, E_SRC])
+        w = np.int64(EI[slot, E_VIEW])
+        d = np.int64(EI[slot, E_DIG])
+        _free_slot(Q, slot)
+        i = dst
+        if mk == M_TIMER:
+            if aux == st[i, S_TVER] and not st[i, S_DONE]:
+                _send_vc(Q, K, O, S, i, w + 1, t)
+            continue
+        ptime[mk] = t
+        if mk == M_SUBMIT:
+            st[i, S_NUPD] += 1
+            if st[i, S_NUPD] == IP[I_U]:
+                _try_propose(Q, K, O, S, i, t)
+                _try_accept(Q, K, O, S, i, t)
+        elif mk <= M_COMMIT or mk == M_VIEWCHANGE or mk == M_NEWVIEW:
+            _on_pbft(Q, K, O, S, i, mk, src, w, d, aux, t)
+        else:
+            _on_other(Q, K, O, S, i, mk, src, d, aux, t)
 
 
 # ----------------------------------------------------------------------------- the kernel
 @njit(cache=True)
-def _grow(Q):
-    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
-    cap = ht.shape[0]
-    new = 2 * cap
-    ht2 = np.empty(new, np.float64)
-    hs2 = np.empty(new, np.int64)
-    hsl2 = np.empty(new, np.int64)
-    evi2 = np.empty((new, 8), np.int32)
-    evf2 = np.empty((new, 2), np.float64)
-    free2 = np.empty(new, np.int64)
-    nxt2 = np.empty(new, np.int64)
-    stime2 = np.empty(new, np.float64)
-    sseq2 = np.empty(new, np.int64)
-    hn = ctr[C_HN]
-    ht2[:hn] = ht[:hn]
-    hs2[:hn] = hs[:hn]
-    hsl2[:hn] = hsl[:hn]
-    evi2[:cap] = evi
-    evf2[:cap] = evf
-    nxt2[:cap] = nxt
-    stime2[:cap] = stime
-    sseq2[:cap] = sseq
-    free2[: ctr[C_NFREE]] = free[: ctr[C_NFREE]]
-    return (ht2, hs2, hsl2, evi2, evf2, free2, ctr, nxt2, stime2, sseq2, fhead, ftail, gt, gs, gn)
+def _aligned_heap(rows):
+    """An int64 (rows + 8, 2) array and the base row that puts children on 64-byte lines."""
+    H = np.empty((rows + 8, 2), np.int64)
+    o = ((64 - H.ctypes.data % 64) % 64) // 16
+    return H, o + 3
 
 
-@njit(cache=True, _nrt=False)
-def _pending(Q):
-    return Q[6][C_HN] + Q[6][C_GN]
-
-
-@njit(cache=True, _nrt=False)
-def _used(Q):
-    return Q[6][C_HWM] - Q[6][C_NFREE]
-
-
-@njit(cache=True, _nrt=False)
-def _capacity(Q):
-    return Q[0].shape[0]
-
-
-@njit(cache=True, _nrt=False)
-def _msgs(Q):
-    return Q[6][C_MSGID]
-
-
-@njit(cache=True, _nrt=False)
-def _next(Q):
-    """Pop the earliest event, free its slot (``_requeue`` takes it back), return its fields.
-
-    The queue is only touched inside helpers compiled without reference counting, so the
-    event loop does no atomic increments on the queue arrays.
-    """
-    ht, hs, hsl, evi, evf, free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
-    # the earliest of the heap (arrivals, timers) and of the per-node handle queues
-    fifo = False
-    if ctr[C_GN] > 0:
-        if ctr[C_HN] == 0:
-            fifo = True
-        else:
-            tg = gt[0]
-            tm = ht[0]
-            fifo = tg < tm or (tg == tm and gs[0] < hs[0])
-    if fifo:
-        k = gn[0]
-        t = gt[0]
-        slot = fhead[k]
-        g = ctr[C_GN] - 1
-        ctr[C_GN] = g
-        _sift_pop(gt, gs, gn, g)
-        nx = nxt[slot]
-        fhead[k] = nx
-        if nx < 0:
-            ftail[k] = -1
-        else:
-            _sift_push(gt, gs, gn, g, stime[nx], sseq[nx], k)
-            ctr[C_GN] = g + 1
-    else:
-        t, slot = _heap_pop(ht, hs, hsl, ctr)
-    k = ctr[C_NFREE]
-    free[k] = slot
-    ctr[C_NFREE] = k + 1
+@njit(cache=True)
+def _make_queue(cap, E):
+    HP, hb = _aligned_heap(cap)
+    GP, gb = _aligned_heap(E)
+    ctr = np.zeros(N_CTR, np.int64)
+    ctr[C_HB] = hb
+    ctr[C_GB] = gb
+    fb = np.zeros(1, np.float64)
     return (
-        t,
-        slot,
-        np.int64(evi[slot, 0]),
-        np.int64(evi[slot, 3]),
-        np.int64(evi[slot, 1]),
-        np.int64(evi[slot, 2]),
-        np.int64(evi[slot, 4]),
-        np.int64(evi[slot, 5]),
-        np.int64(evi[slot, 6]),
-        evf[slot, 0],
-        evf[slot, 1],
+        HP,
+        np.empty((cap, N_EV), np.int32),
+        np.empty(cap, np.float64),
+        np.empty(cap, np.int64),
+        np.empty(cap, np.int32),
+        np.empty(cap, np.int32),
+        ctr,
+        np.full(E, -1, np.int32),
+        np.full(E, -1, np.int32),
+        GP,
+        fb,
+        fb.view(np.int64),
     )
 
 
-@njit(cache=True, _nrt=False)
-def _requeue(Q, slot, t, dst):
-    """The arrived message ``slot`` is handled by ``dst`` at ``t`` (its slot is taken back).
-
-    A node's handle times never decrease (its CPU is a FIFO queue) and sequence numbers
-    grow, so each node's handle events form a queue already in (time, sequence) order:
-    they wait in a per-node linked list and only each list's head sits in a small heap
-    (``gt, gs, gn``), which keeps half the events out of the large heap.
-    """
-    _ht, _hs, _hsl, evi, _evf, _free, ctr, nxt, stime, sseq, fhead, ftail, gt, gs, gn = Q
-    ctr[C_NFREE] -= 1  # nothing was allocated since _next released it
-    s = ctr[C_SEQ]
-    ctr[C_SEQ] = s + 1
-    evi[slot, 0] = EV_HANDLE
-    stime[slot] = t
-    sseq[slot] = s
-    nxt[slot] = -1
-    tail = ftail[dst]
-    ftail[dst] = slot
-    if tail < 0:
-        fhead[dst] = slot
-        g = ctr[C_GN]
-        _sift_push(gt, gs, gn, g, t, s, dst)
-        ctr[C_GN] = g + 1
-    else:
-        nxt[tail] = slot
+@njit(cache=True)
+def _grow(Q):
+    """Twice the slots; live records, heap entries and free-stack entries copied over."""
+    cap = Q[1].shape[0]
+    ctr = Q[6]
+    R = _make_queue(2 * cap, Q[7].shape[0])
+    HP2, hb2 = R[0], R[6][C_HB]
+    hn, hb = ctr[C_HN], ctr[C_HB]
+    HP2[hb2 : hb2 + hn] = Q[0][hb : hb + hn]
+    R[1][:cap] = Q[1]
+    R[2][:cap] = Q[2]
+    R[3][:cap] = Q[3]
+    R[4][:cap] = Q[4]
+    R[5][: ctr[C_NFREE]] = Q[5][: ctr[C_NFREE]]
+    ctr[C_HB] = hb2
+    return (HP2, R[1], R[2], R[3], R[4], R[5], ctr, Q[7], Q[8], Q[9], Q[10], Q[11])
 
 
-@njit(cache=True, _nrt=False)
-def _event_loop(
-    Q,
-    IP,
-    P,
-    spb,
-    fault,
-    cnt,
-    byt,
-    ptime,
-    node_t,
-    res,
-    st,
-    pv,
-    cv,
-    vcf,
-    vinit,
-    ppdig,
-    vccnt,
-    sentvc,
-    bestpv,
-    bestpd,
-    repd,
-    cl,
-):
-    """Handle events in time order until the queue is empty or nearly full.
+def queue_slots(n: int, U: int) -> int:
+    """Initial queue slots: every message of two broadcast rounds in flight, plus timers."""
+    return n * U + 2 * n * (n - 1) + 4 * n + 64
 
-    Compiled without reference counting (no array is created or rebound here), so the
-    loop does no atomic increments; ``run_block`` grows the queue and calls it again.
-    """
-    n = IP[I_N]
-    U = IP[I_U]
-    V = IP[I_V]
-    f = IP[I_F]
-    H = P[P_HEADER]
-    while _pending(Q) > 0:
-        if _used(Q) + 4 * n + 16 > _capacity(Q):
-            return  # the caller grows the queue and calls again
-        t, slot, ek, dst, mk, src, w, d, aux, size, cost = _next(Q)
-        if ek == EV_ARRIVE:
-            if dst < n and fault[dst] == SILENT:
-                continue  # dropped: a silent node ignores everything
-            # downlink (FIFO in arrival order), then the CPU queue in the same order
-            start = _fmax(t, res[dst, 1])
-            done = start + size * spb[dst, 1]
-            res[dst, 1] = done
-            c = _fmax(done, res[dst, 2]) + cost
-            res[dst, 2] = c
-            _requeue(Q, slot, c, dst)
-            continue
-        i = dst
-        if ek == EV_TIMER:
-            if aux != st[i, S_TVER] or st[i, S_DONE]:
-                continue
-            if w + 1 < V:
-                _touch_view(pv, cv, vcf, vinit, w + 1)
-            _send_vc(
-                Q,
-                res,
-                spb,
-                cnt,
-                byt,
-                IP,
-                P,
-                st,
-                pv,
-                cv,
-                sentvc,
-                vccnt,
-                bestpv,
-                bestpd,
-                node_t,
-                repd,
-                cl,
-                i,
-                w + 1,
-                t,
-            )
-            continue
-        # EV_HANDLE
-        ptime[mk] = t
-        if w < V:
-            _touch_view(pv, cv, vcf, vinit, w)
-        if mk == M_SUBMIT:
-            st[i, S_NUPD] += 1
-            if st[i, S_NUPD] == U:
-                _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, cl, i, t)
-                _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, t)
-        elif mk == M_PREPREPARE:
-            if src != _primary(IP, w) or w < st[i, S_VIEW]:
-                continue
-            if ppdig[i, w] < 0:
-                ppdig[i, w] = d
-            if w == st[i, S_VIEW]:
-                _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, t)
-        elif mk == M_PREPARE:
-            if w < st[i, S_VIEW] or src == _primary(IP, w) or pv[w, i, src] >= 0:
-                continue
-            pv[w, i, src] = d
-            if (
-                w == st[i, S_VIEW]
-                and st[i, S_PPACC]
-                and not st[i, S_PREPARED]
-                and d == st[i, S_ACCD]
-                and st[i, S_FAULT] == HONEST
-            ):
-                st[i, S_PCNT] += 1
-                _check_prepared(Q, res, spb, cnt, byt, IP, P, st, cv, node_t, i, t)
-        elif mk == M_COMMIT:
-            if w < st[i, S_VIEW] or cv[w, i, src] >= 0:
-                continue
-            cv[w, i, src] = d
-            if w == st[i, S_VIEW] and st[i, S_PREPARED] and not st[i, S_COMINV] and d == st[i, S_PREPD]:
-                st[i, S_CCNT] += 1
-                _check_committed(Q, res, spb, cnt, byt, IP, P, st, node_t, i, t)
-        elif mk == M_REPLY:
-            if i == n:
-                _client_reply(IP, repd, cl, src, d, t)
-            else:  # the paper's exchange: a follower's reply to the leader
-                if pv[0, i, src] >= 0:
-                    continue
-                pv[0, i, src] = d
-                if d == st[i, S_ACCD] and not st[i, S_COMINV]:
-                    st[i, S_QCNT] += 1
-                    if st[i, S_QCNT] >= f + 1:
-                        st[i, S_COMINV] = 1
-                        if st[i, S_FAULT] == HONEST:
-                            _record_commit(st, node_t, i, d, t)
-                        cl[0] = d
-                        cl[1] = t
-        elif mk == M_VIEWCHANGE:
-            if w >= V:
-                continue
-            if vcf[w, i, src] == 0:
-                vcf[w, i, src] = 1
-                vccnt[i, w] += 1
-                if aux > bestpv[i, w]:
-                    bestpv[i, w] = aux
-                    bestpd[i, w] = d
-            if vccnt[i, w] >= f + 1 and w > st[i, S_VIEW]:
-                _send_vc(
-                    Q,
-                    res,
-                    spb,
-                    cnt,
-                    byt,
-                    IP,
-                    P,
-                    st,
-                    pv,
-                    cv,
-                    sentvc,
-                    vccnt,
-                    bestpv,
-                    bestpd,
-                    node_t,
-                    repd,
-                    cl,
-                    i,
-                    w,
-                    t,
-                )
-            if _primary(IP, w) == i and st[i, S_VIEW] == w and not st[i, S_ACTIVE]:
-                _check_new_view(
-                    Q, res, spb, cnt, byt, IP, P, st, pv, cv, vccnt, bestpv, bestpd, node_t, repd, cl, i, w, t
-                )
-        elif mk == M_NEWVIEW:
-            if src != _primary(IP, w) or w < st[i, S_VIEW] or (w == st[i, S_VIEW] and st[i, S_ACTIVE]):
-                continue
-            if w > st[i, S_VIEW]:
-                _reset_view(st, i, w)
-            st[i, S_ACTIVE] = 1
-            st[i, S_NVD] = d
-            if w > st[i, S_MAXINST]:
-                st[i, S_MAXINST] = w
-            if not st[i, S_DONE]:
-                _arm_timer(Q, st, P, i, w, t)
-            _try_accept(Q, res, spb, cnt, byt, IP, P, st, pv, cv, ppdig, node_t, i, t)
-        elif mk == M_VOTE:
-            if i != _primary(IP, 0) or aux <= pv[0, i, src]:
-                continue
-            pv[0, i, src] = aux
-            ph = st[i, S_PHASE]
-            if aux != ph:
-                continue
-            if d == st[i, S_ACCD]:
-                st[i, S_QCNT] += 1
-            elif d == st[i, S_ALTD]:
-                st[i, S_QCNT2] += 1
-            qd = -1
-            if st[i, S_QCNT] >= IP[I_Q]:
-                qd = st[i, S_ACCD]
-            elif st[i, S_QCNT2] >= IP[I_Q]:
-                qd = st[i, S_ALTD]
-            if qd < 0:
-                continue
-            m = IP[I_Q]
-            _bcast(
-                Q,
-                res,
-                spb,
-                cnt,
-                byt,
-                IP,
-                P,
-                i,
-                M_QC,
-                0,
-                qd,
-                qd,
-                False,
-                ph,
-                H + 64.0 * m,
-                P[P_PROC] + P[P_VERIFY] * (1 + m),
-                t,
-                0.0,
-            )
-            st[i, S_PHASE] = ph + 1
-            st[i, S_ACCD] = qd
-            st[i, S_ALTD] = -1
-            st[i, S_QCNT] = 1
-            st[i, S_QCNT2] = 0
-            if ph == 3:
-                rd = qd
-                if st[i, S_FAULT] == HONEST:
-                    _record_commit(st, node_t, i, qd, t)
-                else:
-                    rd = 1
-                _unicast(Q, res, spb, cnt, byt, IP, P, i, n, M_REPLY, 0, rd, 0, H, _vote_cost(P), t)
-        elif mk == M_QC:
-            if src != _primary(IP, 0):
-                continue
-            equiv = st[i, S_FAULT] == EQUIVOCATE
-            if aux < 3:
-                vd = 1 if equiv else d
-                _unicast(Q, res, spb, cnt, byt, IP, P, i, src, M_VOTE, 0, vd, aux + 1, H, _vote_cost(P), t)
-            else:
-                rd = d
-                if equiv:
-                    rd = 1
-                else:
-                    _record_commit(st, node_t, i, d, t)
-                _unicast(Q, res, spb, cnt, byt, IP, P, i, n, M_REPLY, 0, rd, 0, H, _vote_cost(P), t)
+
+@njit(cache=True)
+def _init_state(IP, fault):
+    n, V = IP[I_N], IP[I_V]
+    st = np.zeros((n, N_STATE), np.int64)
+    for i in range(n):
+        st[i, S_ACCD] = -1
+        st[i, S_PREPD] = -1
+        st[i, S_COMD] = -1
+        st[i, S_PCV] = -1
+        st[i, S_PCD] = -1
+        st[i, S_ALTD] = -1
+        st[i, S_NVD] = -1
+        st[i, S_ACTIVE] = 1
+        st[i, S_FAULT] = fault[i]
+    res = np.zeros((n + 1 + IP[I_U], 3), np.float64)  # uplink free, downlink free, CPU free
+    prep = np.zeros((n, V, 2), np.int32)  # prepares received per view and digest slot
+    com = np.zeros((n, V, 2), np.int32)  # commits received per view and digest slot
+    ppdig = np.full((n, V), -1, np.int32)
+    vccnt = np.zeros((n, V), np.int32)
+    sentvc = np.zeros((n, V), np.int8)
+    bestpv = np.full((n, V), -1, np.int32)
+    bestpd = np.full((n, V), -1, np.int32)
+    return (res, st, prep, com, ppdig, vccnt, sentvc, bestpv, bestpd)
 
 
 @njit(cache=True)
 def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client):
-    """Run one block's agreement; fill the output arrays; return the number of messages sent.
+    """Run one block's agreement; fill the output arrays; return the messages sent (-1: too many events).
 
     Parameters
     ----------
@@ -990,113 +921,40 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
     node_i : int64[n, 2] (conflicting later commit flag, highest view installed);
     client : float64[2] (accepted digest or -1, acceptance time or NaN).
     """
-    n = IP[I_N]
-    U = IP[I_U]
-    V = IP[I_V]
-    IP[I_F]
-    proto = IP[I_PROTO]
-    E = n + 1 + U
-    res = np.zeros((E, 3), np.float64)  # uplink free, downlink free, CPU free
-    spb = SPB
-    st = np.zeros((n, N_STATE), np.int64)
-    for i in range(n):
-        st[i, S_ACCD] = -1
-        st[i, S_PREPD] = -1
-        st[i, S_COMD] = -1
-        st[i, S_PCV] = -1
-        st[i, S_PCD] = -1
-        st[i, S_ALTD] = -1
-        st[i, S_ACTIVE] = 1
-        st[i, S_FAULT] = fault[i]
-    # vote tables [view, receiver, sender]; a view's slice is filled when first used
-    pv = np.empty((V, n, n), np.int32)
-    cv = np.empty((V, n, n), np.int32)
-    vcf = np.empty((V, n, n), np.int8)
-    vinit = np.zeros(V, np.int8)
-    _touch_view(pv, cv, vcf, vinit, 0)
-    ppdig = np.full((n, V), -1, np.int64)
-    vccnt = np.zeros((n, V), np.int64)
-    sentvc = np.zeros((n, V), np.int8)
-    bestpv = np.full((n, V), -1, np.int64)
-    bestpd = np.full((n, V), -1, np.int64)
-    repd = np.full(n, -1, np.int64)
+    n, U = IP[I_N], IP[I_U]
+    S = _init_state(IP, fault)
+    st = S[1]
+    K = (IP, P, _size_cost_table(IP, P), SPB, fault)
     for k in range(N_PHASES):
         cnt[k] = 0
         byt[k] = 0.0
         ptime[k] = np.nan
     for i in range(n):
-        node_d[i] = -1
         node_t[i] = np.nan
-        node_i[i, 0] = 0
-        node_i[i, 1] = 0
-    client[0] = -1.0
-    client[1] = np.nan
+    repd = np.full(n, -1, np.int64)
     cl = np.array([-1.0, np.nan])
+    O = (cnt, byt, ptime, node_t, repd, cl)
+    Q = _make_queue(n * U + 2 * n * (n - 1) + 4 * n + 64, n + 1)  # = queue_slots(n, U)
 
-    cap = n * U + 2 * n * n + 64  # every message of two broadcast rounds in flight: no growth
-    ctr = np.zeros(N_CTR, np.int64)
-    free = np.empty(cap, np.int64)
-    Q = (
-        np.empty(cap, np.float64),
-        np.empty(cap, np.int64),
-        np.empty(cap, np.int64),
-        np.empty((cap, 8), np.int32),
-        np.empty((cap, 2), np.float64),
-        free,
-        ctr,
-        np.empty(cap, np.int64),
-        np.empty(cap, np.float64),
-        np.empty(cap, np.int64),
-        np.full(E, -1, np.int64),
-        np.full(E, -1, np.int64),
-        np.empty(E, np.float64),
-        np.empty(E, np.int64),
-        np.empty(E, np.int64),
-    )
-
-    H = P[P_HEADER]
     # edge servers sign their update and send it to every node, primary first
-    sub_size = H + P[P_UPD]
-    sub_cost = P[P_PROC] + P[P_VERIFY] + P[P_HASH_PB] * P[P_UPD]
     for e in range(U):
         src = n + 1 + e
-        s = _sign(res, P, src, 0.0, 0.0)
+        s = _sign(S, P, src, 0.0, 0.0)
         for j in range(n):
-            _send(Q, res, spb, cnt, byt, IP, P, src, j, M_SUBMIT, 0, 0, 0, sub_size, sub_cost, s)
-    if proto == PROTO_PBFT:
+            _send(Q, K, O, S, src, j, M_SUBMIT, 0, 0, 0, s)
+    if IP[I_PROTO] == PROTO_PBFT:
         for i in range(n):
             if fault[i] != SILENT:
-                _arm_timer(Q, st, P, i, 0, 0.0)
+                _arm_timer(Q, K, S, i, 0, 0.0)
     if U == 0 and fault[0] != SILENT:
-        _try_propose(Q, res, spb, cnt, byt, IP, P, st, pv, cv, bestpv, bestpd, node_t, repd, cl, 0, 0.0)
+        _try_propose(Q, K, O, S, 0, 0.0)
 
     while True:
-        _event_loop(
-            Q,
-            IP,
-            P,
-            spb,
-            fault,
-            cnt,
-            byt,
-            ptime,
-            node_t,
-            res,
-            st,
-            pv,
-            cv,
-            vcf,
-            vinit,
-            ppdig,
-            vccnt,
-            sentvc,
-            bestpv,
-            bestpd,
-            repd,
-            cl,
-        )
-        if _pending(Q) == 0:
+        _event_loop(Q, K, O, S)
+        if Q[6][C_HN] + Q[6][C_GN] == 0:
             break
+        if Q[6][C_SEQ] >= MAX_SEQ:
+            return -1  # the wrapper raises: too many events for one run
         Q = _grow(Q)
 
     for i in range(n):
@@ -1105,7 +963,7 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
         node_i[i, 1] = st[i, S_MAXINST]
     client[0] = cl[0]
     client[1] = cl[1]
-    return _msgs(Q)
+    return Q[6][C_MSGID]
 
 
 @njit(cache=True, parallel=True)
@@ -1145,10 +1003,13 @@ def _sweep_one(IPs, Ps, SPB, faults, out_t, out_msgs, out_bytes, out_committed, 
     node_t = np.zeros(n, np.float64)
     node_i = np.zeros((n, 2), np.int64)
     client = np.zeros(2, np.float64)
-    run_block(IP, Ps[c], spb, faults[c, :n], cnt, byt, ptime, node_d, node_t, node_i, client)
+    sent = run_block(IP, Ps[c], spb, faults[c, :n], cnt, byt, ptime, node_d, node_t, node_i, client)
     out_t[c] = client[1]
-    out_msgs[c] = cnt.sum()
-    out_bytes[c] = byt.sum()
+    out_msgs[c] = cnt.sum() if sent >= 0 else -1
+    total = 0.0
+    for k in range(N_PHASES):
+        total += byt[k]
+    out_bytes[c] = total
     out_committed[c] = client[0] >= 0
     mx = 0
     for k in range(n):

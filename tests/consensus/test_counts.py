@@ -114,3 +114,28 @@ def test_same_seed_same_result_and_seeds_differ():
     np.testing.assert_array_equal(a.node_commit_s, b.node_commit_s)
     assert a.time_s != c.time_s
     assert a.node_commit_s.dtype == np.float64 and a.node_digest.dtype == np.int64
+
+
+_RSS_SCRIPT = """
+import resource, sys
+from mcsl_core.consensus import pbft_message_counts, simulate_pbft, sweep
+r = simulate_pbft(3000, 10)
+c = pbft_message_counts(3000, n_updates=10)
+s = sweep([4, 10, 100, 3000], 1, 0)
+ok = r.committed and r.agreement and r.phase_messages == c.messages and r.messages == c.messages.total
+closed = [pbft_message_counts(n, n_updates=1).messages.total for n in (4, 10, 100, 3000)]
+ok = ok and s.committed.all() and s.messages.tolist() == closed and (s.time_s > 0).all()
+print(int(ok), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@pytest.mark.slow
+def test_3000_nodes_commit_with_exact_counts_under_2_gib(tmp_path):
+    # a fresh interpreter, so that its peak RSS is this run's (about 0.6 GiB measured)
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT], capture_output=True, text=True, check=True)
+    ok, rss = map(int, out.stdout.split())
+    assert ok == 1
+    assert rss < 2 * 2**30

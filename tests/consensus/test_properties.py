@@ -1,13 +1,16 @@
-"""Kernel vs pure-Python reference, safety and liveness (hypothesis), sweep, validation."""
+"""Kernel vs the independent pure-Python reference, safety and liveness (hypothesis), sweep, validation."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mcsl_core.consensus import (
+    ConsensusResult,
     NetworkModel,
     _sim,
     fault_tolerance,
@@ -15,10 +18,17 @@ from mcsl_core.consensus import (
     simulate_pbft,
     sweep,
 )
-from tests.conftest import tol
+from tests.conftest import examples
 from tests.reference.consensus_ref import latency, simulate_ref, uniform01
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+DEFAULT_NET = NetworkModel()
+IDEAL = NetworkModel(
+    latency="constant",
+    **dict.fromkeys(("upload_bps", "download_bps", "edge_upload_bps", "client_download_bps"), 1e300),
+    **dict.fromkeys(("processing_s", "sign_s", "verify_s", "hash_s_per_byte"), 0.0),
+    view_timeout_s=1.0,
+)
 
 
 @st.composite
@@ -34,40 +44,130 @@ def placements(draw, max_faulty=None, min_faulty=0, sizes=(4, 5, 7, 10, 13)):
 
 
 def _same(a, b):
-    assert a.phase_messages == b.phase_messages
-    np.testing.assert_allclose(np.array(a.phase_bytes), np.array(b.phase_bytes), **tol(np.float64))
-    np.testing.assert_allclose(np.array(a.phase_time_s), np.array(b.phase_time_s), **tol(np.float64))
-    np.testing.assert_allclose(a.node_commit_s, b.node_commit_s, **tol(np.float64))
-    np.testing.assert_array_equal(a.node_digest, b.node_digest)
-    assert a.client_digest == b.client_digest and a.view_changes == b.view_changes
-    np.testing.assert_allclose(a.time_s, b.time_s, **tol(np.float64))
+    """Every field of ``ConsensusResult``, exactly: both sides do the same float operations
+    in the same order (the model's equations, documented in ``_sim``), so no tolerance."""
+    for fld in dataclasses.fields(ConsensusResult):
+        x, y = getattr(a, fld.name), getattr(b, fld.name)
+        if isinstance(x, (np.ndarray, tuple)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=fld.name)
+        elif isinstance(x, float) and np.isnan(x):
+            assert np.isnan(y), fld.name
+        else:
+            assert x == y, (fld.name, x, y)
+    assert b.duplicates == 0  # the kernel counts votes: no sender repeats a kind in a view
 
 
-@settings(max_examples=40, **SETTINGS)
-@given(
-    placements(max_faulty=lambda n: n - 1),
-    st.sampled_from(["silent", "equivocate"]),
-    st.sampled_from(["pbft", "paper", "hotstuff"]),
-    st.sampled_from(["pareto", "exponential", "constant"]),
-    st.sampled_from(["updates", "digests"]),
-    st.integers(0, 4),
-)
-def test_kernel_equals_reference(pl, fault, protocol, lat, carries, U):
-    n, idx, seed = pl
+@st.composite
+def configs(draw):
+    """Real inputs: sizes, fault placements and kinds, protocols, latency laws, blocks, views."""
+    n = draw(st.integers(4, 40))
+    k = draw(st.integers(0, n - 1))
+    idx = sorted(draw(st.lists(st.integers(0, n - 1), min_size=k, max_size=k, unique=True)))
+    protocol = draw(st.sampled_from(["pbft", "paper", "hotstuff"]))
+    f = fault_tolerance(n)
+    mv = draw(st.none() | st.integers(1, f + 3)) if protocol == "pbft" else None
     kw = dict(
         faulty=idx,
-        fault=fault,
+        fault=draw(st.sampled_from(["silent", "equivocate"])),
         leader_faulty=0 in idx,
         protocol=protocol,
-        seed=seed,
-        block_carries=carries,
-        network=NetworkModel(latency=lat),
+        seed=draw(st.integers(0, 2**63 - 1)),
+        block_carries=draw(st.sampled_from(["updates", "digests"])),
+        network=NetworkModel(latency=draw(st.sampled_from(["pareto", "exponential", "constant"]))),
+        update_bytes=draw(st.sampled_from([0.0, 1000.0, 300_000.0])),
+        max_views=mv,
     )
+    return n, draw(st.integers(0, 6)), kw
+
+
+def _pin(n, U, **kw):
+    kw.setdefault("network", DEFAULT_NET)
+    kw.setdefault("leader_faulty", 0 in kw.get("faulty", ()))
+    return example((n, U, kw))
+
+
+@settings(max_examples=examples(40), **SETTINGS)
+@given(configs())
+# more than f equivocators split the honest nodes (conflicting commits)
+@_pin(4, 1, faulty=[0, 1], fault="equivocate")
+# an equivocating primary at n = 5, where 2f + 1 = 3 would not be a safe quorum
+@_pin(5, 2, faulty=[0], fault="equivocate")
+# a silent primary: view change, then commit in view 1
+@_pin(7, 3, faulty=[0], fault="silent")
+# more than f silent nodes: every view times out, nothing commits
+@_pin(10, 1, faulty=[0, 4, 9, 7], fault="silent")
+# equivocators in views after a view change (certificates carry forged digests)
+@_pin(13, 2, faulty=[0, 1, 2, 3, 5], fault="equivocate", seed=3)
+# no updates: the primary proposes at time 0; constant latency: many equal time stamps
+@_pin(10, 0, faulty=[3], network=NetworkModel(latency="constant"))
+# the largest seed, digests only, one view only
+@_pin(7, 2, faulty=[0], seed=2**63 - 1, block_carries="digests", max_views=1)
+# f + 1 equivocators: an honest node commits one digest, then another in a later view
+@_pin(7, 2, faulty=[0, 1, 2], fault="equivocate", seed=398)
+# zero CPU and transfer costs, constant latency: handle events tie with arrivals
+@_pin(7, 2, faulty=[0], fault="equivocate", network=IDEAL)
+@_pin(10, 0, faulty=[0, 5], network=IDEAL)
+@_pin(10, 3, faulty=[0, 2], fault="equivocate", protocol="hotstuff")
+@_pin(10, 3, faulty=[0], fault="equivocate", protocol="paper")
+def test_kernel_equals_reference(cfg):
+    n, U, kw = cfg
     _same(simulate_pbft(n, U, **kw), simulate_ref(n, U, **kw))
 
 
+def test_conflicting_commit_is_flagged():
+    # more than f equivocators: honest nodes 4 and 6 commit digest 0 and, in a later view,
+    # another one; the flag shows what the first committed digest alone hides
+    kw = dict(faulty=[0, 1, 2], fault="equivocate", leader_faulty=True, seed=398, network=DEFAULT_NET)
+    r = simulate_pbft(7, 2, **kw)
+    ref = simulate_ref(7, 2, **kw)
+    _same(r, ref)
+    assert r.node_conflict[~r.faulty].any() and not r.agreement
+
+
 def test_kernel_equals_reference_n100():
-    _same(simulate_pbft(100, 3, seed=5), simulate_ref(100, 3, seed=5))
+    kw = dict(network=DEFAULT_NET, faulty=[0, 50, 99], leader_faulty=True, seed=5)
+    _same(simulate_pbft(100, 3, **kw), simulate_ref(100, 3, **kw))
+
+
+def test_byte_totals_by_hand_n4():
+    # n = 4, f = 1, q = 3, one update of 1000 bytes, headers of 256 bytes
+    H, upd = 256.0, 1000.0
+    kw = dict(update_bytes=upd, network=DEFAULT_NET)
+    ok = {
+        "submit": 4 * (H + upd),  # the edge server to all 4 nodes
+        "pre_prepare": 3 * (H + upd),  # the block to 3 backups
+        "prepare": 3 * 3 * H,  # 3 backups to 3 others
+        "commit": 4 * 3 * H,
+        "reply": 4 * H,
+    }
+    # silent primary: views 0 -> 1; 3 live nodes send 3 view changes each (no certificate);
+    # node 1 sends 3 new-views of q + 1 = 4 headers, the block, 2 backups prepare, 3 commit
+    vc = {
+        "submit": 4 * (H + upd),
+        "pre_prepare": 3 * (H + upd),
+        "prepare": 2 * 3 * H,
+        "commit": 3 * 3 * H,
+        "reply": 3 * H,
+        "view_change": 3 * 3 * H,
+        "new_view": 3 * 4 * H,
+    }
+    # HotStuff: proposal, 3 vote rounds of 3, 3 certificates of 3 (q = 3 signatures of 64 bytes)
+    hs = {
+        "submit": 4 * (H + upd),
+        "pre_prepare": 3 * (H + upd),
+        "vote": 9 * H,
+        "qc": 9 * (H + 3 * 64),
+        "reply": 4 * H,
+    }
+    for expect, extra in (
+        (ok, {}),
+        (vc, dict(faulty=1, leader_faulty=True)),
+        (hs, dict(protocol="hotstuff")),
+    ):
+        want = tuple(expect.get(p, 0.0) for p in _sim.PHASES)
+        for r in (simulate_pbft(4, 1, **kw, **extra), simulate_ref(4, 1, **kw, **extra)):
+            assert tuple(r.phase_bytes) == want and r.bytes == sum(want) and r.committed
+    assert sum(ok.values()) == 4 * 1256 + 3 * 1256 + 9 * 256 + 12 * 256 + 4 * 256 == 15192
 
 
 @settings(max_examples=60, **SETTINGS)
@@ -236,3 +336,123 @@ def test_quorums_intersect_when_n_exceeds_3f_plus_1(n):
     for seed in range(6):
         r = simulate_pbft(n, 2, faulty=[0], fault="equivocate", leader_faulty=True, seed=seed)
         assert r.agreement
+
+
+# ----------------------------------------------------------------------------- fault_mask, max_views
+def test_fault_mask_placements():
+    from mcsl_core.consensus import fault_mask
+
+    assert fault_mask(7, 0, False).tolist() == [False] * 7
+    assert np.flatnonzero(fault_mask(7, 2, False)).tolist() == [5, 6]  # the last k
+    assert np.flatnonzero(fault_mask(7, 1, True)).tolist() == [0]  # the view-0 primary
+    assert np.flatnonzero(fault_mask(7, 3, True)).tolist() == [0, 5, 6]  # and the last k - 1
+    assert np.flatnonzero(fault_mask(7, [4, 2], False)).tolist() == [2, 4]
+    assert np.flatnonzero(fault_mask(7, np.array([0, 3]), True)).tolist() == [0, 3]
+    assert fault_mask(7, 7, False).all()
+    for args, match in [
+        ((7, 8, False), "faulty"),
+        ((7, 0, True), "leader_faulty"),
+        ((7, [1, 1], False), "repeat"),
+        ((7, [1, 7], False), "index 1"),
+        ((7, [1, 2], True), "node 0"),
+        ((7, [[1]], False), "1-D"),
+        ((7, -1, False), "faulty"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fault_mask(*args)
+
+
+def test_max_views_bounds_the_view_changes():
+    # silent primaries of views 0 and 1 at n = 7 (f = 2): view 2 is the first that can commit
+    kw = dict(faulty=[0, 1], leader_faulty=True, seed=4, network=DEFAULT_NET)
+    for mv, commits in ((1, False), (2, False), (3, True), (None, True)):
+        r = simulate_pbft(7, 2, max_views=mv, **kw)
+        _same(r, simulate_ref(7, 2, max_views=mv, **kw))
+        assert r.committed == commits
+        # the highest view installed: view 1's primary is silent, so it never is
+        assert r.view_changes == (2 if commits else 0)
+        # a timer may not ask for a view >= max_views; with 2 views the 5 live nodes ask for view 1
+        assert r.phase_messages.view_change == {1: 0, 2: 5 * 6}.get(mv, r.phase_messages.view_change)
+    with pytest.raises(ValueError, match="max_views"):
+        simulate_pbft(7, 2, max_views=0)
+
+
+# ----------------------------------------------------------------------------- sweep
+def _sweep_matches_single_runs(ns, us, seeds, fa, **kw):
+    a = sweep(ns, us, seeds, faulty=fa, **kw)
+    b = sweep(ns, us, seeds, faulty=fa, parallel=False, **kw)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    for c in range(len(ns)):
+        r = simulate_pbft(int(ns[c]), int(us[c]), seed=int(seeds[c]), faulty=int(fa[c]), **kw)
+        assert a.messages[c] == r.messages and a.committed[c] == r.committed
+        assert a.view_changes[c] == r.view_changes and a.bytes[c] == r.bytes
+        np.testing.assert_array_equal(a.time_s[c], r.time_s)
+    return a
+
+
+def test_sweep_leader_faulty_and_other_protocols():
+    rng = np.random.default_rng(11)
+    C = 12
+    ns = rng.integers(4, 25, C)
+    us = rng.integers(0, 4, C)
+    seeds = rng.integers(0, 2**40, C)
+    fa = np.maximum(1, np.minimum(rng.integers(0, 4, C), (ns - 1) // 3))
+    a = _sweep_matches_single_runs(ns, us, seeds, fa, leader_faulty=True)
+    assert a.committed.all() and (a.view_changes >= 1).all()  # each silent primary replaced
+    eq = _sweep_matches_single_runs(ns, us, seeds, fa, leader_faulty=True, fault="equivocate")
+    assert eq.committed.all()
+    for proto in ("paper", "hotstuff"):
+        p = _sweep_matches_single_runs(ns, us, seeds, fa * 0, protocol=proto)
+        closed = [pbft_message_counts(int(n), n_updates=int(u), protocol=proto) for n, u in zip(ns, us)]
+        assert p.messages.tolist() == [int(c.messages.total) for c in closed] and p.committed.all()
+        # a silent leader: neither protocol has a view change, nothing commits
+        s = _sweep_matches_single_runs(ns, us, seeds, fa, protocol=proto, leader_faulty=True)
+        assert not s.committed.any() and np.isnan(s.time_s).all()
+
+
+def test_sweep_parallel_equals_serial_many_configs():
+    rng = np.random.default_rng(3)
+    C = 300
+    ns = rng.integers(4, 60, C)
+    kw = dict(faulty=np.minimum(rng.integers(0, 4, C), (ns - 1) // 3))
+    for extra in (
+        dict(),
+        dict(leader_faulty=True, faulty=np.maximum(kw["faulty"], 1)),
+        dict(protocol="hotstuff"),
+    ):
+        args = (ns, rng.integers(0, 6, C), rng.integers(0, 2**62, C))
+        a = sweep(*args, **{**kw, **extra})
+        b = sweep(*args, **{**kw, **extra}, parallel=False)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+        assert a.committed.all() and (a.messages > 0).all()
+
+
+# ----------------------------------------------------------------------------- memory
+def test_memory_refused_upfront_on_both_paths(monkeypatch):
+    from mcsl_core.consensus import _api
+
+    # pretend only enough memory for the n = 100 configuration is available
+    have = _api.kernel_bytes(100, 1, fault_tolerance(100) + 2) + 1
+    monkeypatch.setattr(_api, "available_bytes", lambda: have)
+    errors = []
+    for parallel in (True, False):
+        with pytest.raises(ValueError, match="n_nodes = 3000 at index 3") as exc:
+            sweep([4, 10, 100, 3000], 1, 0, parallel=parallel)
+        errors.append(str(exc.value))
+    assert errors[0] == errors[1]
+    with pytest.raises(ValueError, match="n_nodes = 3000"):
+        simulate_pbft(3000, 1)
+    r = sweep([4, 10, 100], 1, 0)  # what fits runs (on fewer threads if need be)
+    closed = [pbft_message_counts(n, n_updates=1).messages.total for n in (4, 10, 100)]
+    assert r.committed.all() and r.messages.tolist() == closed
+
+
+def test_kernel_bytes_grows_as_n_squared_times_views():
+    from mcsl_core.consensus._api import kernel_bytes
+
+    # 33 bytes per node and view, 64 per queue slot (2 n (n - 1) + n U + 4 n + 64 slots)
+    assert kernel_bytes(4, 1, 3) == 33 * 4 * 3 + 64 * (4 + 24 + 16 + 64) + 232 * 4 + 40 * 6
+    big = kernel_bytes(3000, 10, fault_tolerance(3000) + 2)
+    assert 1.0 * 2**30 < big < 1.25 * 2**30  # the old (f + 2, n, n) tables alone needed 81 GB

@@ -1,11 +1,19 @@
-"""Pure-Python discrete-event simulator of the same protocols (test reference + benchmark anchor).
+"""Independent pure-Python discrete-event simulator of one block's agreement (test reference).
 
-Written the way BlockSim-style Python simulators are: a ``heapq`` event queue of
-``(time, sequence, event)`` tuples, one Python object per message, one object per
-node holding its state in dicts and sets. It implements the rules documented in
-``mcsl_core.consensus._sim`` and ``simulate_pbft`` independently of the numba code;
-the only shared pieces are the latency formula (written again here) and the
-input preparation (``build_inputs``), so that both see the same numbers.
+Written from the protocols (Castro-Liskov PBFT with view changes; the paper's one-round
+exchange; basic, non-pipelined HotStuff) and from the network, fault and cost model as
+documented in ``mcsl_core.consensus`` (the ``_sim`` module docstring, ``simulate_pbft``,
+``fault_mask``, ``NetworkModel`` and ``uniform01``). It imports nothing from
+``mcsl_core``: the fault placement, the quorum, the auto timeout, the splitmix64 draws
+and the latency laws are re-derived here from that text. It is written the way
+BlockSim-style simulators are: a ``heapq`` of ``(time, sequence, event)`` tuples, one
+object per message, per-node state in dicts and sets, votes deduplicated per sender
+(as a real replica must), and a count of duplicates it had to drop (``duplicates``), so
+that a test can check the kernel's documented claim that in this fault model no sender
+ever sends a node the same kind twice in a view (the kernel counts instead of storing).
+
+``simulate_ref`` takes the arguments of ``simulate_pbft`` (a ``network`` is read by
+attribute only) and returns a ``RefResult`` with every field of ``ConsensusResult``.
 """
 
 from __future__ import annotations
@@ -16,25 +24,41 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mcsl_core.consensus import NetworkModel
-from mcsl_core.consensus._api import _entity_spb, _fault_code, build_inputs, fault_mask, make_result
-from mcsl_core.consensus._closed_form import PROTOCOLS
-
 MASK64 = (1 << 64) - 1
 PHASES = ("submit", "pre_prepare", "prepare", "commit", "reply", "view_change", "new_view", "vote", "qc")
+SIG_BYTES = 64.0
+DIGEST_BYTES = 32.0
+
+
+def max_f(n: int) -> int:
+    """The largest f with n >= 3f + 1 (counted up, not divided)."""
+    f = 0
+    while 3 * (f + 1) + 1 <= n:
+        f += 1
+    return f
+
+
+def quorum_size(n: int, f: int) -> int:
+    """The smallest q with 2q - n >= f + 1 (two quorums share an honest node)."""
+    q = 1
+    while 2 * q - n < f + 1:
+        q += 1
+    return q
 
 
 def uniform01(seed: int, k: int) -> float:
+    """splitmix64 finaliser of ``seed * G + (k + 1) * M1 (mod 2**64)``, top 53 bits, + 1/2 ulp."""
     z = (seed * 0x9E3779B97F4A7C15 + (k + 1) * 0xBF58476D1CE4E5B9) & MASK64
     z ^= z >> 30
     z = (z * 0xBF58476D1CE4E5B9) & MASK64
     z ^= z >> 27
     z = (z * 0x94D049BB133111EB) & MASK64
     z ^= z >> 31
-    return (float(z >> 11) + 0.5) * (1.0 / 9007199254740992.0)
+    return ((z >> 11) + 0.5) / 2.0**53
 
 
 def latency(kind: str, mean: float, shape: float, u: float) -> float:
+    """Inverse CDF: constant; exponential ``-mean ln u``; Pareto ``x_m u^(-1/shape)``."""
     if kind == "constant":
         return mean
     if kind == "exponential":
@@ -43,8 +67,43 @@ def latency(kind: str, mean: float, shape: float, u: float) -> float:
     return xm * math.pow(u, -1.0 / shape)
 
 
+def faulty_nodes(n: int, faulty, leader_faulty: bool) -> list[bool]:
+    """A count k: the last k nodes, or node 0 and the last k - 1 (leader faulty); or indices."""
+    if isinstance(faulty, (int, np.integer)):
+        k = int(faulty)
+        chosen = [0, *range(n - k + 1, n)] if leader_faulty else list(range(n - k, n))
+    else:
+        chosen = [int(i) for i in faulty]
+    return [i in chosen for i in range(n)]
+
+
+def auto_timeout(n: int, U: int, upd: float, payload: float, net) -> float:
+    """``2 * estimate + 1`` s, the estimate summed term by term in the documented order."""
+    up, down, edge = 8.0 / net.upload_bps, 8.0 / net.download_bps, 8.0 / net.edge_upload_bps
+    H = net.header_bytes
+    lat_hi = net.latency_mean_s * (1.0 if net.latency == "constant" else 10.0)
+    vote = net.processing_s + net.verify_s
+    sub = net.processing_s + net.verify_s + net.hash_s_per_byte * upd
+    terms = [
+        6 * lat_hi,
+        n * (H + upd) * edge,
+        U * ((H + upd) * down + sub),
+        (n - 1) * (H + payload) * up,
+        (H + payload) * down,
+        net.processing_s,
+        net.verify_s * (1 + U),
+        2 * net.hash_s_per_byte * payload,
+        3 * n * (H * (up + down) + vote),
+        8 * net.sign_s,
+    ]
+    est = terms[0]
+    for x in terms[1:]:
+        est = est + x
+    return 2.0 * est + 1.0
+
+
 @dataclass
-class Message:
+class Msg:
     kind: str
     src: int
     dst: int
@@ -53,7 +112,7 @@ class Message:
     aux: int
     size: float
     cost: float
-    stage: str = "arrive"  # arrive -> handle
+    arrived: bool = False
 
 
 @dataclass
@@ -64,475 +123,413 @@ class Timer:
 
 
 @dataclass
-class Node:
+class Replica:
     idx: int
     fault: str  # "honest" | "silent" | "equivocate"
     view: int = 0
-    active: bool = True
-    n_updates: int = 0
-    accepted: int | None = None  # digest of the accepted pre-prepare in this view
+    active: bool = True  # in a view it has installed (view 0, or after new-view)
+    updates: int = 0
+    accepted: int | None = None  # digest accepted in this view (pre-prepare / proposal)
     prepared: int | None = None
-    committed_in_view: bool = False
+    committed_here: bool = False  # committed (or, as leader, concluded) in this view
     proposed: bool = False
     nv_sent: bool = False
-    nv_digest: int = -1  # digest the new-view certificate dictates for this view
+    nv_digest: int = -1
     done: bool = False
-    timer_version: int = 0
-    committed: int | None = None
-    commit_time: float = float("nan")
+    timer: int = 0
+    decided: int | None = None
+    decided_at: float = float("nan")
     conflict: bool = False
     cert: tuple[int, int] | None = None  # (view, digest) of the last prepared certificate
-    max_installed: int = 0
-    preprepares: dict = field(default_factory=dict)  # view -> digest
-    prepares: dict = field(default_factory=dict)  # (view, sender) -> digest
-    commits: dict = field(default_factory=dict)  # (view, sender) -> digest
-    prepare_senders: dict = field(default_factory=dict)  # (view, digest) -> senders (never the primary)
-    commit_senders: dict = field(default_factory=dict)  # (view, digest) -> senders
-    view_changes: dict = field(default_factory=dict)  # view -> {sender: cert}
+    installed: int = 0
+    pre_prepares: dict = field(default_factory=dict)  # view -> first digest from that view's primary
+    prepares: dict = field(default_factory=dict)  # (view, digest) -> set of senders
+    commits: dict = field(default_factory=dict)  # (view, digest) -> set of senders
+    seen: set = field(default_factory=set)  # (kind, view, sender) already counted
+    view_changes: dict = field(default_factory=dict)  # view -> [(sender, cert)] in arrival order
     sent_vc: set = field(default_factory=set)
-    # leader-side counters (paper replies, HotStuff votes)
-    replies: dict = field(default_factory=dict)  # sender -> digest (paper) or last phase voted (HotStuff)
-    phase: int = 0
-    votes: dict = field(default_factory=dict)  # digest -> count in the current HotStuff phase
+    phase: int = 0  # HotStuff leader: the phase whose votes it collects
+    votes: dict = field(default_factory=dict)  # HotStuff leader: digest -> voters this phase
+    followers: dict = field(default_factory=dict)  # paper leader: follower -> digest
 
 
-class RefSim:
-    def __init__(
-        self, n, U, *, update_bytes, network, fault_kind, protocol, block_carries, seed, V, f, tbase
-    ):
-        self.n, self.U, self.f, self.V = n, U, f, V
-        self.q = (n + f + 2) // 2  # PBFT quorum ceil((n + f + 1) / 2); 2f + 1 when n = 3f + 1
-        self.net = network
-        self.protocol = protocol
-        self.digests = block_carries == "digests"
-        self.seed = seed
-        self.upd = update_bytes
-        self.tbase = tbase
-        self.nodes = [Node(i, fault_kind[i]) for i in range(n)]
-        spb = _entity_spb(n, U, network)
+class Reference:
+    def __init__(self, n, U, upd, net, faults, protocol, carries, seed, views, timeout):
+        self.n, self.U, self.upd, self.net = n, U, upd, net
+        self.f = max_f(n)
+        self.q = quorum_size(n, self.f)
+        self.protocol, self.digests, self.seed = protocol, carries == "digests", seed
+        self.views, self.timeout = views, timeout
+        self.nodes = [Replica(i, faults[i]) for i in range(n)]
+        up, down = 8.0 / net.upload_bps, 8.0 / net.download_bps
+        edge, client = 8.0 / net.edge_upload_bps, 8.0 / net.client_download_bps
+        # entities: nodes 0..n-1, the client n, edge servers n+1..n+U
+        self.up = [up] * n + [up] + [edge] * U
+        self.down = [down] * n + [client] + [down] * U
         E = n + 1 + U
-        self.spb_up = [float(spb[e, 0]) for e in range(E)]
-        self.spb_down = [float(spb[e, 1]) for e in range(E)]
-        self.up_free = [0.0] * E
-        self.down_free = [0.0] * E
-        self.cpu_free = [0.0] * E
-        self.queue: list = []
+        self.up_free, self.down_free, self.cpu_free = [0.0] * E, [0.0] * E, [0.0] * E
+        self.events: list = []
         self.seq = 0
-        self.msg_id = 0
-        self.count = {p: 0 for p in PHASES}
-        self.bytes = {p: 0.0 for p in PHASES}
-        self.last = {p: float("nan") for p in PHASES}
-        self.client_replies: dict[int, int] = {}
-        self.client_digest = -1
-        self.client_time = float("nan")
+        self.sent = 0
+        self.count = dict.fromkeys(PHASES, 0)
+        self.bytes = dict.fromkeys(PHASES, 0.0)
+        self.last = dict.fromkeys(PHASES, float("nan"))
+        self.replies: dict[int, int] = {}
+        self.accepted, self.accepted_at = -1, float("nan")
+        self.duplicates = 0
 
-    # --- plumbing
+    # --- network and CPU
     def push(self, t, ev):
-        heapq.heappush(self.queue, (t, self.seq, ev))
+        heapq.heappush(self.events, (t, self.seq, ev))
         self.seq += 1
 
-    def primary(self, v):
-        return v % self.n
+    def sign(self, i, now, pre=0.0):
+        s = max(now, self.cpu_free[i]) + pre + self.net.sign_s
+        self.cpu_free[i] = s
+        return s
+
+    def send(self, src, dst, kind, view, digest, aux, size, cost, ready):
+        done = max(ready, self.up_free[src]) + size * self.up[src]
+        self.up_free[src] = done
+        u = uniform01(self.seed, self.sent)
+        self.sent += 1
+        self.count[kind] += 1
+        self.bytes[kind] += size
+        lat = latency(self.net.latency, self.net.latency_mean_s, self.net.latency_shape, u)
+        self.push(done + lat, Msg(kind, src, dst, view, digest, aux, size, cost))
+
+    def to_all(self, i, kind, view, digest, aux, size, cost, now, pre=0.0, forged=None):
+        """One signature, then a copy to i+1, i+2, ... (mod n); odd nodes get ``forged``."""
+        ready = self.sign(i, now, pre)
+        for k in range(1, self.n):
+            j = (i + k) % self.n
+            d = forged if (forged is not None and j % 2 == 1) else digest
+            self.send(i, j, kind, view, d, aux, size, cost, ready)
+
+    def to_one(self, i, j, kind, view, digest, aux=0):
+        net = self.net
+        self.send(
+            i, j, kind, view, digest, aux, net.header_bytes, self.vote_cost(), self.sign(i, now=self.now)
+        )
 
     def vote_cost(self):
         return self.net.processing_s + self.net.verify_s
 
     def payload(self):
-        return self.U * 32.0 if self.digests else self.U * self.upd
+        return self.U * (DIGEST_BYTES if self.digests else self.upd)
 
-    def sign(self, i, now, pre=0.0):
-        cpu = self.cpu_free[i]
-        s = (now if now > cpu else cpu) + pre + self.net.sign_s
-        self.cpu_free[i] = s
-        return s
+    def start_timer(self, r, view, now):
+        r.timer += 1
+        self.push(now + self.timeout * float(2**view), Timer(r.idx, view, r.timer))
 
-    def send(self, src, dst, kind, view, digest, aux, size, cost, t0):
-        up = self.up_free[src]
-        start = t0 if t0 > up else up
-        done = start + size * self.spb_up[src]
-        self.up_free[src] = done
-        u = uniform01(self.seed, self.msg_id)
-        self.msg_id += 1
-        arrive = done + latency(self.net.latency, self.net.latency_mean_s, self.net.latency_shape, u)
-        self.count[kind] += 1
-        self.bytes[kind] += size
-        self.push(arrive, Message(kind, src, dst, view, digest, aux, size, cost))
+    # --- decisions
+    def decide(self, r, d):
+        if r.decided is None:
+            r.decided, r.decided_at = d, self.now
+        elif r.decided != d:
+            r.conflict = True
 
-    def broadcast(self, i, kind, view, digest, forged, equiv, aux, size, cost, now, pre=0.0):
-        s = self.sign(i, now, pre)
-        for k in range(1, self.n):
-            j = (i + k) % self.n
-            d = forged if (equiv and j % 2 == 1) else digest
-            self.send(i, j, kind, view, d, aux, size, cost, s)
+    def enter_view(self, r, w):
+        r.view, r.active = w, False
+        r.accepted = r.prepared = None
+        r.committed_here = r.proposed = r.nv_sent = False
+        r.nv_digest = -1
 
-    def unicast(self, i, j, kind, view, digest, aux, size, cost, now):
-        self.send(i, j, kind, view, digest, aux, size, cost, self.sign(i, now))
+    def first_vote(self, r, kind, view, src):
+        key = (kind, view, src)
+        if key in r.seen:
+            self.duplicates += 1
+            return False
+        r.seen.add(key)
+        return True
 
-    def arm_timer(self, node, view, now):
-        node.timer_version += 1
-        self.push(now + self.tbase * float(1 << view), Timer(node.idx, view, node.timer_version))
-
-    # --- protocol
-    def record_commit(self, node, d, now):
-        if node.committed is None:
-            node.committed = d
-            node.commit_time = now
-        elif node.committed != d:
-            node.conflict = True
-
-    def reset_view(self, node, w):
-        node.view = w
-        node.active = False
-        node.accepted = None
-        node.prepared = None
-        node.committed_in_view = False
-        node.proposed = False
-        node.nv_sent = False
-        node.nv_digest = -1
-
-    def count_prepares(self, node, v, d):
-        return len(node.prepare_senders.get((v, d), ()))
-
-    def count_commits(self, node, v, d):
-        return len(node.commit_senders.get((v, d), ()))
-
-    def add_prepare(self, node, v, s, d):
-        node.prepares[(v, s)] = d
-        node.prepare_senders.setdefault((v, d), set()).add(s)
-
-    def add_commit(self, node, v, s, d):
-        node.commits[(v, s)] = d
-        node.commit_senders.setdefault((v, d), set()).add(s)
-
-    def check_prepared(self, node, now):
-        if node.prepared is not None or node.accepted is None:
+    # --- PBFT normal case
+    def propose(self, r):
+        v = r.view
+        if v % self.n != r.idx or not r.active or r.proposed or r.updates < self.U:
             return
-        if self.count_prepares(node, node.view, node.accepted) < self.q - 1:
-            return
-        v, d = node.view, node.accepted
-        node.prepared = d
-        node.cert = (v, d)
-        self.broadcast(node.idx, "commit", v, d, d, False, 0, self.net.header_bytes, self.vote_cost(), now)
-        self.add_commit(node, v, node.idx, d)
-        self.check_committed(node, now)
-
-    def check_committed(self, node, now):
-        if node.committed_in_view or node.prepared is None:
-            return
-        if self.count_commits(node, node.view, node.prepared) < self.q:
-            return
-        node.committed_in_view = True
-        self.record_commit(node, node.prepared, now)
-        self.unicast(
-            node.idx,
-            self.n,
-            "reply",
-            node.view,
-            node.prepared,
-            0,
-            self.net.header_bytes,
-            self.vote_cost(),
-            now,
-        )
-        node.done = True
-        node.timer_version += 1
-
-    def try_propose(self, node, now):
-        v = node.view
-        if self.primary(v) != node.idx or not node.active or node.proposed or node.n_updates < self.U:
-            return
-        node.proposed = True
-        d = 0 if v == 0 else node.nv_digest
-        forged = v + 1
-        equiv = node.fault == "equivocate"
-        payload = self.payload()
-        H = self.net.header_bytes
-        nver = 1.0 if self.digests else 1.0 + self.U
-        cost = self.net.processing_s + self.net.verify_s * nver + self.net.hash_s_per_byte * payload
-        self.broadcast(
-            node.idx,
-            "pre_prepare",
-            v,
-            d,
-            forged,
-            equiv,
-            0,
-            H + payload,
-            cost,
-            now,
-            self.net.hash_s_per_byte * payload,
-        )
-        node.accepted = d
+        r.proposed = True
+        d = 0 if v == 0 else r.nv_digest
+        lie = r.fault == "equivocate"
+        net, payload = self.net, self.payload()
+        checks = 1.0 if self.digests else 1.0 + self.U
+        cost = net.processing_s + net.verify_s * checks + net.hash_s_per_byte * payload
+        pre = net.hash_s_per_byte * payload
+        forged = v + 1 if lie else None
+        self.to_all(r.idx, "pre_prepare", v, d, 0, net.header_bytes + payload, cost, self.now, pre, forged)
+        r.accepted = d
         if self.protocol == "pbft":
-            if equiv:
-                self.broadcast(node.idx, "commit", v, d, forged, True, 0, H, self.vote_cost(), now)
-                self.unicast(node.idx, self.n, "reply", v, forged, 0, H, self.vote_cost(), now)
+            if lie:  # votes at once, both ways, and tells the client the forged block
+                H, vc = net.header_bytes, self.vote_cost()
+                self.to_all(r.idx, "commit", v, d, 0, H, vc, self.now, forged=v + 1)
+                self.to_one(r.idx, self.n, "reply", v, v + 1)
                 return
-            self.check_prepared(node, now)
+            self.maybe_prepared(r)
         elif self.protocol == "hotstuff":
-            node.phase = 1
-            node.votes = {d: 1}
-            if equiv:
-                node.votes[forged] = 1
+            r.phase = 1
+            r.votes = {d: {r.idx}}
+            if lie:
+                r.votes[v + 1] = {r.idx}
 
-    def try_accept(self, node, now):
-        v = node.view
-        if (
-            not node.active
-            or node.accepted is not None
-            or v not in node.preprepares
-            or self.primary(v) == node.idx
-        ):
+    def accept(self, r):
+        v = r.view
+        if not r.active or r.accepted is not None or v not in r.pre_prepares or v % self.n == r.idx:
             return
-        if self.digests and node.n_updates < self.U:
+        if self.digests and r.updates < self.U:
+            return  # a block of digests is checked against the updates it names
+        d = r.pre_prepares[v]
+        if v > 0 and d != r.nv_digest:
             return
-        if v > 0 and node.preprepares[v] != node.nv_digest:
-            return
-        d = node.preprepares[v]
-        node.accepted = d
-        equiv = node.fault == "equivocate"
-        forged = v + 1
-        H = self.net.header_bytes
-        vc = self.vote_cost()
+        r.accepted = d
+        lie = r.fault == "equivocate"
+        H, vc = self.net.header_bytes, self.vote_cost()
+        primary = v % self.n
         if self.protocol == "pbft":
-            if equiv:
-                self.broadcast(node.idx, "prepare", v, d, forged, True, 0, H, vc, now)
-                self.broadcast(node.idx, "commit", v, d, forged, True, 0, H, vc, now)
-                self.unicast(node.idx, self.n, "reply", v, forged, 0, H, vc, now)
+            if lie:
+                self.to_all(r.idx, "prepare", v, d, 0, H, vc, self.now, forged=v + 1)
+                self.to_all(r.idx, "commit", v, d, 0, H, vc, self.now, forged=v + 1)
+                self.to_one(r.idx, self.n, "reply", v, v + 1)
                 return
-            self.broadcast(node.idx, "prepare", v, d, d, False, 0, H, vc, now)
-            self.add_prepare(node, v, node.idx, d)
-            self.check_prepared(node, now)
+            self.to_all(r.idx, "prepare", v, d, 0, H, vc, self.now)
+            r.prepares.setdefault((v, d), set()).add(r.idx)
+            self.maybe_prepared(r)
         elif self.protocol == "paper":
-            if equiv:
-                d = forged
-            else:
-                self.record_commit(node, d, now)
-            self.unicast(node.idx, self.primary(v), "reply", v, d, 0, H, vc, now)
+            if not lie:
+                self.decide(r, d)
+            self.to_one(r.idx, primary, "reply", v, v + 1 if lie else d)
         else:
-            self.unicast(node.idx, self.primary(v), "vote", v, forged if equiv else d, 1, H, vc, now)
+            self.to_one(r.idx, primary, "vote", v, v + 1 if lie else d, aux=1)
 
-    def send_vc(self, node, w, now):
-        if w >= self.V or w <= node.view or w in node.sent_vc:
+    def maybe_prepared(self, r):
+        v, d = r.view, r.accepted
+        if r.prepared is not None or d is None:
             return
-        node.sent_vc.add(w)
-        self.reset_view(node, w)
-        cert = self.q if node.cert is not None else 0
-        pcv, pcd = node.cert if node.cert is not None else (-1, -1)
-        H = self.net.header_bytes
-        self.broadcast(
-            node.idx,
-            "view_change",
-            w,
-            pcd,
-            pcd,
-            False,
-            pcv,
-            H * (1 + cert),
-            self.net.processing_s + self.net.verify_s * (1 + cert),
-            now,
-        )
-        if not node.done:
-            self.arm_timer(node, w, now)
-        if self.primary(w) == node.idx:
-            self.check_new_view(node, w, now)
+        backups = {s for s in r.prepares.get((v, d), ()) if s != v % self.n}
+        if len(backups) < self.q - 1:  # 2f prepares plus the pre-prepare
+            return
+        r.prepared = d
+        r.cert = (v, d)
+        self.to_all(r.idx, "commit", v, d, 0, self.net.header_bytes, self.vote_cost(), self.now)
+        r.commits.setdefault((v, d), set()).add(r.idx)
+        self.maybe_committed(r)
 
-    def check_new_view(self, node, w, now):
-        if node.nv_sent or node.view != w or len(node.view_changes.get(w, {})) < self.q - 1:
+    def maybe_committed(self, r):
+        v, d = r.view, r.prepared
+        if r.committed_here or d is None or len(r.commits.get((v, d), ())) < self.q:
             return
-        node.nv_sent = True
-        node.active = True
-        node.max_installed = max(node.max_installed, w)
-        best = None
-        for cert in node.view_changes.get(w, {}).values():  # in arrival order; first of the highest wins
+        r.committed_here = True
+        self.decide(r, d)
+        self.to_one(r.idx, self.n, "reply", v, d)
+        r.done = True
+        r.timer += 1  # the pending timer is void
+
+    # --- PBFT view change
+    def view_change(self, r, w):
+        if w >= self.views or w <= r.view or w in r.sent_vc:
+            return
+        r.sent_vc.add(w)
+        self.enter_view(r, w)
+        net = self.net
+        pv, pd = r.cert if r.cert is not None else (-1, -1)
+        proof = self.q if r.cert is not None else 0  # the prepared certificate's messages
+        size = net.header_bytes * (1 + proof)
+        cost = net.processing_s + net.verify_s * (1 + proof)
+        self.to_all(r.idx, "view_change", w, pd, pv, size, cost, self.now)
+        if not r.done:
+            self.start_timer(r, w, self.now)
+        if w % self.n == r.idx:
+            self.maybe_new_view(r, w)
+
+    def maybe_new_view(self, r, w):
+        got = r.view_changes.get(w, [])
+        if r.nv_sent or r.view != w or len(got) < self.q - 1:
+            return
+        r.nv_sent = r.active = True
+        r.installed = max(r.installed, w)
+        best = None  # the highest prepared certificate; the first of equal views wins
+        for _, cert in got:
             if cert is not None and (best is None or cert[0] > best[0]):
                 best = cert
-        d = 0 if best is None else best[1]
-        if node.cert is not None and (best is None or node.cert[0] > best[0]):
-            d = node.cert[1]
-        node.nv_digest = d
-        m = self.q + 1
-        self.broadcast(
-            node.idx,
-            "new_view",
-            w,
-            d,
-            d,
-            False,
-            0,
-            self.net.header_bytes * m,
-            self.net.processing_s + self.net.verify_s * m,
-            now,
-        )
-        self.try_propose(node, now)
+        if r.cert is not None and (best is None or r.cert[0] > best[0]):
+            best = r.cert
+        r.nv_digest = d = 0 if best is None else best[1]
+        m = self.q + 1  # the new-view message carries q view changes
+        net = self.net
+        cost = net.processing_s + net.verify_s * m
+        self.to_all(r.idx, "new_view", w, d, 0, net.header_bytes * m, cost, self.now)
+        self.propose(r)
 
-    def client_reply(self, s, d, now):
-        if s in self.client_replies:
-            return
-        self.client_replies[s] = d
-        if self.client_digest >= 0:
-            return
-        if sum(1 for x in self.client_replies.values() if x == d) >= self.f + 1:
-            self.client_digest = d
-            self.client_time = now
-
-    def handle(self, m: Message, t: float):
-        self.last[m.kind] = t
-        if m.dst == self.n:
-            if m.kind == "reply":
-                self.client_reply(m.src, m.digest, t)
-            return
-        node = self.nodes[m.dst]
-        H = self.net.header_bytes
-        if m.kind == "submit":
-            node.n_updates += 1
-            if node.n_updates == self.U:
-                self.try_propose(node, t)
-                self.try_accept(node, t)
-        elif m.kind == "pre_prepare":
-            if m.src != self.primary(m.view) or m.view < node.view:
+    # --- message handlers
+    def on_pbft(self, r, m):
+        if m.kind == "pre_prepare":
+            if m.src != m.view % self.n or m.view < r.view:
                 return
-            node.preprepares.setdefault(m.view, m.digest)
-            if m.view == node.view:
-                self.try_accept(node, t)
+            r.pre_prepares.setdefault(m.view, m.digest)
+            if m.view == r.view:
+                self.accept(r)
         elif m.kind == "prepare":
-            if m.view < node.view or m.src == self.primary(m.view) or (m.view, m.src) in node.prepares:
+            if m.view < r.view or m.src == m.view % self.n or not self.first_vote(r, "p", m.view, m.src):
                 return
-            self.add_prepare(node, m.view, m.src, m.digest)
-            if m.view == node.view and node.fault == "honest":
-                self.check_prepared(node, t)
+            r.prepares.setdefault((m.view, m.digest), set()).add(m.src)
+            if m.view == r.view and r.fault == "honest":
+                self.maybe_prepared(r)
         elif m.kind == "commit":
-            if m.view < node.view or (m.view, m.src) in node.commits:
+            if m.view < r.view or not self.first_vote(r, "c", m.view, m.src):
                 return
-            self.add_commit(node, m.view, m.src, m.digest)
-            if m.view == node.view:
-                self.check_committed(node, t)
-        elif m.kind == "reply":  # the paper's exchange: follower -> leader
-            if m.src in node.replies:
-                return
-            node.replies[m.src] = m.digest
-            if m.digest == node.accepted and not node.committed_in_view:
-                if sum(1 for x in node.replies.values() if x == node.accepted) >= self.f + 1:
-                    node.committed_in_view = True
-                    if node.fault == "honest":
-                        self.record_commit(node, m.digest, t)
-                    self.client_digest = m.digest
-                    self.client_time = t
+            r.commits.setdefault((m.view, m.digest), set()).add(m.src)
+            if m.view == r.view:
+                self.maybe_committed(r)
         elif m.kind == "view_change":
             w = m.view
-            if w >= self.V:
+            if w >= self.views:
                 return
-            got = node.view_changes.setdefault(w, {})
-            if m.src not in got:
-                got[m.src] = (m.aux, m.digest) if m.aux >= 0 else None
-            if len(got) >= self.f + 1 and w > node.view:
-                self.send_vc(node, w, t)
-            if self.primary(w) == node.idx and node.view == w and not node.active:
-                self.check_new_view(node, w, t)
+            if self.first_vote(r, "v", w, m.src):
+                r.view_changes.setdefault(w, []).append((m.src, (m.aux, m.digest) if m.aux >= 0 else None))
+            if len(r.view_changes.get(w, [])) >= self.f + 1 and w > r.view:
+                self.view_change(r, w)  # f + 1 nodes want view w: at least one honest one
+            if w % self.n == r.idx and r.view == w and not r.active:
+                self.maybe_new_view(r, w)
         elif m.kind == "new_view":
             w = m.view
-            if m.src != self.primary(w) or w < node.view or (w == node.view and node.active):
+            if m.src != w % self.n or w < r.view or (w == r.view and r.active):
                 return
-            if w > node.view:
-                self.reset_view(node, w)
-            node.active = True
-            node.nv_digest = m.digest
-            node.max_installed = max(node.max_installed, w)
-            if not node.done:
-                self.arm_timer(node, w, t)
-            self.try_accept(node, t)
+            if w > r.view:
+                self.enter_view(r, w)
+            r.active = True
+            r.nv_digest = m.digest
+            r.installed = max(r.installed, w)
+            if not r.done:
+                self.start_timer(r, w, self.now)
+            self.accept(r)
+
+    def on_leader_reply(self, r, m):
+        """The paper's exchange: the leader concludes at f + 1 follower replies equal to its block."""
+        if not self.first_vote(r, "r", 0, m.src):
+            return
+        r.followers[m.src] = m.digest
+        if m.digest != r.accepted or r.committed_here:
+            return
+        if sum(1 for d in r.followers.values() if d == r.accepted) >= self.f + 1:
+            r.committed_here = True
+            if r.fault == "honest":
+                self.decide(r, m.digest)
+            self.accepted, self.accepted_at = m.digest, self.now
+
+    def on_vote(self, r, m):
+        """HotStuff leader: 2f + 1 votes of a phase on one digest form its certificate."""
+        if r.idx != 0 or not self.first_vote(r, "h", m.aux, m.src) or m.aux != r.phase:
+            return
+        if m.digest not in r.votes:
+            return
+        r.votes[m.digest].add(m.src)
+        qd = next((d for d, who in r.votes.items() if len(who) >= self.q), None)
+        if qd is None:
+            return
+        ph, q, net = r.phase, self.q, self.net
+        cost = net.processing_s + net.verify_s * (1 + q)
+        self.to_all(r.idx, "qc", 0, qd, ph, net.header_bytes + SIG_BYTES * q, cost, self.now)
+        r.phase, r.accepted, r.votes = ph + 1, qd, {qd: {r.idx}}
+        if ph == 3:
+            if r.fault == "honest":
+                self.decide(r, qd)
+            self.to_one(r.idx, self.n, "reply", 0, qd if r.fault == "honest" else 1)
+
+    def on_qc(self, r, m):
+        if m.src != 0:
+            return
+        lie = r.fault == "equivocate"
+        if m.aux < 3:
+            self.to_one(r.idx, m.src, "vote", 0, 1 if lie else m.digest, aux=m.aux + 1)
+            return
+        if not lie:
+            self.decide(r, m.digest)
+        self.to_one(r.idx, self.n, "reply", 0, 1 if lie else m.digest)
+
+    def on_client(self, m):
+        if m.src in self.replies:
+            return  # a node that committed again in a later view: the client counts it once
+        self.replies[m.src] = m.digest
+        if self.accepted < 0 and sum(1 for d in self.replies.values() if d == m.digest) >= self.f + 1:
+            self.accepted, self.accepted_at = m.digest, self.now
+
+    def handle(self, m):
+        self.last[m.kind] = self.now
+        if m.dst == self.n:
+            self.on_client(m)
+            return
+        r = self.nodes[m.dst]
+        if m.kind == "submit":
+            r.updates += 1
+            if r.updates == self.U:
+                self.propose(r)
+                self.accept(r)
+        elif m.kind == "reply":
+            self.on_leader_reply(r, m)
         elif m.kind == "vote":
-            if node.idx != self.primary(0) or m.aux <= node.replies.get(m.src, -1):
-                return
-            node.replies[m.src] = m.aux
-            if m.aux != node.phase or m.digest not in node.votes:
-                return
-            node.votes[m.digest] += 1
-            qd = None
-            for d, c in node.votes.items():  # the proposal's own digest is checked first
-                if c >= self.q:
-                    qd = d
-                    break
-            if qd is None:
-                return
-            ph = node.phase
-            q = self.q
-            self.broadcast(
-                node.idx,
-                "qc",
-                0,
-                qd,
-                qd,
-                False,
-                ph,
-                H + 64.0 * q,
-                self.net.processing_s + self.net.verify_s * (1 + q),
-                t,
-            )
-            node.phase = ph + 1
-            node.accepted = qd
-            node.votes = {qd: 1}
-            if ph == 3:
-                rd = qd
-                if node.fault == "honest":
-                    self.record_commit(node, qd, t)
-                else:
-                    rd = 1
-                self.unicast(node.idx, self.n, "reply", 0, rd, 0, H, self.vote_cost(), t)
+            self.on_vote(r, m)
         elif m.kind == "qc":
-            if m.src != self.primary(0):
-                return
-            equiv = node.fault == "equivocate"
-            if m.aux < 3:
-                self.unicast(
-                    node.idx, m.src, "vote", 0, 1 if equiv else m.digest, m.aux + 1, H, self.vote_cost(), t
-                )
-            else:
-                rd = m.digest
-                if equiv:
-                    rd = 1
-                else:
-                    self.record_commit(node, m.digest, t)
-                self.unicast(node.idx, self.n, "reply", 0, rd, 0, H, self.vote_cost(), t)
+            self.on_qc(r, m)
+        else:
+            self.on_pbft(r, m)
 
     def run(self):
-        n, U = self.n, self.U
-        net = self.net
-        H = net.header_bytes
-        sub_cost = net.processing_s + net.verify_s + net.hash_s_per_byte * self.upd
-        for e in range(U):
+        net, n = self.net, self.n
+        self.now = 0.0
+        size = net.header_bytes + self.upd
+        cost = net.processing_s + net.verify_s + net.hash_s_per_byte * self.upd
+        for e in range(self.U):
             src = n + 1 + e
-            s = self.sign(src, 0.0)
+            ready = self.sign(src, 0.0)
             for j in range(n):
-                self.send(src, j, "submit", 0, 0, 0, H + self.upd, sub_cost, s)
+                self.send(src, j, "submit", 0, 0, 0, size, cost, ready)
         if self.protocol == "pbft":
-            for node in self.nodes:
-                if node.fault != "silent":
-                    self.arm_timer(node, 0, 0.0)
-        if U == 0 and self.nodes[0].fault != "silent":
-            self.try_propose(self.nodes[0], 0.0)
-        while self.queue:
-            t, _, ev = heapq.heappop(self.queue)
+            for r in self.nodes:
+                if r.fault != "silent":
+                    self.start_timer(r, 0, 0.0)
+        if self.U == 0 and self.nodes[0].fault != "silent":
+            self.propose(self.nodes[0])
+        while self.events:
+            t, _, ev = heapq.heappop(self.events)
+            self.now = t
             if isinstance(ev, Timer):
-                node = self.nodes[ev.node]
-                if ev.version != node.timer_version or node.done:
+                r = self.nodes[ev.node]
+                if ev.version == r.timer and not r.done:
+                    self.view_change(r, ev.view + 1)
+            elif not ev.arrived:
+                if ev.dst < n and self.nodes[ev.dst].fault == "silent":
                     continue
-                self.send_vc(node, ev.view + 1, t)
-                continue
-            m = ev
-            if m.stage == "arrive":
-                if m.dst < n and self.nodes[m.dst].fault == "silent":
-                    continue
-                down = self.down_free[m.dst]
-                done = (t if t > down else down) + m.size * self.spb_down[m.dst]
-                self.down_free[m.dst] = done
-                cpu = self.cpu_free[m.dst]
-                c = (done if done > cpu else cpu) + m.cost
-                self.cpu_free[m.dst] = c
-                m.stage = "handle"
-                self.push(c, m)
+                # the receiver's downlink, then its CPU, both first come first served
+                done = max(t, self.down_free[ev.dst]) + ev.size * self.down[ev.dst]
+                self.down_free[ev.dst] = done
+                handled = max(done, self.cpu_free[ev.dst]) + ev.cost
+                self.cpu_free[ev.dst] = handled
+                ev.arrived = True
+                self.push(handled, ev)
             else:
-                self.handle(m, t)
+                self.handle(ev)
+
+
+@dataclass
+class RefResult:
+    time_s: float
+    messages: int
+    bytes: float
+    committed: bool
+    view_changes: int
+    phase_messages: tuple
+    phase_bytes: tuple
+    phase_time_s: tuple
+    node_commit_s: np.ndarray
+    node_digest: np.ndarray
+    node_conflict: np.ndarray
+    faulty: np.ndarray
+    agreement: bool
+    all_honest_committed_s: float
+    client_digest: int
+    protocol: str
+    n_nodes: int
+    f: int
+    duplicates: int  # votes the reference dropped as repeats (not a ConsensusResult field)
 
 
 def simulate_ref(
@@ -540,7 +537,7 @@ def simulate_ref(
     n_updates,
     *,
     update_bytes=300_000,
-    network=NetworkModel(),
+    network=None,
     faulty=0,
     fault="silent",
     leader_faulty=False,
@@ -548,37 +545,45 @@ def simulate_ref(
     block_carries="updates",
     seed=0,
     max_views=None,
-):
-    """Same signature and result type as ``mcsl_core.consensus.simulate_pbft``."""
-    code = _fault_code(fault)
-    mask = fault_mask(n_nodes, faulty, leader_faulty)
-    IP, P, fcode = build_inputs(
-        n_nodes, n_updates, update_bytes, network, mask * code, protocol, block_carries, seed, max_views
-    )
-    from mcsl_core.consensus import _sim
-
-    names = {_sim.HONEST: "honest", _sim.SILENT: "silent", _sim.EQUIVOCATE: "equivocate"}
-    sim = RefSim(
-        n_nodes,
-        n_updates,
-        update_bytes=float(P[_sim.P_UPD]),
-        network=network,
-        fault_kind=[names[int(c)] for c in fcode],
-        protocol=protocol,
-        block_carries=block_carries,
-        seed=seed,
-        V=int(IP[_sim.I_V]),
-        f=int(IP[_sim.I_F]),
-        tbase=float(P[_sim.P_TBASE]),
-    )
-    assert protocol in PROTOCOLS
+) -> RefResult:
+    """The reference's answer to ``simulate_pbft(n_nodes, n_updates, ...)`` (valid inputs only)."""
+    if network is None:
+        raise ValueError("the reference needs an explicit network (any object with NetworkModel's fields)")
+    n, U, upd = int(n_nodes), int(n_updates), float(update_bytes)
+    f = max_f(n)
+    bad = faulty_nodes(n, faulty, leader_faulty)
+    faults = [fault if b else "honest" for b in bad]
+    views = (f + 2 if max_views is None else int(max_views)) if protocol == "pbft" else 1
+    payload = U * (DIGEST_BYTES if block_carries == "digests" else upd)
+    timeout = network.view_timeout_s
+    if timeout is None:
+        timeout = auto_timeout(n, U, upd, payload, network)
+    sim = Reference(n, U, upd, network, faults, protocol, block_carries, int(seed), views, timeout)
     sim.run()
-    n = n_nodes
-    cnt = np.array([sim.count[p] for p in PHASES], np.int64)
-    byt = np.array([sim.bytes[p] for p in PHASES])
-    ptime = np.array([sim.last[p] for p in PHASES])
-    node_d = np.array([-1 if nd.committed is None else nd.committed for nd in sim.nodes], np.int64)
-    node_t = np.array([nd.commit_time for nd in sim.nodes])
-    node_i = np.array([[int(nd.conflict), nd.max_installed] for nd in sim.nodes], np.int64).reshape(n, 2)
-    client = np.array([float(sim.client_digest), sim.client_time])
-    return make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, client)
+    honest = [not b for b in bad]
+    decided = [r.decided for r, h in zip(sim.nodes, honest) if h]
+    committed_digests = {d for d in decided if d is not None}
+    conflict = np.array([r.conflict for r in sim.nodes])
+    all_done = bool(decided) and all(d is not None for d in decided)
+    times = [r.decided_at for r, h in zip(sim.nodes, honest) if h]
+    return RefResult(
+        time_s=sim.accepted_at,
+        messages=sum(sim.count.values()),
+        bytes=math.fsum(sim.bytes[p] for p in PHASES),
+        committed=sim.accepted >= 0,
+        view_changes=max((r.installed for r, h in zip(sim.nodes, honest) if h), default=0),
+        phase_messages=tuple(sim.count[p] for p in PHASES),
+        phase_bytes=tuple(sim.bytes[p] for p in PHASES),
+        phase_time_s=tuple(sim.last[p] for p in PHASES),
+        node_commit_s=np.array([r.decided_at for r in sim.nodes]),
+        node_digest=np.array([-1 if r.decided is None else r.decided for r in sim.nodes], np.int64),
+        node_conflict=conflict,
+        faulty=np.array(bad),
+        agreement=len(committed_digests) <= 1 and not conflict[honest].any(),
+        all_honest_committed_s=max(times) if all_done else float("nan"),
+        client_digest=sim.accepted,
+        protocol=protocol,
+        n_nodes=n,
+        f=f,
+        duplicates=sim.duplicates,
+    )
