@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench_results"
 THRESHOLD = "median:30%"
+
+
 # suites whose JSON keeps summary statistics only (pytest-benchmark's --benchmark-json
 # always writes every raw sample under stats.data)
 def suites(names: list[str]) -> list[str]:
