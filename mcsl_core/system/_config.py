@@ -210,6 +210,13 @@ def _check_config(c: TaskConfig) -> None:
         raise _bad("data_dir", "is required when dataset = 'femnist'")
     if c.byzantine_servers >= c.num_edge_servers:
         raise _bad("byzantine_servers", f"must be fewer than num_edge_servers = {c.num_edge_servers}")
+    if c.aggregator == "krum" and c.byzantine_servers > c.num_edge_servers - 3:
+        # Krum scores each update by its n - f - 2 nearest others: it needs n >= f + 3 clients
+        raise _bad(
+            "byzantine_servers",
+            f"krum needs num_edge_servers >= byzantine_servers + 3, got {c.num_edge_servers} and "
+            f"{c.byzantine_servers}",
+        )
 
 
 def _check_task(c: TaskConfig) -> None:
@@ -225,6 +232,23 @@ def _check_task(c: TaskConfig) -> None:
         raise _bad("task_id", f"must not contain '/', '\\' or '..' (it names a folder), got {tid!r}")
     if not 0 <= c.seed < SEED_LIMIT:
         raise _bad("seed", f"must lie in [0, 2**63), got {c.seed}")
+
+
+#: Largest accepted value of each size: beyond these a task cannot run on one machine (the
+#: consensus simulator's per-view tables, the world's per-device draws, the game's play), so
+#: they are refused upfront instead of failing, or exhausting memory, after work has begun.
+SIZE_LIMITS: dict[str, int] = {
+    "num_devices": 10**6,
+    "num_locations": 10**6,
+    "num_edge_servers": 10**5,
+    "num_nodes": 10**4,
+    "max_rounds": 10**6,
+    "local_epochs": 10**4,
+    "batch_size": 10**6,
+    "game_steps": 10**8,
+    "installments": 10**6,
+    "update_bytes": 2**40,
+}
 
 
 def _check_counts(c: TaskConfig) -> None:
@@ -245,6 +269,11 @@ def _check_counts(c: TaskConfig) -> None:
     for name in ("faulty_nodes", "byzantine_servers", "update_bytes"):
         if getattr(c, name) < 0:
             raise _bad(name, f"must be >= 0, got {getattr(c, name)}")
+    for name, hi in SIZE_LIMITS.items():
+        if getattr(c, name) > hi:
+            raise _bad(
+                name, f"must be <= {hi:,} (the largest size one machine can run), got {getattr(c, name)}"
+            )
 
 
 def _check_amounts(c: TaskConfig) -> None:

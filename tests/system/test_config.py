@@ -33,6 +33,12 @@ def test_every_field_is_in_exactly_one_section_and_toml_round_trips(tmp_path):
 @pytest.mark.parametrize(
     "mapping, message",
     [
+        ({"chain": {"num_nodes": 10**26}}, r"chain.num_nodes: must be <= 10,000"),
+        ({"data": {"num_devices": 10**7}}, r"data.num_devices: must be <= 1,000,000"),
+        (
+            {"learning": {"aggregator": "krum", "num_edge_servers": 3, "byzantine_servers": 1}},
+            r"learning.byzantine_servers: krum needs num_edge_servers >= byzantine_servers \+ 3",
+        ),
         ({"learning": {"rouds": 3}}, r"unknown key learning.rouds"),
         ({"network": {}}, r"unknown section \[network\]"),
         ({"task": {"max_rounds": 0}}, r"task.max_rounds: must be >= 1"),
