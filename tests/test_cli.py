@@ -145,23 +145,23 @@ def test_bad_out_stops_before_the_heavy_imports(tmp_path):
 
 
 def test_a_new_command_with_out_gets_the_same_check(tmp_path, monkeypatch, capsys):
-    # the check is main's, not each command's: a command added later (``sweep``) inherits it
+    # the check is main's, not each command's: a command added later inherits it
     called = []
     real = cli.build_parser
 
-    def with_sweep():
+    def with_later():
         parser = real()
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        p = sub.add_parser("sweep")
+        p = sub.add_parser("later")
         p.add_argument("--out")
         p.set_defaults(func=lambda args: called.append(args.out) or 0)
         return parser
 
-    monkeypatch.setattr(cli, "build_parser", with_sweep)
+    monkeypatch.setattr(cli, "build_parser", with_later)
     (tmp_path / "afile").write_text("x")
-    assert cli.main(["sweep", "--out", str(tmp_path / "afile" / "o")]) == 2 and not called
+    assert cli.main(["later", "--out", str(tmp_path / "afile" / "o")]) == 2 and not called
     assert capsys.readouterr().err.startswith("mcsl: error: --out: cannot create folder")
-    assert cli.main(["sweep", "--out", str(tmp_path / "ok")]) == 0
+    assert cli.main(["later", "--out", str(tmp_path / "ok")]) == 0
     assert called == [tmp_path / "ok"] and (tmp_path / "ok").is_dir()
 
 
@@ -386,10 +386,10 @@ def test_demo_learns_for_several_rounds_then_settles_the_bill(tmp_path):
     # the bill recomputed from the chain's records (paper IV-D): every accepted device's
     # v + s, w_l per stored update, w_a per aggregation, w_b per block of the task
     recs, proposer = _records(out / "ledger.sqlite", report["task_id"])
-    pay = [r.tx for r in recs if isinstance(r.tx, L.PaymentRecord)]
-    assert len(pay) == 1 and isinstance(recs[-1].tx, L.PaymentRecord)
-    pay = pay[0]
-    before = [r for r in recs if not isinstance(r.tx, L.PaymentRecord)]
+    pays = [r for r in recs if isinstance(r.tx, L.PaymentRecord)]
+    assert len(pays) == 1 and isinstance(recs[-1].tx, L.PaymentCollection)
+    pay = pays[0].tx
+    before = [r for r in recs if r.height < pays[0].height]  # what the bill is computed from
     subs = [r.tx for r in before if isinstance(r.tx, L.DataSubmissionPayment)]
     updates = [r.tx for r in before if isinstance(r.tx, L.ModelUpdate)]
     aggs = [r.tx for r in before if isinstance(r.tx, L.AggregatedModel)]
@@ -413,9 +413,13 @@ def test_demo_learns_for_several_rounds_then_settles_the_bill(tmp_path):
     devices = {a.payee: a.amount for a in pay.allocations if a.role == "device"}
     for t in subs:  # largest-remainder rounding moves each share by less than one unit
         assert abs(devices[t.device] - (t.v + t.s) / mu) < 1
-    paid = report["paid"]
-    assert sum(paid.values()) == pytest.approx(report["total_bill"], abs=1e-9)
     assert report["total_bill"] == pytest.approx(pay.total * mu, abs=1e-9)
+    # what was collected: the installments the requestor paid, allocated by the same rule
+    coll = recs[-1].tx
+    paid_in = sum(r.tx.paid for r in recs if isinstance(r.tx, L.Installment))
+    assert coll.collected == paid_in and coll.collected + coll.owed == pay.total
+    assert sum(a.amount for a in coll.allocations) == coll.collected
+    assert sum(report["paid"].values()) == pytest.approx(coll.collected * mu, abs=1e-9)
 
 
 def test_run_a_tiny_config_and_read_its_ledger(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_parser", "sweep_command"]
+__all__ = ["add_parser", "check_inputs", "sweep_command"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -22,19 +22,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
     p.add_argument("--keep-ledgers", action="store_true", help="keep each point's ledger and model store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=sweep_command)
+    p.set_defaults(func=sweep_command, check_inputs=check_inputs)
     return p
 
 
-def sweep_command(args: argparse.Namespace) -> int:
-    from mcsl_core.sweep._run import dask_executor, run_sweep
+def check_inputs(args: argparse.Namespace) -> None:
+    """Validate the arguments and every point of the spec (before ``--out`` is created)."""
     from mcsl_core.sweep._spec import load_spec
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {args.workers}")
     if args.workers is not None and args.scheduler is not None:
         raise ValueError("--workers and --scheduler exclude each other (the cluster has its own workers)")
-    spec = load_spec(Path(args.spec))  # every point is validated here, before anything runs
+    args.spec_loaded = load_spec(Path(args.spec))
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    from mcsl_core.sweep._run import dask_executor, run_sweep
+
+    if getattr(args, "spec_loaded", None) is None:  # called without mcsl's main
+        check_inputs(args)
+    spec = args.spec_loaded
     out = Path(args.out)
     kw = dict(keep_ledgers=args.keep_ledgers, progress=not args.quiet)
     address = args.scheduler or (spec.scheduler if args.workers is None else None)

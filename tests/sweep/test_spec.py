@@ -156,6 +156,8 @@ _CHANGES = {
     "requestor_rule": "bush_mosteller",
     "game_steps": 10,
     "game_lr": 0.1,
+    "leader_strategy": "tft",
+    "installments": 7,
 }
 
 
