@@ -34,6 +34,8 @@ def _where(idx: tuple[int, ...]) -> str:
 
 def as_float64(name: str, x) -> np.ndarray:
     """``x`` as a C-contiguous float64 array; a clear error when it is not numeric."""
+    if np.iscomplexobj(x):  # NumPy would drop the imaginary part with only a warning
+        raise ValueError(f"{name} must be real, got a complex value")
     try:
         arr = np.asarray(x, dtype=np.float64, order="C")  # keeps 0-d inputs 0-d
     except (TypeError, ValueError) as exc:
@@ -166,3 +168,18 @@ def check_memory(name: str, nbytes: int, detail: str = "") -> None:
             f"{name} is too large: the kernel needs about {nbytes / 2**20:,.0f} MiB{extra}, "
             f"{avail / 2**20:,.0f} MiB are available"
         )
+
+
+def check_scalar(
+    name: str,
+    x,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
+    """A finite real scalar (not bool, str or an array) in the interval, as a float."""
+    if isinstance(x, (bool, np.bool_, str, bytes)) or np.ndim(x) != 0:
+        raise ValueError(f"{name} must be a real scalar, got {x!r}")
+    return float(check_range(name, x, lo, hi, lo_open=lo_open, hi_open=hi_open).reshape(()))

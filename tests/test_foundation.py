@@ -84,3 +84,21 @@ def test_scalars_stay_zero_dimensional():
 def test_atomic_outputs_are_readable_by_others(tmp_path):
     p = atomic_write_text(tmp_path / "f.txt", "x")
     assert p.stat().st_mode & 0o777 == 0o644
+
+
+def test_shared_scalar_checks():
+    """The one set of scalar checks the subpackages share (_validation.check_scalar and
+    check_int_scalar): bools, strings, arrays, non-finite and out-of-range values name the
+    argument; complex values are refused at the root (as_float64), not silently made real."""
+    assert V.check_scalar("x", 2) == 2.0 and type(V.check_scalar("x", np.float32(0.5))) is float
+    for bad in (True, "1", [1.0], np.nan, np.inf, None):
+        with pytest.raises(ValueError, match="^x "):
+            V.check_scalar("x", bad)
+    with pytest.raises(ValueError, match=r"x must lie in \(0, 1\]"):
+        V.check_scalar("x", 0.0, 0.0, 1.0, lo_open=True)
+    assert V.check_int_scalar("k", 3.0, 0) == 3
+    for bad in (2.7, True, "3", -1):
+        with pytest.raises(ValueError, match="^k "):
+            V.check_int_scalar("k", bad, 0)
+    with pytest.raises(ValueError, match="z must be real"):
+        V.as_float64("z", [1 + 2j])

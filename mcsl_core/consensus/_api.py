@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from mcsl_core._validation import check_nonneg_int, check_range
+from mcsl_core._validation import check_int_scalar, check_nonneg_int, check_scalar
 
 from . import _sim
 from ._closed_form import BLOCK_CARRIES, PROTOCOLS, MessageCounts, fault_tolerance, quorum
@@ -71,23 +71,6 @@ class SweepResult(NamedTuple):
     view_changes: np.ndarray  # shape=[C], int64
 
 
-def _float(name: str, x, lo: float = 0.0) -> float:
-    if np.ndim(x) != 0:
-        raise ValueError(f"{name} must be a scalar, got shape {np.shape(x)}")
-    return float(check_range(name, x, lo).reshape(-1)[0])
-
-
-def _int(name: str, x, lo: int = 0) -> int:
-    if isinstance(x, (bool, np.bool_)):
-        raise ValueError(f"{name} must be an integer, got {x!r}")
-    if np.ndim(x) != 0:
-        raise ValueError(f"{name} must be a scalar integer, got shape {np.shape(x)}")
-    v = int(check_nonneg_int(name, x).reshape(-1)[0])
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}; got {v}")
-    return v
-
-
 def fault_mask(n: int, faulty, leader_faulty: bool) -> np.ndarray:
     """Boolean mask of faulty nodes.
 
@@ -97,7 +80,7 @@ def fault_mask(n: int, faulty, leader_faulty: bool) -> np.ndarray:
     """
     mask = np.zeros(n, dtype=bool)
     if np.ndim(faulty) == 0:
-        k = _int("faulty", faulty)
+        k = check_int_scalar("faulty", faulty, 0)
         if k > n:
             raise ValueError(f"faulty must be <= n_nodes = {n}; got {k}")
         if leader_faulty:
@@ -156,10 +139,10 @@ def _auto_timeout(n: int, U: int, upd: float, payload: float, net: NetworkModel)
 
 def build_inputs(n, U, update_bytes, network, mask_kind, protocol, block_carries, seed, max_views):
     """Validated kernel inputs ``(IP, P, fault)`` for one configuration."""
-    n = _int("n_nodes", n, 4)
-    U = _int("n_updates", U)
-    upd = _float("update_bytes", update_bytes)
-    seed = _int("seed", seed)
+    n = check_int_scalar("n_nodes", n, 4)
+    U = check_int_scalar("n_updates", U, 0)
+    upd = check_scalar("update_bytes", update_bytes, 0.0)
+    seed = check_int_scalar("seed", seed, 0)
     if seed >= 2**63:
         raise ValueError(f"seed must be < 2**63; got {seed}")
     if not isinstance(network, NetworkModel):
@@ -170,7 +153,7 @@ def build_inputs(n, U, update_bytes, network, mask_kind, protocol, block_carries
         raise ValueError(f"block_carries must be one of {BLOCK_CARRIES}, got {block_carries!r}")
     f = fault_tolerance(n)
     if protocol == "pbft":
-        V = f + 2 if max_views is None else _int("max_views", max_views, 1)
+        V = f + 2 if max_views is None else check_int_scalar("max_views", max_views, 1)
     else:
         V = 1
     digests = block_carries == "digests"
@@ -301,8 +284,8 @@ def simulate_pbft(
         ``time_s``, ``messages``, ``bytes``, ``committed``, ``view_changes``, per-phase
         counts, bytes and times, per-node commit times and digests, ``agreement``.
     """
-    n = _int("n_nodes", n_nodes, 4)
-    U = _int("n_updates", n_updates)
+    n = check_int_scalar("n_nodes", n_nodes, 4)
+    U = check_int_scalar("n_updates", n_updates, 0)
     code = _fault_code(fault)
     mask = fault_mask(n, faulty, bool(leader_faulty))
     IP, P, fcode = build_inputs(

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 from mcsl_core._bft import max_faulty as fault_tolerance
 from mcsl_core._bft import quorum
 from mcsl_core._names import PROTOCOLS
-from mcsl_core._validation import check_nonneg_int, check_range
+from mcsl_core._validation import check_int_scalar, check_scalar
 
 __all__ = [
     "BLOCK_CARRIES",
@@ -52,21 +50,6 @@ class PhaseCounts(NamedTuple):
     bytes: MessageCounts
 
 
-def _float(name: str, x, lo: float = 0.0) -> float:
-    if np.ndim(x) != 0:
-        raise ValueError(f"{name} must be a scalar, got shape {np.shape(x)}")
-    return float(check_range(name, x, lo).reshape(-1)[0])
-
-
-def _int(name: str, x, lo: int = 0) -> int:
-    if np.ndim(x) != 0:
-        raise ValueError(f"{name} must be a scalar integer, got shape {np.shape(x)}")
-    v = int(check_nonneg_int(name, x).reshape(-1)[0])
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}; got {v}")
-    return v
-
-
 def pbft_message_counts(
     n: int,
     *,
@@ -97,11 +80,11 @@ def pbft_message_counts(
     (``"digests"``); a new-view carries ``2f+1`` view-change messages; a HotStuff
     certificate ``2f+1`` signatures of 64 bytes.
     """
-    n = _int("n", n, 4)
-    U = _int("n_updates", n_updates)
-    k = _int("view_changes", view_changes)
-    upd = _float("update_bytes", update_bytes)
-    H = _float("header_bytes", header_bytes)
+    n = check_int_scalar("n", n, 4)
+    U = check_int_scalar("n_updates", n_updates, 0)
+    k = check_int_scalar("view_changes", view_changes, 0)
+    upd = check_scalar("update_bytes", update_bytes, 0.0)
+    H = check_scalar("header_bytes", header_bytes, 0.0)
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if block_carries not in BLOCK_CARRIES:

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from mcsl_core._names import REQUESTOR_RULES
-from mcsl_core._validation import check_int_scalar, check_memory, check_range
+from mcsl_core._validation import check_int_scalar, check_memory, check_range, check_scalar
 from mcsl_core.payment._game import (
     PAPER_X,
     PAPER_Y,
@@ -26,7 +26,6 @@ from mcsl_core.payment._game import (
     _check_payoff,
     _check_strategies,
     _lf_pc,
-    _scalar,
 )
 from mcsl_core.payment._markov import check_init, threads
 
@@ -385,7 +384,7 @@ def evolve_requestor(
             with threads(None if _parallel else 1):
                 _gradient_parallel(pb, qb, x, y, steps, lr, every, tq, teb, ter, tval)
         else:
-            A = float(np.mean(y)) if aspiration is None else _scalar("aspiration", aspiration)
+            A = float(np.mean(y)) if aspiration is None else check_scalar("aspiration", aspiration)
             scale = float(np.max(np.abs(y - A)))
             if not scale > 0.0:
                 raise ValueError("aspiration equals every payoff in y: no stimulus to learn from")

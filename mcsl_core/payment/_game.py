@@ -30,7 +30,14 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from mcsl_core._validation import as_float64, check_finite, check_memory, check_range, check_real
+from mcsl_core._validation import (
+    as_float64,
+    check_finite,
+    check_memory,
+    check_range,
+    check_real,
+    check_scalar,
+)
 from mcsl_core.payment._markov import _stationary_batch, check_init, stationary_bytes
 
 __all__ = [
@@ -301,15 +308,8 @@ def _zd_direction(x: np.ndarray, y: np.ndarray, chi: float) -> np.ndarray:
     return (x - x[0]) - chi * (y - y[0])
 
 
-def _scalar(name: str, v, lo: float | None = None, lo_open: bool = False) -> float:
-    """A finite float scalar (optionally bounded below); ValueError naming ``name``."""
-    if np.ndim(v) != 0:
-        raise ValueError(f"{name} must be a scalar, got shape {np.shape(v)}")
-    return float(check_range(name, v, lo, lo_open=lo_open).reshape(-1)[0])
-
-
 def _check_chi(chi) -> float:
-    chi = _scalar("chi", chi)
+    chi = check_scalar("chi", chi)
     if not chi >= 1.0:
         raise ValueError(f"chi must be >= 1 (cooperation-enforcing ZD), got {chi!r}")
     return chi
@@ -373,7 +373,7 @@ def zd_strategy(x, y, chi: float, phi: float) -> np.ndarray:
     ndarray, shape (4,), float64
     """
     lo, hi = zd_phi_bounds(x, y, chi)
-    phi = _scalar("phi", phi)
+    phi = check_scalar("phi", phi)
     if phi == 0.0 or not (lo - 1e-15 * abs(lo) <= phi <= hi + 1e-15 * abs(hi)):
         a = "(" if lo == 0.0 else "["
         b = ")" if hi == 0.0 else "]"
@@ -408,7 +408,7 @@ def win_stay_lose_shift(x, aspiration: float | None = None) -> np.ndarray:
     if aspiration is None:
         s = np.sort(x)
         aspiration = 0.5 * (s[1] + s[2])
-    aspiration = _scalar("aspiration", aspiration)
+    aspiration = check_scalar("aspiration", aspiration)
     win = x > aspiration
     played_c = np.array([True, True, False, False])
     return np.where(win == played_c, 1.0, 0.0)
