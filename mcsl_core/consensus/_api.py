@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -11,6 +10,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from mcsl_core._validation import available_memory as available_bytes  # the one memory probe
 from mcsl_core._validation import check_int_scalar, check_nonneg_int, check_scalar
 
 from . import _sim
@@ -205,21 +205,6 @@ def kernel_bytes(n: int, U: int, V: int) -> int:
     """
     slots = _sim.queue_slots(n, U)
     return 33 * n * V + _sim.SLOT_BYTES * slots + 232 * n + 40 * (n + 1 + U)
-
-
-def available_bytes() -> int:
-    """Memory the kernel may use: ``MemAvailable`` from /proc/meminfo, else free physical pages."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError, AttributeError):
-        return 1 << 62  # unknown: do not refuse
 
 
 def _check_fits(n: int, U: int, V: int, where: str = "", have: int | None = None) -> int:
