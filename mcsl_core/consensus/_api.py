@@ -199,8 +199,8 @@ def kernel_bytes(n: int, U: int, V: int) -> int:
     pre-prepare digest, view-change count, best certificate view and digest, int32; a
     sent flag) ``+ 64 (n U + 2 n (n - 1) + 4 n + 64)`` (queue slots, 64 bytes each:
     every message of two broadcast rounds in flight) ``+ 232 n`` (node state, client
-    replies, outputs) ``+ 40 (n + 1 + U)`` (link and CPU clocks, seconds per byte,
-    FIFO heads). ``V = f + 2`` for PBFT by default (``max_views``), 1 otherwise. The
+    replies, outputs; an upper bound) ``+ 40 (n + 1 + U)`` (link and CPU clocks,
+    seconds per byte). ``V = f + 2`` for PBFT by default (``max_views``), 1 otherwise. The
     queue doubles if more events are pending at once (many views in flight).
     """
     slots = _sim.queue_slots(n, U)
