@@ -1,0 +1,220 @@
+"""Packed lanes: a compiled group's local training without padded steps.
+
+The rank-grouped program of :mod:`mcsl_core.fl._compiled` trains every
+client of a rank group for the largest step count any experiment needs there
+(on FedProx Synthetic about 2.8x the real client-steps), and shuffles each
+epoch with a stable ``argsort`` inside the program. Here the whole schedule is
+laid out on the host before the run instead:
+
+- **Epoch orders, precomputed.** Client ``c`` of round ``r`` in epoch ``e``
+  draws ``uniform(fold_in(fold_in(fold_in(fold_in(train, r), c), e), i))`` for
+  its real row ``i`` (the same keys as :func:`mcsl_core.fl._train._epoch_order`,
+  threefry is bit-exact on every path), all in one batched call; one host sort
+  of ``(client, draw, row)`` keys gives every stable order at once.
+- **Packed lanes.** The ``K * c`` clients of a round (all experiments
+  together) are packed onto ``L`` lanes by longest-first greedy assignment; a
+  lane runs its clients one after another, each from its experiment's global
+  parameters (``reset``), for exactly its ``local_epochs * ceil(n / batch)``
+  real steps, and writes its delta when it ends. One round is a ``lax.scan``
+  over ``S`` slots of ``L`` lanes (``S`` the longest lane over the schedule),
+  so the work is ``S * L`` lane-steps instead of the padded rank groups'.
+
+Each client still takes exactly its per-round-loop steps (same rows, same
+mask, same ``p - lr * g``), so experiment ``k`` equals :func:`run_fedavg` up to
+float32 rounding of the batched kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mcsl_core.fl._data import FederatedData
+from mcsl_core.fl._train import _masked_loss
+
+PyTree = Any
+
+
+class Packed(NamedTuple):
+    """Slot arrays of a packed schedule (leading axes ``[R, S, L]``)."""
+
+    rows: np.ndarray  # [R, S, L, batch] int32: global row of each batch entry (0 where masked)
+    mask: np.ndarray  # [R, S, L, batch] bool: real row
+    item: np.ndarray  # [R, S, L] int32: k * c + j (sampled slot j of experiment k); K * c idle
+    step: np.ndarray  # [R, S, L] int32: e * steps_max + s, the client's step position
+    reset: np.ndarray  # [R, S, L] bool: the client's first step (start from global params)
+    end: np.ndarray  # [R, S, L] bool: the client's last step (write its delta)
+    n: np.ndarray  # [K, R, c] int32: samples of each sampled client
+    steps_max: int  # largest steps per epoch of any client
+
+
+@functools.lru_cache(maxsize=8)
+def _draw_fn():
+    def draw(train_keys, r, cl, e, seg, i):
+        """Uniform draw of row ``i`` of segment ``seg`` (experiment, round, client, epoch)."""
+
+        def client_key(tk, rr, c, ee):
+            k = jax.random.fold_in(jax.random.wrap_key_data(tk), rr)
+            return jax.random.key_data(jax.random.fold_in(jax.random.fold_in(k, c), ee))
+
+        ck = jax.vmap(client_key)(train_keys, r, cl, e)
+        return jax.vmap(
+            lambda kd, ii: jax.random.uniform(jax.random.fold_in(jax.random.wrap_key_data(kd), ii))
+        )(ck[seg], i)
+
+    return jax.jit(draw)
+
+
+def _orders(data: FederatedData, sampled: np.ndarray, train_keys: np.ndarray, epochs: int):
+    """Every client's epoch orders: ``(local, seg_start)`` with ``local`` the flat
+    row positions (within the client) segment after segment, ``seg_start`` shape=[N+1].
+
+    Segments are ordered ``((k * R + r) * c + j) * epochs + e``. Within a segment
+    the order is a stable argsort of the draws (ties by row), as in ``_epoch_order``.
+    """
+    kk, rr, cc = sampled.shape
+    n = data.num_samples[sampled].astype(np.int64)  # [K, R, c]
+    nseg = np.repeat(n.reshape(-1), epochs)  # [N]
+    seg_start = np.concatenate([[0], np.cumsum(nseg)])
+    total = int(seg_start[-1])
+    seg = np.repeat(np.arange(nseg.size, dtype=np.int64), nseg)
+    i = np.arange(total, dtype=np.int64) - seg_start[seg]
+    kidx, ridx, jidx, eidx = np.unravel_index(np.arange(nseg.size), (kk, rr, cc, epochs))
+    cl = sampled[kidx, ridx, jidx]
+    u = np.asarray(
+        _draw_fn()(
+            jnp.asarray(train_keys[kidx]),
+            jnp.asarray(ridx, jnp.uint32),
+            jnp.asarray(cl, jnp.uint32),
+            jnp.asarray(eidx, jnp.uint32),
+            jnp.asarray(seg, jnp.int32),
+            jnp.asarray(i, jnp.uint32),
+        )
+    )
+    ubits = u.view(np.uint32).astype(np.uint64)  # non-negative floats: bit order = value order
+    ib = max(1, int(i.max(initial=0)).bit_length())
+    sb = max(1, int(nseg.size).bit_length())
+    if ib + sb + 32 <= 64:  # unique keys: one unstable sort is the stable argsort
+        key = (seg.astype(np.uint64) << np.uint64(32 + ib)) | (ubits << np.uint64(ib)) | i.astype(np.uint64)
+        local = (np.sort(key) & np.uint64((1 << ib) - 1)).astype(np.int64)
+    else:
+        local = i[np.lexsort((i, u, seg))]
+    return local, seg_start
+
+
+def _lpt(steps: np.ndarray, lanes: int) -> tuple[list[list[int]], int]:
+    """Longest-first greedy packing of items (``steps`` each) onto ``lanes``:
+    each lane's items in run order, and the longest lane's load."""
+    heap = [(0, l) for l in range(lanes)]
+    out: list[list[int]] = [[] for _ in range(lanes)]
+    for it in np.argsort(-steps, kind="stable"):
+        if steps[it] == 0:
+            break
+        load, l = heapq.heappop(heap)
+        out[l].append(int(it))
+        heapq.heappush(heap, (load + int(steps[it]), l))
+    return out, max(load for load, _ in heap)
+
+
+def choose_lanes(steps: np.ndarray) -> int:
+    """Lanes for a schedule (``steps``: shape=[R, items] client-steps per round):
+    enough that the longest lane is about the longest client (the floor), so
+    slots ~ max client steps and lane-steps ~ the real client-steps."""
+    per_round = steps.sum(axis=1).max()
+    longest = max(int(steps.max()), 1)
+    return int(max(1, min(steps.shape[1], -(-int(per_round) // longest))))
+
+
+def pack(
+    data: FederatedData,
+    sampled: np.ndarray,
+    train_keys: np.ndarray,
+    batch: int,
+    epochs: int,
+    lanes: int | None = None,
+) -> Packed:
+    """Lay a group's schedule out in packed lanes (``sampled``: shape=[K, R, c])."""
+    kk, rr, cc = sampled.shape
+    n = data.num_samples[sampled].astype(np.int64)
+    spe = -(-n // batch)  # [K, R, c] steps per epoch
+    smax = max(int(spe.max(initial=0)), 1)
+    item_steps = (spe * epochs).transpose(1, 0, 2).reshape(rr, kk * cc)  # [R, K*c]
+    lanes = choose_lanes(item_steps) if lanes is None else int(lanes)
+    plans = [_lpt(item_steps[r], lanes) for r in range(rr)]
+    slots = max(1, max(p[1] for p in plans))
+    local, seg_start = _orders(data, sampled, train_keys, epochs)
+    starts = data.offsets[:-1].astype(np.int64)
+    rows = np.zeros((rr, slots, lanes, batch), np.int32)
+    mask = np.zeros((rr, slots, lanes, batch), bool)
+    item = np.full((rr, slots, lanes), kk * cc, np.int32)
+    step = np.zeros((rr, slots, lanes), np.int32)
+    reset = np.zeros((rr, slots, lanes), bool)
+    end = np.zeros((rr, slots, lanes), bool)
+    for r, (lane_items, _) in enumerate(plans):
+        for l, its in enumerate(lane_items):
+            t = 0
+            for it in its:
+                k, j = divmod(it, cc)
+                nc, sc = int(n[k, r, j]), int(spe[k, r, j])
+                s0 = starts[sampled[k, r, j]]
+                for e in range(epochs):
+                    g = (((k * rr + r) * cc + j) * epochs) + e
+                    loc = local[seg_start[g] : seg_start[g + 1]]
+                    blk = np.zeros(sc * batch, np.int64)
+                    blk[:nc] = loc
+                    rows[r, t : t + sc, l] = (s0 + blk).reshape(sc, batch)
+                    mask[r, t : t + sc, l] = (np.arange(sc * batch) < nc).reshape(sc, batch)
+                    step[r, t : t + sc, l] = e * smax + np.arange(sc)
+                    item[r, t : t + sc, l] = it
+                    if e == 0:
+                        reset[r, t, l] = True
+                    t += sc
+                end[r, t - 1, l] = True
+    return Packed(rows, mask, item, step, reset, end, n.astype(np.int32), smax)
+
+
+def train_round(model, params: PyTree, x_all, y_all, lr, slots, n, steps_max: int, epochs: int):
+    """One round's local training of every experiment's clients, packed.
+
+    ``params``: leaves shape=[K, ...]; ``lr``: shape=[K]; ``slots``: the round's
+    ``(rows, mask, item, step, reset, end)`` (leading axes ``[S, L]``); ``n``:
+    shape=[K, c]. Returns ``(deltas, losses)``: leaves shape=[K, c, ...] and
+    shape=[K, c] (mean loss over the client's real rows and epochs), in sampled order.
+    """
+    kk, cc = n.shape
+    items = kk * cc
+    grad_fn = jax.vmap(jax.value_and_grad(functools.partial(_masked_loss, model)))
+    lanes = slots[2].shape[1]
+    p0 = jax.tree_util.tree_map(lambda a: jnp.zeros((lanes, *a.shape[1:]), a.dtype), params)
+    d0 = jax.tree_util.tree_map(lambda a: jnp.zeros((items, *a.shape[1:]), a.dtype), params)
+    l0 = jnp.zeros((items, epochs, steps_max), jnp.float32)
+
+    def bcast(v, a):
+        return v.reshape(v.shape + (1,) * (a.ndim - 1))
+
+    def body(carry, xs):
+        p, dbuf, lbuf = carry
+        rows, mask, item, step, reset, end = xs
+        exp = jnp.minimum(item // cc, kk - 1)  # idle lanes (item == K * c): any experiment, no effect
+        p = jax.tree_util.tree_map(lambda a, g: jnp.where(bcast(reset, a), g[exp], a), p, params)
+        loss, g = grad_fn(p, x_all[rows], y_all[rows], mask)
+        step_lr = lr[exp]
+        p = jax.tree_util.tree_map(lambda a, b: a - bcast(step_lr, a) * b, p, g)
+        e_i, s_i = step // steps_max, step % steps_max
+        lbuf = lbuf.at[item, e_i, s_i].set(loss * jnp.sum(mask, axis=1), mode="drop")
+        out = jnp.where(end, item, items)  # out of bounds: dropped
+        dbuf = jax.tree_util.tree_map(
+            lambda d, a, g0: d.at[out].set(a - g0[exp], mode="drop"), dbuf, p, params
+        )
+        return (p, dbuf, lbuf), None
+
+    (_, dbuf, lbuf), _ = lax.scan(body, (p0, d0, l0), slots)
+    deltas = jax.tree_util.tree_map(lambda d: d.reshape(kk, cc, *d.shape[1:]), dbuf)
+    ls = jnp.sum(jnp.sum(lbuf, axis=-1), axis=-1).reshape(kk, cc)
+    return deltas, ls / jnp.maximum(n * epochs, 1).astype(jnp.float32)
