@@ -17,10 +17,12 @@ operation; the only differences are float32 rounding where XLA fuses or batches
 a reduction differently (see ``tests/fl/test_compiled.py`` for the measured
 error and the tolerance).
 
-Padding: the clients of a round are trained in rank order of their size, in up
-to three groups (contiguous ranks) whose static step counts are the largest
-any experiment needs at those ranks over the whole schedule (chosen to minimise
-the padded work), then put back in sampled order before aggregation.
+Padding: on one device, local training runs in packed lanes without padded
+steps (:mod:`mcsl_core.fl._packed`). With several devices, the clients of a
+round are trained in rank order of their size, in up to eight groups
+(contiguous ranks) whose static step counts are the largest any experiment
+needs at those ranks over the whole schedule (chosen to minimise the padded
+work), then put back in sampled order before aggregation.
 """
 
 from __future__ import annotations
