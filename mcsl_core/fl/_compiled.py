@@ -17,10 +17,12 @@ operation; the only differences are float32 rounding where XLA fuses or batches
 a reduction differently (see ``tests/fl/test_compiled.py`` for the measured
 error and the tolerance).
 
-Padding: the clients of a round are trained in rank order of their size, in up
-to three groups (contiguous ranks) whose static step counts are the largest
-any experiment needs at those ranks over the whole schedule (chosen to minimise
-the padded work), then put back in sampled order before aggregation.
+Padding: on one device, local training runs in packed lanes without padded
+steps (:mod:`mcsl_core.fl._packed`). With several devices, the clients of a
+round are trained in rank order of their size, in up to eight groups
+(contiguous ranks) whose static step counts are the largest any experiment
+needs at those ranks over the whole schedule (chosen to minimise the padded
+work), then put back in sampled order before aggregation.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mcsl_core.fl import _packed
 from mcsl_core.fl._aggregate import fedavg, krum, median
 from mcsl_core.fl._data import FederatedData
 from mcsl_core.fl._train import (
@@ -299,6 +302,65 @@ def _segment_fn(spec: GroupSpec, groups, data, state, e: _ExpArrays, sched, shar
     return lax.scan(body, state, (sched, shared))
 
 
+def _packed_segment(spec: GroupSpec, steps_max: int, data, state, e: _ExpArrays, sched, shared):
+    """``S`` rounds of all ``K`` experiments (leading axis K in ``state`` and ``e``),
+    local training in packed lanes (:mod:`mcsl_core.fl._packed`); otherwise
+    :func:`_segment_fn` operation for operation."""
+    opt = spec.server_optimizer if spec.server_optimizer is not None else _FEDAVG_SERVER
+    x_all, y_all = data[:2]
+    ex, ey, eidx, emask = data[4:]
+    nchunks = eidx.shape[0]
+    k = e.client_lr.shape[0]
+
+    def server(params, opt_state, deltas, n, ek, r):
+        nkey = jax.random.fold_in(jax.random.wrap_key_data(ek.noise_key), r)
+        agg = _aggregate(spec, deltas, n, ek, nkey)
+        agg = jax.tree_util.tree_map(lambda a: a * ek.server_lr, agg)
+        upd, new_state = opt.update(jax.tree_util.tree_map(jnp.negative, agg), opt_state, params)
+        return optax.apply_updates(params, upd), new_state
+
+    def body(carry, xs):
+        params, opt_state, stopped = carry
+        slots, n, (r, active, is_eval) = xs
+
+        def run(args):
+            params, opt_state = args
+            deltas, losses = _packed.train_round(
+                spec.model, params, x_all, y_all, e.client_lr, slots, n, steps_max, spec.local_epochs
+            )
+            new_p, new_s = jax.vmap(server, in_axes=(0, 0, 0, 0, 0, None))(params, opt_state, deltas, n, e, r)
+            return new_p, new_s, losses
+
+        def skip(args):
+            return (*args, jnp.zeros((k, spec.clients_per_round), jnp.float32))
+
+        new_p, new_s, losses = lax.cond(active, run, skip, (params, opt_state))
+
+        def keep(a, b):
+            return jnp.where((stopped | ~active).reshape((k,) + (1,) * (a.ndim - 1)), a, b)
+
+        params = jax.tree_util.tree_map(keep, params, new_p)
+        opt_state = jax.tree_util.tree_map(keep, opt_state, new_s)
+        zeros = (jnp.zeros((k, nchunks), jnp.float32), jnp.zeros((k, nchunks), jnp.int32))
+        ls, hits = lax.cond(
+            is_eval,
+            lambda p: jax.vmap(lambda q: _eval_sums(spec.model, q, ex, ey, eidx, emask))(p),
+            lambda p: zeros,
+            params,
+        )
+        was = stopped
+        stopped = stopped | (active & is_eval & (jnp.sum(hits, axis=1) >= e.stop_hits))
+        return (params, opt_state, stopped), (losses, ls, hits.astype(jnp.int32), was)
+
+    state, out = lax.scan(body, state, (sched[0], sched[1], shared))
+    return state, jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), out)  # [K, S, ...] as vmapped
+
+
+@functools.lru_cache(maxsize=32)
+def _packed_program(spec: GroupSpec, steps_max: int):
+    return jax.jit(functools.partial(_packed_segment, spec, steps_max), donate_argnums=(1,))
+
+
 @functools.lru_cache(maxsize=32)
 def _program(spec: GroupSpec, groups: tuple, sharded: bool):
     def prog(data, state, e, sched, shared):
@@ -450,13 +512,20 @@ def run_group(
     rounds = spec.rounds
     early = any(c.target_accuracy is not None for c in configs)
     seg = _segment_length(rounds, bar is not None, early)
-    prog = _program(spec, sched.groups, mesh is not None)
+    if mesh is None:  # one device: packed lanes, no padded steps
+        pk = _packed.pack(train, sched.sampled, e.train_key, spec.batch_size, spec.local_epochs)
+        prog = _packed_program(spec, pk.steps_max)
+    else:
+        prog = _program(spec, sched.groups, True)
     outs, times = [], np.zeros(rounds)
     for s0 in range(0, rounds, seg):
         idx = np.minimum(np.arange(s0, s0 + seg), rounds - 1)
         active = np.arange(s0, s0 + seg) < rounds
         is_eval = active & ((((idx + 1) % spec.eval_every) == 0) | (idx == rounds - 1))
-        sl = _put((sched.ranked[:, idx], sched.inverse[:, idx]), split)
+        if mesh is None:
+            sl = _put((tuple(a[idx] for a in pk[:6]), pk.n[:, idx].transpose(1, 0, 2)), None)
+        else:
+            sl = _put((sched.ranked[:, idx], sched.inverse[:, idx]), split)
         shared = _put((idx.astype(np.uint32), active, is_eval), repl)
         t0 = time.perf_counter()
         state, out = prog(data, state, e, sl, shared)
