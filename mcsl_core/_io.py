@@ -15,17 +15,21 @@ from typing import Any
 __all__ = ["atomic_write_bytes", "atomic_write_text", "prepare_out_dir", "write_csv"]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``.
+
+    The file gets ``mode`` before any byte is written (outputs are shared, 0644; key
+    files pass 0600, so a secret is never readable by others, not even briefly).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         try:
