@@ -1,6 +1,6 @@
 """Resumable parameter sweeps of whole MCS learning tasks, on local cores or a Dask cluster.
 
-A spec (TOML; ``docs/sweep.md``) names a base task config, axes (``[sweep.grid]``
+A spec (TOML; ``docs/task-sweeps.md``) names a base task config, axes (``[sweep.grid]``
 cartesian, ``[sweep.zip]`` varied together) and seeds; :func:`run_sweep` runs every
 point through :func:`mcsl_core.system.run_task` on any ``concurrent.futures``
 executor and commits each finished point atomically under ``DIR/points/<point>/``,

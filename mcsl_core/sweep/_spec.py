@@ -1,6 +1,6 @@
 """The sweep spec: a base task config, axes to vary, seeds; every point resolved and validated.
 
-A spec is a TOML file (``docs/sweep.md``)::
+A spec is a TOML file (``docs/task-sweeps.md``)::
 
     base = "other.toml"            # optional, relative to the spec; inline sections apply on top
     [sweep]

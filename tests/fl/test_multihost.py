@@ -3,7 +3,7 @@ over 127.0.0.1, one CPU device per process, JAX's CPU collectives (gloo); a
 sharded round and a small sweep spread over both processes' devices must equal
 the single-process run.
 
-What this verifies and what it does not is stated in ``docs/sweeps.md``
+What this verifies and what it does not is stated in ``docs/fl-sweeps.md``
 ("Several hosts"); a distinct failure of the per-round ``shard`` strategy is
 recorded by the worker (``ROUND_ERROR``) and asserted as found.
 """
@@ -104,7 +104,7 @@ def test_two_processes_on_loopback_match_one_process(tmp_path: Path):
             np.testing.assert_allclose(
                 r["round"], np.asarray(fl.flatten_updates(ref_round.updates)), atol=1e-6
             )
-        else:  # the per-round shard strategy reads its results on one host: recorded, see docs/sweeps.md
+        else:  # the per-round shard strategy reads its results on one host: recorded, see docs/fl-sweeps.md
             assert "fully addressable" in r["round_error"] or "addressable" in r["round_error"], r[
                 "round_error"
             ]
