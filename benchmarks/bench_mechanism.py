@@ -31,6 +31,7 @@ from numba import njit, prange
 from scipy.optimize import minimize_scalar
 
 from mcsl_core.mechanism import MechanismParams, solve
+from tests.reference.mechanism_ref import random_points
 
 N_TIMED = 4_000_000
 N_SMOKE = 20_000
@@ -64,20 +65,8 @@ def bandwidth(request) -> float:
 
 
 def _points(n: int, seed: int = 7) -> MechanismParams:
-    rng = np.random.default_rng(seed)
-    return MechanismParams(
-        R=rng.uniform(0, 50, n),
-        alpha_s=rng.uniform(0, 10, n),
-        beta_s=rng.uniform(0, 10, n),
-        v_bar=rng.uniform(1, 100, n),
-        s_bar=rng.uniform(1, 1000, n),
-        c_d=rng.uniform(0, 10, n),
-        eta=rng.uniform(0.05, 15, n),
-        xi=rng.uniform(0.05, 15, n),
-        eps=rng.uniform(0, 1, n),
-        theta=rng.uniform(0, 1, n),
-        T=rng.uniform(0.1, 3, n),
-    )
+    """``n`` random parameter points over the whole domain (the references' own sampler)."""
+    return MechanismParams(**random_points(np.random.default_rng(seed), n))
 
 
 def _grid(smoke: bool) -> MechanismParams:
