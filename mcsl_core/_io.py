@@ -8,6 +8,7 @@ import io
 import math
 import os
 import tempfile
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,18 @@ def toml_text(mapping: Mapping[str, Mapping[str, Any]]) -> str:
         lines += [f"{k} = {fmt(v)}" for k, v in body.items() if v is not None]
         lines.append("")
     return "\n".join(lines)
+
+
+def read_toml(path: str | os.PathLike, *, missing: str | None = None) -> dict[str, Any]:
+    """Parse the TOML file ``path``; a malformed file raises ``ValueError`` naming it.
+
+    With ``missing`` (e.g. ``"no sweep spec at"``) an absent file is a ``ValueError``
+    ``"{missing} {path}"`` too; without it the ``OSError`` of the read stands.
+    """
+    path = Path(path)
+    if missing is not None and not path.is_file():
+        raise ValueError(f"{missing} {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None

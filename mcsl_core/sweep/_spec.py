@@ -26,12 +26,12 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcsl_core._io import read_toml
 from mcsl_core.system import TaskConfig, TaskReport, config_from_mapping
 
 __all__ = ["SweepPoint", "SweepSpec", "load_spec", "point_hash", "spec_from_mapping"]
@@ -102,12 +102,7 @@ def point_hash(config: TaskConfig) -> str:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep spec TOML file (errors name the file and the key)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no sweep spec at {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, missing="no sweep spec at")
     try:
         return spec_from_mapping(data, root=path.parent, source=path)
     except ValueError as exc:
@@ -168,12 +163,10 @@ def _base_mapping(data: dict, sweep: dict, root: Path) -> dict[str, dict[str, An
         if not isinstance(base_path, str):
             raise ValueError(f"base: must be a path to a TOML config, got {base_path!r}")
         path = root / base_path
-        if not path.is_file():
-            raise ValueError(f"base: no config file at {path}")
         try:
-            sections = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"base: {path}: not valid TOML: {exc}") from None
+            sections = read_toml(path, missing="no config file at")
+        except ValueError as exc:
+            raise ValueError(f"base: {exc}") from None
         _merge(merged, sections, path.parent)
     _merge(merged, data, root)
     return merged

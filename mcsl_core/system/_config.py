@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mcsl_core._bft import max_faulty
-from mcsl_core._io import toml_text
+from mcsl_core._io import read_toml, toml_text
 from mcsl_core._names import AGGREGATORS, PROTOCOLS, REQUESTOR_RULES, STRATEGIES
 
 __all__ = [
@@ -412,10 +411,7 @@ def config_from_mapping(data: dict[str, Any], *, base: TaskConfig | None = None)
 def load_config(path: str | Path) -> TaskConfig:
     """Read a TOML task config (see ``mcsl_core/configs/example.toml``)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path)
     try:
         cfg = config_from_mapping(data)
     except ValueError as exc:
