@@ -15,30 +15,16 @@ from __future__ import annotations
 
 import itertools
 
-import jax
 import numpy as np
 import pytest
 
 from mcsl_core import fl
 from mcsl_core.fl._compiled import _rank_groups, _stop_hits
-
-ATOL = 2e-6  # see the module docstring: <= ~2 ulp per round at |p| <= 1, 7 rounds, 2x margin
-# losses: per-chunk float32 sums of hundreds of terms may round 1-2 ulp apart, then the
-# float64 total is cast to float32 (one more ulp): 4 ulp relative
-LOSS_RTOL = 4 * 2.0**-23
-
-
-@pytest.fixture(scope="module")
-def data():
-    return fl.synthetic_fedprox(1.0, 1.0, num_clients=12, dim=20, num_classes=5, seed=1)
-
-
-def _flat(t) -> np.ndarray:
-    return np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(t)])
+from tests.fl.conftest import ATOL, LOSS_RTOL, flat
 
 
 def _same(a: fl.FLResult, b: fl.FLResult) -> None:
-    np.testing.assert_allclose(_flat(b.params), _flat(a.params), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(flat(b.params), flat(a.params), rtol=0, atol=ATOL)
     np.testing.assert_array_equal(b.history.round, a.history.round)
     np.testing.assert_allclose(b.history.train_loss, a.history.train_loss, rtol=LOSS_RTOL)
     np.testing.assert_array_equal(np.isnan(b.history.eval_loss), np.isnan(a.history.eval_loss))

@@ -20,24 +20,13 @@ import pytest
 
 from mcsl_core import fl
 from mcsl_core.fl._compiled import GroupSpec, bytes_per_experiment
-
-ATOL = 2e-6
-LOSS_RTOL = 4 * 2.0**-23
-
-
-@pytest.fixture(scope="module")
-def data():
-    return fl.synthetic_fedprox(1.0, 1.0, num_clients=12, dim=20, num_classes=5, seed=1)
-
-
-def _flat(t) -> np.ndarray:
-    return np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(t)])
+from tests.fl.conftest import ATOL, LOSS_RTOL, flat
 
 
 def _check_experiment(res: fl.FLSweepResult, k: int, tr, te) -> None:
     ref = fl.run_fedavg(res.models[k], tr, res.configs[k], test=te)
     p = res.params[k] if isinstance(res.params, list) else jax.tree_util.tree_map(lambda a: a[k], res.params)
-    np.testing.assert_allclose(_flat(p), _flat(ref.params), rtol=0, atol=ATOL, err_msg=f"experiment {k}")
+    np.testing.assert_allclose(flat(p), flat(ref.params), rtol=0, atol=ATOL, err_msg=f"experiment {k}")
     n = len(ref.history.round)
     h = res.history
     np.testing.assert_array_equal(h.round[k, :n], ref.history.round)
@@ -92,7 +81,7 @@ def test_structural_axes_models_rounds_and_chunks(data):
         _check_experiment(res, k, tr, te)
     logi = fl.run_sweep(mods[0], tr, base, dict(seed=[3, 4, 5]), test=te)  # one chunk of three
     alone = fl.run_sweep(mods[0], tr, base, dict(seed=[3, 4, 5]), test=te, memory_bytes=1)
-    np.testing.assert_allclose(_flat(logi.params), _flat(alone.params), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(flat(logi.params), flat(alone.params), rtol=0, atol=ATOL)
 
 
 def test_table_and_csv(data, tmp_path):
