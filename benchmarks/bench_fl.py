@@ -41,12 +41,11 @@ from jax import lax
 
 from mcsl_core import fl
 from mcsl_core.fl._train import _AUTO_CACHE, _max_width, _plan
+from tests.conftest import FEMNIST_DIR
 
 GROUP = "fl-femnist-cnn-35-clients"
 FLOP_PER_SAMPLE = 103e6  # forward ~34.4 MFLOP (conv1 1.25, conv2 20.1, dense 13.1) x 3 for training
-FEMNIST = os.environ.get(
-    "MCSL_FEMNIST_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "femnist_leaf")
-)
+FEMNIST = str(FEMNIST_DIR)  # the tests' one location of the subset (MCSL_FEMNIST_DIR overrides)
 
 
 def _synthetic_femnist(num_clients: int, mean: int, seed: int = 0) -> fl.FederatedData:
