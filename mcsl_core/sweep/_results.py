@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcsl_core._io import toml_text, write_csv
+from mcsl_core._io import fsync_dir, toml_text, write_csv
 from mcsl_core.sweep._spec import SweepPoint
 from mcsl_core.system import TaskReport
 
@@ -91,17 +91,6 @@ def _write(path: Path, data: bytes, *, durable: bool = False) -> None:
             os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_point(out_dir: Path, point: SweepPoint, result: Mapping[str, Any], row: Mapping[str, Any]) -> Path:
     """Commit one point: its files and ``row.json`` in a hidden folder, then one rename.
 
@@ -119,7 +108,7 @@ def write_point(out_dir: Path, point: SweepPoint, result: Mapping[str, Any], row
     for rel, data in files.items():
         _write(tmp / rel, data)
     _write(tmp / "row.json", (json.dumps(dict(row), sort_keys=True) + "\n").encode(), durable=True)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     final = points / point.point
     if final.exists():  # an earlier failed attempt: move it aside first (rename is atomic)
         old = points / f".old-{point.point}-{os.getpid()}"
@@ -128,7 +117,7 @@ def write_point(out_dir: Path, point: SweepPoint, result: Mapping[str, Any], row
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync_dir(points)
+    fsync_dir(points)
     return final
 
 
