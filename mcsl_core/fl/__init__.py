@@ -35,6 +35,7 @@ from mcsl_core.fl._data import (
 from mcsl_core.fl._models import MLP, FemnistCNN, Logistic, femnist_cnn, logistic, mlp, num_params
 from mcsl_core.fl._sweep import FLSweepResult, run_sweep
 from mcsl_core.fl._train import (
+    FEDAVG_SERVER,
     STRATEGIES,
     EvalResult,
     FLConfig,
@@ -53,6 +54,7 @@ from mcsl_core.fl._train import (
 
 __all__ = [
     "AGGREGATORS",
+    "FEDAVG_SERVER",
     "MLP",
     "STRATEGIES",
     "EvalResult",

@@ -43,6 +43,7 @@ from mcsl_core.fl import _packed
 from mcsl_core.fl._aggregate import fedavg, krum, median
 from mcsl_core.fl._data import FederatedData
 from mcsl_core.fl._train import (
+    FEDAVG_SERVER,
     FLConfig,
     FLHistory,
     FLResult,
@@ -54,7 +55,6 @@ __all__ = ["GroupSpec", "bytes_per_experiment", "run_compiled", "run_group"]
 
 PyTree = Any
 _EVAL_CHUNK = 1024  # rows per evaluation chunk, as in :func:`evaluate`
-_FEDAVG_SERVER = optax.sgd(1.0)
 
 
 class GroupSpec(NamedTuple):
@@ -270,7 +270,7 @@ def _eval_sums(model, params, ex, ey, idx, mask):
 def _segment_fn(spec: GroupSpec, groups, data, state, e: _ExpArrays, sched, shared):
     """One experiment, ``S`` rounds: ``(params, opt_state, stopped)`` -> same, plus
     per-round client losses, evaluation chunk sums and the stopped flag."""
-    opt = spec.server_optimizer if spec.server_optimizer is not None else _FEDAVG_SERVER
+    opt = spec.server_optimizer if spec.server_optimizer is not None else FEDAVG_SERVER
     ex, ey, eidx, emask = data[4:]
     nchunks = eidx.shape[0]
 
@@ -306,7 +306,7 @@ def _packed_segment(spec: GroupSpec, steps_max: int, data, state, e: _ExpArrays,
     """``S`` rounds of all ``K`` experiments (leading axis K in ``state`` and ``e``),
     local training in packed lanes (:mod:`mcsl_core.fl._packed`); otherwise
     :func:`_segment_fn` operation for operation."""
-    opt = spec.server_optimizer if spec.server_optimizer is not None else _FEDAVG_SERVER
+    opt = spec.server_optimizer if spec.server_optimizer is not None else FEDAVG_SERVER
     x_all, y_all = data[:2]
     ex, ey, eidx, emask = data[4:]
     nchunks = eidx.shape[0]
@@ -372,7 +372,7 @@ def _program(spec: GroupSpec, groups: tuple, sharded: bool):
 
 @functools.lru_cache(maxsize=16)
 def _init_fn(model, dim: int, opt):
-    opt = opt if opt is not None else _FEDAVG_SERVER
+    opt = opt if opt is not None else FEDAVG_SERVER
 
     def init(keys):
         p = jax.vmap(lambda k: model.init(k, jnp.zeros((1, dim), jnp.float32))["params"])(keys)
@@ -500,7 +500,7 @@ def run_group(
         state = _init_fn(model, train.dim, spec.server_optimizer)(jnp.stack(init_keys))
     else:
         p = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (len(configs), *a.shape)), params)
-        opt = spec.server_optimizer if spec.server_optimizer is not None else _FEDAVG_SERVER
+        opt = spec.server_optimizer if spec.server_optimizer is not None else FEDAVG_SERVER
         state = (p, jax.vmap(opt.init)(p))
     state = _put((*state, np.zeros((len(configs),), bool)), split)
     repl = None if mesh is None else NamedSharding(mesh, PartitionSpec())

@@ -49,6 +49,7 @@ from mcsl_core.fl._data import FederatedData, bucket_steps
 
 __all__ = [
     "AGGREGATORS",
+    "FEDAVG_SERVER",
     "STRATEGIES",
     "EvalResult",
     "FLConfig",
@@ -549,7 +550,9 @@ def _run_shard(model, params, data, clients, keys, cfg, *, warm=False, deadline=
 _RUNNERS = {"loop": _run_loop, "vmap": _run_vmap, "shard": _run_shard}
 _AUTO_CACHE: dict[tuple, str] = {}
 _clock = time.perf_counter  # the timer auto measures with (a module attribute, so tests can drive it)
-_FEDAVG_SERVER = optax.sgd(1.0)  # one object, so the jitted server step is reused across runs
+#: The FedAvg server step (``params + aggregate``) as one shared optax object, so the jitted
+#: server step compiled for it is reused by every run in the process.
+FEDAVG_SERVER = optax.sgd(1.0)
 
 
 def _shape_key(params) -> tuple:
@@ -808,7 +811,7 @@ def run_fedavg(
     init_key, train_key, noise_key = jax.random.split(key, 3)
     if params is None:
         params = init_params(model, train.dim, init_key)
-    opt = config.server_optimizer if config.server_optimizer is not None else _FEDAVG_SERVER
+    opt = config.server_optimizer if config.server_optimizer is not None else FEDAVG_SERVER
     opt_state = opt.init(params)
     strategy = config.strategy  # "auto" is resolved by the first round, on its real clients
     progress = config.progress if config.progress is not None else config.rounds >= 50

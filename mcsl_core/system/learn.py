@@ -90,7 +90,6 @@ class Learner:
 def prepare(state: TaskState) -> Learner:
     """Group the accepted devices' data by edge server and initialise the global model."""
     import jax
-    import optax
 
     from mcsl_core import fl
 
@@ -108,7 +107,7 @@ def prepare(state: TaskState) -> Learner:
     test = world.test.select([test_index[c] for c in used if c in test_index])
     byz = np.arange(len(active)) < cfg.byzantine_servers
     model = make_model(cfg, world.train.dim, world.train.num_classes)
-    opt = optax.sgd(1.0)
+    opt = fl.FEDAVG_SERVER  # one object: its jitted server step compiles once per process
     params = fl.init_params(model, world.train.dim, jax.random.key(cfg.seed))
     state.store.put(jax.tree_util.tree_map(np.asarray, params))
     flcfg = fl_config(cfg, len(active), int(byz.sum()))
