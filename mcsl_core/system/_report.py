@@ -202,10 +202,13 @@ def _figure(cfg: TaskConfig, report: TaskReport, rounds: list[RoundRecord], path
     save_figure(fig, path)
 
 
-def write_outputs(out: Path, cfg: TaskConfig, report: TaskReport, rounds: list[RoundRecord]) -> None:
-    """Write every output file; ``report.json`` last."""
+def write_outputs(
+    out: Path, cfg: TaskConfig, report: TaskReport, rounds: list[RoundRecord], *, figure: bool = True
+) -> None:
+    """Write every output file (``accuracy.png`` only with ``figure``); ``report.json`` last."""
     write_csv(out / "rounds.csv", RoundRecord.HEADER, [r.row() for r in rounds])
     atomic_write_text(out / "config.toml", config_to_toml(cfg))
     atomic_write_text(out / "summary.txt", report.summary() + "\n")
-    _figure(cfg, report, rounds, out / "accuracy.png")
+    if figure:
+        _figure(cfg, report, rounds, out / "accuracy.png")
     atomic_write_text(out / "report.json", report.to_json() + "\n")  # last: its presence marks a finished run
