@@ -12,6 +12,7 @@ Signature checks can be deferred into a job list and run in parallel
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -106,6 +107,29 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+# one thread pool per worker count, kept for the process: a task verifies a few hundred small
+# batches, and starting fresh threads for each cost more than checking the signatures
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _shared_pool(workers: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        ex = _POOLS.get(workers)
+        if ex is None:
+            ex = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mcsl-verify")
+        return ex
+
+
+def _forget_pools() -> None:  # a forked child has none of the parent's threads
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
 def run_signature_jobs(
     jobs: Sequence[SigJob], *, max_workers: int | None = None, pool: ThreadPoolExecutor | None = None
 ) -> SigJob | None:
@@ -118,13 +142,8 @@ def run_signature_jobs(
         return None if i < 0 else jobs[i]
     chunk = max(8, -(-len(jobs) // (4 * workers)))
     starts = range(0, len(jobs), chunk)
-    own = pool is None
-    ex = pool or ThreadPoolExecutor(max_workers=workers)
-    try:
-        results = list(ex.map(lambda s: _check_chunk(jobs[s : s + chunk]), starts))
-    finally:
-        if own:
-            ex.shutdown()
+    ex = pool or _shared_pool(workers)
+    results = list(ex.map(lambda s: _check_chunk(jobs[s : s + chunk]), starts))
     for s, r in zip(starts, results):
         if r >= 0:
             return jobs[s + r]

@@ -43,6 +43,7 @@ from mcsl_core.ledger import (
     quorum_size,
     settle_task,
 )
+from mcsl_core.ledger._state import run_signature_jobs
 from tests.ledger.helpers import BIDS, addr, make_world, publish, run_task
 from tests.reference.ledger_ref import merkle_root_rfc6962
 
@@ -297,3 +298,37 @@ def test_genesis_rules(tmp_path):
         assert L.nodes == c.names and len(L) == 1 and L.height == 0
     with pytest.raises(FileExistsError):
         Ledger.create(tmp_path / "ok.db", g)
+
+
+def _forked_verify(conn) -> None:
+    conn.send(run_signature_jobs(_sig_jobs(40, bad=7), max_workers=2).tx_index)
+
+
+def _sig_jobs(n: int, bad: int):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mcsl_core.ledger._state import SigJob
+
+    sk = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    pk = sk.public_key()
+    msgs = [f"m{i}".encode() for i in range(n)]
+    return [SigJob(0, i, pk, sk.sign(b"x" if i == bad else m), m, f"tx {i}") for i, m in enumerate(msgs)]
+
+
+def test_signature_jobs_find_the_first_bad_one_through_the_shared_pool_also_after_fork():
+    """The verification thread pool is kept per process; a forked child must start its own
+    (an inherited pool has no threads: its jobs would wait forever)."""
+    import multiprocessing
+
+    assert run_signature_jobs(_sig_jobs(40, bad=23), max_workers=2).tx_index == 23
+    assert run_signature_jobs(_sig_jobs(40, bad=-1), max_workers=2) is None
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_forked_verify, args=(child,))
+    p.start()
+    try:
+        assert parent.poll(60), "the forked child's verification hung"
+        assert parent.recv() == 7
+    finally:
+        p.kill()
+        p.join()
