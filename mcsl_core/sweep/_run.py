@@ -348,7 +348,7 @@ def _broken(exc: BaseException) -> dict[str, Any]:
 
 
 def _figure(spec: SweepSpec, out_dir: Path, rows: tuple[dict[str, Any], ...]) -> Path | None:
-    if not any(r["status"] == "ok" for r in rows):
+    if not spec.plot or not any(r["status"] == "ok" for r in rows):
         return None
     from mcsl_core.sweep._plot import plot_sweep
 

@@ -245,12 +245,14 @@ def _seeds(value: Any, default: int) -> tuple[int, ...]:
 
 
 def _plot(value: Any) -> tuple[str, ...]:
-    """Figure metrics: scalar TaskReport fields, or ``field.key`` of a dict field (``paid.devices``)."""
+    """Figure metrics: scalar TaskReport fields, or ``field.key`` of a dict field (``paid.devices``).
+
+    An empty list means no figure (a large sweep whose table is read elsewhere)."""
     fields = {f.name: f for f in dataclasses.fields(TaskReport)}
     if value is None:
         return tuple(m for m in DEFAULT_PLOT if m in fields)
-    if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
-        raise ValueError(f"sweep.plot: must be a non-empty list of TaskReport field names, got {value!r}")
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ValueError(f"sweep.plot: must be a list of TaskReport field names, got {value!r}")
     for i, m in enumerate(value):
         if m.split(".")[0] not in fields or m == "out_dir":
             raise ValueError(

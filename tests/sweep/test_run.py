@@ -292,6 +292,13 @@ def test_figure_is_written(serial):
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_empty_plot_list_draws_no_figure(tmp_path):
+    spec = spec_from_mapping({"sweep": {"grid": {"learning.aggregator": ["fedavg"]}, "plot": []}, **TINY})
+    res = run_sweep(spec, tmp_path, workers=1)
+    assert res.ok and res.figure is None and not (tmp_path / "sweep.png").exists()
+    assert len(read_results(tmp_path)) == 1
+
+
 @pytest.mark.slow
 def test_a_killed_worker_process_is_replaced_and_its_point_run_again(tmp_path):
     import multiprocessing
@@ -309,3 +316,30 @@ def test_a_killed_worker_process_is_replaced_and_its_point_run_again(tmp_path):
     t.join(600)
     res = box["res"]
     assert res.ok and res.ran == 2 and [r["status"] for r in res.rows] == ["ok", "ok"]
+
+
+def test_points_run_in_a_memory_backed_scratch_folder_and_leave_nothing_there(monkeypatch, tmp_path):
+    import os
+    import types
+
+    from mcsl_core.sweep import _worker
+
+    if not os.path.isdir("/dev/shm") or _worker.scratch_root() is None:
+        pytest.skip("no writable /dev/shm with 2 GiB free here")
+    seen = []
+    real = _worker.tempfile.mkdtemp
+    monkeypatch.setattr(_worker.tempfile, "mkdtemp", lambda **kw: seen.append(kw) or real(**kw))
+    result = _worker.run_point(make_spec(grid={"learning.aggregator": ["fedavg"]}).points[0].config)
+    assert result["status"] == "ok" and set(result["files"]) == {"report.json", "rounds.csv"}
+    (kw,) = seen
+    assert kw["dir"] == "/dev/shm" and not list(Path("/dev/shm").glob(f"{kw['prefix']}*"))
+    # too little free space, or no such folder: the system's temporary folder
+    small = types.SimpleNamespace(f_bavail=1, f_frsize=4096)
+    monkeypatch.setattr(_worker.os, "statvfs", lambda p: small)
+    assert _worker.scratch_root() is None
+
+    def missing(p):
+        raise FileNotFoundError(p)
+
+    monkeypatch.setattr(_worker.os, "statvfs", missing)
+    assert _worker.scratch_root() is None
