@@ -1,11 +1,18 @@
 """Sweep throughput: 16 small tasks on the local worker pool vs a sequential loop of run_task,
 and the per-point overhead of the Dask path against the pool.
 
-- anchor: ``run_task`` on the 16 point configs one after another in this process, numba
-  and XLA free to use every core (the fair single-process alternative);
+- anchor: ``run_task`` on the 16 point configs one after another in this process, with
+  its defaults (what a user's loop does: every task's outputs, ``accuracy.png``
+  included, written durably to disk), numba and XLA free to use every core;
+- anchor ``no figure``: the same loop with ``run_task(..., figure=False)``;
 - kernel: :func:`mcsl_core.sweep.run_sweep` on the default local pool (one spawned
-  worker per core, one thread each), committing every point and rebuilding
-  ``results.csv`` as a real sweep does;
+  worker per core, one thread each), committing every point, rebuilding
+  ``results.csv`` and drawing ``sweep.png`` as a real sweep does. Its workers draw no
+  per-task figure (a point keeps none) and run each task in a memory-backed scratch
+  folder (the point's durability is the caller's one atomic commit);
+- kernel ``no figure``: the same sweep with ``[sweep] plot = []`` (no ``sweep.png``),
+  against the no-figure loop: the same task work on both sides, so the ratio is the
+  pool's parallel speed-up plus the fsyncs the scratch folder saves;
 - dask: the same sweep on a ``distributed.LocalCluster`` (one single-threaded worker
   process per core), through ``Client.get_executor()``; its extra wall time per point
   against the pool is ``extra_info["interleaved"]["dask_overhead_per_point_s"]``.
@@ -21,6 +28,7 @@ points, a thread pool and an in-process Dask cluster, once each, without warm-up
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import itertools
 import statistics
 import time
@@ -45,7 +53,7 @@ GRID = {
     "learning.byzantine_attack": ["sign_flip", "scale"],
     "payment.requestor_rule": ["gradient", "bush_mosteller"],
 }
-ROUNDS = 2  # interleaved rounds in the fixture; each test then times 2 more of its own variant
+ROUNDS = 3  # interleaved rounds in the fixture; each test then times 2 more of its own variant
 
 
 def _spec(small: bool):
@@ -78,12 +86,13 @@ class _Bench:
         self.client = Client(self.cluster)
         self.dask = self.client.get_executor()
 
-    def sequential(self):
+    def sequential(self, figure: bool = True):
         for p in self.spec.points:
-            run_task(p.config, self.tmp / f"seq{next(self.count)}", progress=False)
+            run_task(p.config, self.tmp / f"seq{next(self.count)}", progress=False, figure=figure)
 
-    def on(self, executor):
-        res = run_sweep(self.spec, self.tmp / f"sweep{next(self.count)}", executor=executor)
+    def on(self, executor, figure: bool = True):
+        spec = self.spec if figure else dataclasses.replace(self.spec, plot=())
+        res = run_sweep(spec, self.tmp / f"sweep{next(self.count)}", executor=executor)
         assert res.ok and res.ran == len(self.spec.points)
         return res
 
@@ -97,11 +106,17 @@ class _Bench:
 def bench(request, tmp_path_factory):
     small = request.config.getoption("benchmark_disable")
     b = _Bench(small, tmp_path_factory.mktemp("sweep-bench"))
-    b.times = {"sequential": [], "pool": [], "dask": []}
-    variants = {"sequential": b.sequential, "pool": lambda: b.on(b.pool), "dask": lambda: b.on(b.dask)}
+    variants = {
+        "sequential": b.sequential,
+        "pool": lambda: b.on(b.pool),
+        "sequential_no_figure": lambda: b.sequential(figure=False),
+        "pool_no_figure": lambda: b.on(b.pool, figure=False),
+        "dask": lambda: b.on(b.dask),
+    }
+    b.times = {k: [] for k in variants}
     for name, fn in variants.items() if not small else ():  # warm-up: compile here and in every worker
         fn()
-        if name != "sequential":
+        if name.startswith(("pool", "dask")):
             fn()  # a second pass: both workers of each pool have now seen every program
     for _ in range(0 if small else ROUNDS):
         for name, fn in variants.items():
@@ -123,6 +138,10 @@ def _interleaved(b: _Bench) -> dict:
         "median_s": {k: round(v, 3) for k, v in med.items()},
         "points_per_s": {k: round(n / v, 3) for k, v in med.items()},
         "pool_speedup_vs_sequential": round(med["sequential"] / med["pool"], 3),
+        "pool_speedup_vs_sequential_no_figure": round(med["sequential_no_figure"] / med["pool"], 3),
+        "no_figure_pool_speedup_vs_no_figure_sequential": round(
+            med["sequential_no_figure"] / med["pool_no_figure"], 3
+        ),
         # each of the W workers runs n / W points, so the extra wall time per point it runs is
         # (t_dask - t_pool) / (n / W)
         "dask_overhead_per_point_s": round((med["dask"] - med["pool"]) / n * b.workers, 4),
@@ -149,6 +168,18 @@ def test_sweep_local_pool(benchmark, bench_info, bench):
         note=f"run_sweep, {bench.workers} spawned single-threaded workers; target >= 1.6x on 2 cores",
     )
     _time(benchmark, bench, lambda: bench.on(bench.pool))
+
+
+@pytest.mark.benchmark(group=GROUP + ", no figures")
+def test_sequential_run_task_no_figure(benchmark, bench_info, bench):
+    bench_info("anchor", len(bench.spec.points), "point", note="run_task(figure=False) in a loop")
+    _time(benchmark, bench, lambda: bench.sequential(figure=False))
+
+
+@pytest.mark.benchmark(group=GROUP + ", no figures")
+def test_sweep_local_pool_no_figure(benchmark, bench_info, bench):
+    bench_info("kernel", len(bench.spec.points), "point", note="run_sweep with plot = [] (no sweep.png)")
+    _time(benchmark, bench, lambda: bench.on(bench.pool, figure=False))
 
 
 @pytest.mark.benchmark(group=GROUP)
