@@ -378,14 +378,26 @@ def _client_keys(base: jax.Array, round_index: jax.Array, clients: jax.Array) ->
 
 
 def _device_data(data: FederatedData, sharding=None):
-    """The dataset's rows and labels on the device, cached on the data object."""
+    """The dataset's rows and labels on the device, cached on the data object.
+
+    With a sharding they are laid out from the host copies, which also works when its
+    mesh spans several processes (each passes the same values)."""
     key = ("device", None if sharding is None else id(sharding.mesh))
     if key not in data._cache:
-        x, y = jnp.asarray(data.x), jnp.asarray(data.y)
-        if sharding is not None:
-            x, y = jax.device_put(x, sharding), jax.device_put(y, sharding)
-        data._cache[key] = (x, y)
+        if sharding is None:
+            data._cache[key] = (jnp.asarray(data.x), jnp.asarray(data.y))
+        else:
+            data._cache[key] = jax.device_put((np.asarray(data.x), np.asarray(data.y)), sharding)
     return data._cache[key]
+
+
+def _gather_local(tree):
+    """Arrays that span several processes' devices, whole on this process's default device
+    (every process calls it with the same arrays: an all-gather among them)."""
+    from jax.experimental import multihost_utils
+
+    host = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree_util.tree_map(jnp.asarray, host)
 
 
 # ---------------------------------------------------------------------------
@@ -529,7 +541,7 @@ def _run_shard(model, params, data, clients, keys, cfg, *, warm=False, deadline=
     kd[:k] = np.asarray(keys)
     x_all, y_all = _device_data(data, repl)
     deltas, losses = fn(
-        jax.device_put(params, repl),
+        jax.device_put(jax.tree_util.tree_map(np.asarray, params), repl),  # host copies: any process
         x_all,
         y_all,
         jax.device_put(start, split),
@@ -537,6 +549,8 @@ def _run_shard(model, params, data, clients, keys, cfg, *, warm=False, deadline=
         jax.device_put(kd, split),
         jnp.float32(cfg.client_lr),
     )
+    if jax.process_count() > 1:  # the rest of the round runs on this process: gather it here
+        deltas, losses = _gather_local((deltas, losses))
     if kp != k:
         deltas = jax.tree_util.tree_map(lambda a: a[:k], deltas)
         losses = losses[:k]
