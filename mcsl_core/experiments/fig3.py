@@ -52,99 +52,95 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     diag = np.linspace(0.0, 15.0, 10 * n + 1)[1:]
     pd = MechanismParams.paper_defaults(eta=diag, xi=diag)
     dsols = {name: solve(pd, constrained=c) for name, c in MODELS}
-
-    rows = []
+    paths = _write_tables(out_dir, axis, sols, diag, dsols)
+    paths.append(_draw(out_dir / "fig3.png", axis, sols, diag, dsols))
+    print(f"fig3: eta, xi grid {n} x {n} on (0, 15], eps = 0.9")
     for name, sol in sols.items():
-        E, X = np.meshgrid(axis, axis, indexing="ij")
+        _print_peaks(name, axis, sol, diag, dsols[name])
+    return paths
+
+
+def _cells(cols, i) -> list:
+    return [_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols]
+
+
+def _write_tables(out_dir: Path, axis, sols, diag, dsols) -> list[Path]:
+    """``fig3_grid.csv`` (every grid point of both models) and ``fig3_diagonal.csv``."""
+    rows = []
+    E, X = np.meshgrid(axis, axis, indexing="ij")
+    for name, sol in sols.items():
         cols = [getattr(sol, c).ravel() for c in COLUMNS]
-        for i in range(E.size):
-            rows.append(
-                [
-                    name,
-                    _fmt(E.flat[i]),
-                    _fmt(X.flat[i]),
-                    *(_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols),
-                ]
-            )
+        rows += [[name, _fmt(E.flat[i]), _fmt(X.flat[i]), *_cells(cols, i)] for i in range(E.size)]
     paths = [write_csv(out_dir / "fig3_grid.csv", ("model", "eta", "xi", *COLUMNS), rows)]
     rows = []
     for name, sol in dsols.items():
         cols = [getattr(sol, c) for c in COLUMNS]
-        for i in range(diag.size):
-            rows.append(
-                [name, _fmt(diag[i]), *(_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols)]
-            )
+        rows += [[name, _fmt(diag[i]), *_cells(cols, i)] for i in range(diag.size)]
     paths.append(write_csv(out_dir / "fig3_diagonal.csv", ("model", "eta_equals_xi", *COLUMNS), rows))
+    return paths
 
+
+def _draw(path: Path, axis, sols, diag, dsols) -> Path:
+    """Two rows (paper's model, constrained): log10 U_s and U_d over the grid, then the diagonal."""
     plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(16, 9), constrained_layout=True)
-    ext = (axis[0], axis[-1], axis[0], axis[-1])
     for r, (name, sol) in enumerate(sols.items()):
         for c, util in enumerate(("U_s", "U_d")):
-            ax = axes[r, c]
-            u = getattr(sol, util)
-            im = ax.imshow(
-                np.log10(np.where(u > 0, u, np.nan)).T,
-                origin="lower",
-                extent=ext,
-                aspect="auto",
-                cmap="viridis",
-            )
-            fig.colorbar(im, ax=ax, label=f"log10 {util}")
-            if name == "paper":
-                ax.contour(
-                    axis,
-                    axis,
-                    (sol.v < 0).T.astype(float),
-                    levels=[0.5],
-                    colors="w",
-                    linewidths=1.0,
-                    linestyles="--",
-                )
-            e, x, m = _peak(axis, axis, u)
-            ax.plot([e], [x], "r*", ms=10)
-            ax.set_title(
-                f"{name}: max {util} (eps = 0.9)" + ("; white dashes: v* = 0" if name == "paper" else ""),
-                fontsize=9,
-            )
-            ax.set_xlabel("eta")
-            ax.set_ylabel("xi")
-        ax = axes[r, 2]
-        dsol = dsols[name]
-        ax.plot(diag, dsol.U_s, label="U_s (server)")
-        ax.plot(diag, dsol.U_d, label="U_d (device)")
-        if name == "paper":
-            neg = dsol.v < 0
-            if neg.any():
-                ax.axvspan(diag[neg][0], diag[-1], color="0.9", label="v* < 0")
-        ax.set_yscale("log")
-        ax.set_xlabel("eta = xi")
-        ax.set_title(f"{name}: diagonal eta = xi", fontsize=9)
-        ax.legend(fontsize=8)
+            _draw_map(fig, axes[r, c], axis, name, sol, util)
+        _draw_diagonal(axes[r, 2], diag, name, dsols[name])
     fig.suptitle("Fig. 3: maximised utilities over eta and xi (no trade where eta*xi <= 1)")
-    paths.append(save_figure(fig, out_dir / "fig3.png"))
+    return save_figure(fig, path)
 
-    print(f"fig3: eta, xi grid {n} x {n} on (0, 15], eps = 0.9")
-    for name, sol in sols.items():
-        ok = sol.valid
-        for util in ("U_s", "U_d"):
-            e, x, m = _peak(axis, axis, getattr(sol, util))
-            print(
-                f"  {name:11s} {util} peaks at eta*xi = {e * x:.4g} (grid point eta = {e:.3g},"
-                f" xi = {x:.3g}): {m:.4g}"
-            )
-        dsol = dsols[name]
-        for util in ("U_s", "U_d"):
-            u = getattr(dsol, util)
-            j = int(np.nanargmax(u))
-            print(
-                f"  {name:11s} diagonal {util} peaks at eta = xi = {diag[j]:.3g}: {u[j]:.4g};"
-                f" at eta = xi = 15: {u[-1]:.4g}"
-            )
-        if name == "paper":
-            print(
-                f"  paper model: v* < 0 at {np.mean(sol.v[ok] < 0):.1%} of the traded grid points;"
-                f" g outside [0, 1] at {np.mean((sol.g[ok] < 0) | (sol.g[ok] > 1)):.1%};"
-                f" on the diagonal v* < 0 from eta = xi = {diag[dsol.v < 0][0]:.3g}"
-            )
-    return paths
+
+def _draw_map(fig, ax, axis, name: str, sol, util: str) -> None:
+    u = getattr(sol, util)
+    ext = (axis[0], axis[-1], axis[0], axis[-1])
+    im = ax.imshow(
+        np.log10(np.where(u > 0, u, np.nan)).T, origin="lower", extent=ext, aspect="auto", cmap="viridis"
+    )
+    fig.colorbar(im, ax=ax, label=f"log10 {util}")
+    if name == "paper":
+        neg = (sol.v < 0).T.astype(float)
+        ax.contour(axis, axis, neg, levels=[0.5], colors="w", linewidths=1.0, linestyles="--")
+    e, x, _ = _peak(axis, axis, u)
+    ax.plot([e], [x], "r*", ms=10)
+    ax.set_title(
+        f"{name}: max {util} (eps = 0.9)" + ("; white dashes: v* = 0" if name == "paper" else ""), fontsize=9
+    )
+    ax.set_xlabel("eta")
+    ax.set_ylabel("xi")
+
+
+def _draw_diagonal(ax, diag, name: str, dsol) -> None:
+    ax.plot(diag, dsol.U_s, label="U_s (server)")
+    ax.plot(diag, dsol.U_d, label="U_d (device)")
+    if name == "paper":
+        neg = dsol.v < 0
+        if neg.any():
+            ax.axvspan(diag[neg][0], diag[-1], color="0.9", label="v* < 0")
+    ax.set_yscale("log")
+    ax.set_xlabel("eta = xi")
+    ax.set_title(f"{name}: diagonal eta = xi", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def _print_peaks(name: str, axis, sol, diag, dsol) -> None:
+    ok = sol.valid
+    for util in ("U_s", "U_d"):
+        e, x, m = _peak(axis, axis, getattr(sol, util))
+        print(
+            f"  {name:11s} {util} peaks at eta*xi = {e * x:.4g} (grid point eta = {e:.3g}, xi = {x:.3g}): {m:.4g}"
+        )
+    for util in ("U_s", "U_d"):
+        u = getattr(dsol, util)
+        j = int(np.nanargmax(u))
+        print(
+            f"  {name:11s} diagonal {util} peaks at eta = xi = {diag[j]:.3g}: {u[j]:.4g};"
+            f" at eta = xi = 15: {u[-1]:.4g}"
+        )
+    if name == "paper":
+        print(
+            f"  paper model: v* < 0 at {np.mean(sol.v[ok] < 0):.1%} of the traded grid points;"
+            f" g outside [0, 1] at {np.mean((sol.g[ok] < 0) | (sol.g[ok] > 1)):.1%};"
+            f" on the diagonal v* < 0 from eta = xi = {diag[dsol.v < 0][0]:.3g}"
+        )
