@@ -80,50 +80,58 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     seeds = np.arange(32 if full else 8)
     edge_U = np.arange(10, (201 if full else 101), 10)
     nodes_n = np.array(NODES + (FULL_NODES if full else []))
-
     edge_rows = []
     for U in edge_U:
         m, s, msgs, byt = _mean_over_seeds(10, int(U), seeds)
         edge_rows.append([10, int(U), m, s, msgs, byt])
-    node_rows = []
-    for n in nodes_n:
-        sd = seeds[: _seeds_at(int(n), seeds.size)]
-        m, s, msgs, byt = _mean_over_seeds(int(n), 10, sd)
-        mp, _, msgs_p, _ = _mean_over_seeds(int(n), 10, sd, "paper")
-        mh, _, msgs_h, _ = _mean_over_seeds(int(n), 10, sd, "hotstuff")
-        node_rows.append([int(n), 10, m, s, msgs, byt, mp, msgs_p, mh, msgs_h, sd.size])
+    node_rows = [_node_row(int(n), seeds) for n in nodes_n]
     E = np.array(edge_rows, dtype=float)
     N = np.array(node_rows, dtype=float)
     fit_rows = fits(E[:, 1], E[:, 2], N[:, 0], N[:, 2], N[:, 4])
-
     paths = [
-        write_csv(
-            out_dir / "fig6_edge_servers.csv",
-            ["n_nodes", "n_edge_servers", "time_mean_s", "time_std_s", "messages", "bytes"],
-            edge_rows,
-        ),
-        write_csv(
-            out_dir / "fig6_nodes.csv",
-            [
-                "n_nodes",
-                "n_edge_servers",
-                "time_mean_s",
-                "time_std_s",
-                "messages",
-                "bytes",
-                "paper_time_mean_s",
-                "paper_messages",
-                "hotstuff_time_mean_s",
-                "hotstuff_messages",
-                "seeds",
-            ],
-            node_rows,
-        ),
+        write_csv(out_dir / "fig6_edge_servers.csv", EDGE_COLUMNS, edge_rows),
+        write_csv(out_dir / "fig6_nodes.csv", NODE_COLUMNS, node_rows),
         write_csv(out_dir / "fig6_fits.csv", ["series", "model", "parameter", "value", "r2"], fit_rows),
     ]
-
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    _draw_edge_servers(ax1, E, fit_rows)
+    _draw_nodes(ax2, N, fit_rows)
+    fig.suptitle("Fig. 6: PBFT consensus time (discrete-event simulation of every message)")
+    fig.subplots_adjust(wspace=0.5)
+    paths.append(save_figure(fig, out_dir / "fig6.png"))
+    slope, expo = fit_rows[0][3], fit_rows[2][3]
+    print(
+        f"fig6: time vs edge servers at 10 nodes: {slope * 1e3:.2f} ms per server "
+        f"(R^2 {fit_rows[0][4]:.4f}); time vs nodes at 10 servers: exponent {expo:.2f} "
+        f"(R^2 {fit_rows[2][4]:.3f}) over n = {int(N[0, 0])}..{int(N[-1, 0])}, exponential fit "
+        f"R^2 {fit_rows[3][4]:.3f}; upper range (n >= {int(0.3 * N[-1, 0])}) exponent "
+        f"{fit_rows[5][3]:.2f}; messages ~ n^{fit_rows[4][3]:.2f}"
+    )
+    return paths
+
+
+EDGE_COLUMNS = ["n_nodes", "n_edge_servers", "time_mean_s", "time_std_s", "messages", "bytes"]
+NODE_COLUMNS = [
+    *EDGE_COLUMNS,
+    "paper_time_mean_s",
+    "paper_messages",
+    "hotstuff_time_mean_s",
+    "hotstuff_messages",
+    "seeds",
+]
+
+
+def _node_row(n: int, seeds: np.ndarray) -> list:
+    """PBFT (mean, std, messages, bytes), the paper's exchange and HotStuff at ``n`` nodes, 10 servers."""
+    sd = seeds[: _seeds_at(n, seeds.size)]
+    m, s, msgs, byt = _mean_over_seeds(n, 10, sd)
+    mp, _, msgs_p, _ = _mean_over_seeds(n, 10, sd, "paper")
+    mh, _, msgs_h, _ = _mean_over_seeds(n, 10, sd, "hotstuff")
+    return [n, 10, m, s, msgs, byt, mp, msgs_p, mh, msgs_h, sd.size]
+
+
+def _draw_edge_servers(ax1, E: np.ndarray, fit_rows) -> None:
     slope = fit_rows[0][3]
     icpt = fit_rows[1][3]
     ax1.errorbar(E[:, 1], E[:, 2], yerr=E[:, 3], fmt="o", color="C0", label="PBFT (simulated)")
@@ -142,6 +150,8 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     a1.set_ylabel("messages per block", color="C3")
     ax1.legend(loc="upper left", fontsize=8)
 
+
+def _draw_nodes(ax2, N: np.ndarray, fit_rows) -> None:
     expo = fit_rows[2][3]
     ax2.errorbar(N[:, 0], N[:, 2], yerr=N[:, 3], fmt="o", color="C0", label="PBFT (simulated)")
     ax2.plot(N[:, 0], N[:, 6], "^-", color="C2", alpha=0.7, label="paper's exchange")
@@ -159,15 +169,3 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     a2.set_ylabel("messages per block", color="C3")
     ax2.legend(loc="upper left", fontsize=8)
     a2.legend(loc="lower right", fontsize=8)
-    fig.suptitle("Fig. 6: PBFT consensus time (discrete-event simulation of every message)")
-    fig.subplots_adjust(wspace=0.5)
-    paths.append(save_figure(fig, out_dir / "fig6.png"))
-
-    print(
-        f"fig6: time vs edge servers at 10 nodes: {slope * 1e3:.2f} ms per server "
-        f"(R^2 {fit_rows[0][4]:.4f}); time vs nodes at 10 servers: exponent {expo:.2f} "
-        f"(R^2 {fit_rows[2][4]:.3f}) over n = {int(N[0, 0])}..{int(N[-1, 0])}, exponential fit "
-        f"R^2 {fit_rows[3][4]:.3f}; upper range (n >= {int(0.3 * N[-1, 0])}) exponent "
-        f"{fit_rows[5][3]:.2f}; messages ~ n^{fit_rows[4][3]:.2f}"
-    )
-    return paths
