@@ -49,21 +49,23 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
         for r, ex in enumerate(ETA_XI):
             cols = [getattr(sol, c)[r] for c in COLUMNS]
             for i in range(eps.size):
-                rows.append(
-                    [
-                        name,
-                        _fmt(ex),
-                        _fmt(eps[i]),
-                        *(_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols),
-                    ]
-                )
+                cells = [_fmt(c[i]) if c.dtype.kind == "f" else int(c[i]) for c in cols]
+                rows.append([name, _fmt(ex), _fmt(eps[i]), *cells])
     paths = [write_csv(out_dir / "fig4.csv", ("model", "eta_equals_xi", "eps", *COLUMNS), rows)]
+    paths.append(_draw(out_dir / "fig4.png", eps, sols))
+    print(f"fig4: eps grid of {n + 1} points on [0, 1], eta = xi in {ETA_XI}")
+    for name, sol in sols.items():
+        for r, ex in enumerate(ETA_XI):
+            print(f"  {name:11s} eta = xi = {ex:g}: " + _peaks_line(name, eps, sol, r))
+    return paths
 
+
+def _draw(path: Path, eps: np.ndarray, sols) -> Path:
+    """max U_s and max U_d over eps (both models, three eta = xi), then the device's v."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
     colors = dict(zip(ETA_XI, ("tab:green", "tab:blue", "tab:purple")))
-    for c, util in enumerate(("U_s", "U_d")):
-        ax = axes[c]
+    for ax, util in zip(axes[:2], ("U_s", "U_d")):
         for name, sol in sols.items():
             for r, ex in enumerate(ETA_XI):
                 ax.plot(
@@ -88,23 +90,21 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
     ax.set_title("device's v at the solution (dashed: constrained)", fontsize=9)
     ax.legend(fontsize=7)
     fig.suptitle("Fig. 4: maximised utilities over eps")
-    paths.append(save_figure(fig, out_dir / "fig4.png"))
+    return save_figure(fig, path)
 
-    print(f"fig4: eps grid of {n + 1} points on [0, 1], eta = xi in {ETA_XI}")
-    for name, sol in sols.items():
-        for r, ex in enumerate(ETA_XI):
-            ok = sol.valid[r]
-            parts = []
-            for util in ("U_s", "U_d"):
-                u = getattr(sol, util)[r]
-                j = int(np.nanargmax(u))
-                last = u[-1]
-                parts.append(f"{util} peaks at eps = {eps[j]:.4g} ({u[j]:.4g}), {last:.4g} at eps = 1")
-            extra = ""
-            if name == "paper":
-                neg = ok & (sol.v[r] < 0)
-                extra = f"; no maximiser for eps < {eps[ok][0]:.4g}" if not ok[0] else ""
-                if neg.any():
-                    extra += f"; v* < 0 for eps in [{eps[neg][0]:.4g}, {eps[neg][-1]:.4g}]"
-            print(f"  {name:11s} eta = xi = {ex:g}: " + "; ".join(parts) + extra)
-    return paths
+
+def _peaks_line(name: str, eps: np.ndarray, sol, r: int) -> str:
+    """Where U_s and U_d peak over eps at row ``r`` (and, for the paper's model, where v* < 0)."""
+    ok = sol.valid[r]
+    parts = []
+    for util in ("U_s", "U_d"):
+        u = getattr(sol, util)[r]
+        j = int(np.nanargmax(u))
+        parts.append(f"{util} peaks at eps = {eps[j]:.4g} ({u[j]:.4g}), {u[-1]:.4g} at eps = 1")
+    extra = ""
+    if name == "paper":
+        neg = ok & (sol.v[r] < 0)
+        extra = f"; no maximiser for eps < {eps[ok][0]:.4g}" if not ok[0] else ""
+        if neg.any():
+            extra += f"; v* < 0 for eps in [{eps[neg][0]:.4g}, {eps[neg][-1]:.4g}]"
+    return "; ".join(parts) + extra
