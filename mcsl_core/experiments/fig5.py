@@ -38,14 +38,49 @@ def _curve(fl, model, devices, test_devices, fraction, servers, cfg):
 
 
 def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> list[Path]:
+    """Compute both panels, write ``fig5.csv`` and ``fig5.png`` under ``out_dir``."""
     from mcsl_core import fl
 
     out_dir = Path(out_dir)
+    devices, test, model, cfg, source = _setup(fl, full, data_dir)
+    fractions, counts = _sizes(devices.num_clients, full)
+    fixed_fraction = 1.0
+    rows = []
+    curves = {"a": [], "b": []}
+    t0 = time.perf_counter()
+    for key, f, c in [("a", f, 35) for f in fractions] + [("b", fixed_fraction, c) for c in counts]:
+        s, samples, res = _curve(fl, model, devices, test, f, c, cfg)
+        label = (
+            f"fraction {f:g} ({samples} samples, {s} servers)"
+            if key == "a"
+            else f"{s} edge servers ({samples} samples)"
+        )
+        curves[key].append((label, res.history))
+        h = res.history
+        rows += [
+            (key, f, s, int(r), float(a), float(lo))
+            for r, a, lo in zip(h.round, h.eval_accuracy, h.eval_loss)
+            if np.isfinite(a)
+        ]
+    csv = write_csv(
+        out_dir / "fig5.csv",
+        ["panel", "dataset_fraction", "edge_servers", "round", "test_accuracy", "test_loss"],
+        rows,
+    )
+    png = _draw(out_dir / "fig5.png", curves, fixed_fraction, source)
+    print(f"fig5: {source}; {cfg.rounds} rounds per curve; {time.perf_counter() - t0:.0f} s")
+    for key in ("a", "b"):
+        for label, h in curves[key]:
+            print(f"  ({key}) {label}: final accuracy {np.nanmax(h.eval_accuracy[-3:]):.3f}")
+    return [csv, png]
+
+
+def _setup(fl, full: bool, data_dir: Path | None):
+    """``(devices, test, model, FLConfig, description)``: LEAF FEMNIST + CNN, or the synthetic default."""
     if data_dir is not None:
         data_dir = Path(data_dir)
         devices = fl.load_leaf(data_dir / "train", num_classes=62)
         test = fl.load_leaf(data_dir / "test", num_classes=62)
-        model = fl.femnist_cnn()
         cfg = fl.FLConfig(
             rounds=2000 if full else 40,
             batch_size=10,
@@ -55,52 +90,38 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
             progress=True,
         )
         source = f"LEAF FEMNIST at {data_dir} ({devices.num_clients} writers), LEAF CNN"
-    else:
-        devices, test = fl.synthetic_fedprox(1.0, 1.0, num_clients=180, dim=60, num_classes=10, seed=0)
-        model = fl.logistic(60, 10)
-        cfg = fl.FLConfig(
-            rounds=2000 if full else 30,
-            batch_size=10,
-            client_lr=0.01,
-            eval_every=1 if full else 3,
-            strategy="loop",
-            progress=full,
-        )  # heavy-tailed sizes: per-client buckets
-        source = "FedProx Synthetic(1, 1), 180 devices, logistic regression"
-    n = devices.num_clients
-    if full:
-        fractions, counts = (0.001, 0.005, 0.05), (35, 105, 175)
-    else:
-        # CPU-sized: the smallest fraction still leaves one device per edge server
-        fractions = tuple(sorted({min(1.0, f) for f in (35 / n, 0.3, 1.0)}))
-        counts = tuple(c for c in (35, 105, 175) if c <= n) or (n,)
-        if len(counts) < 3:
-            counts = tuple(sorted({max(1, n // 4), max(1, n // 2), n}))
-    fixed_fraction = 1.0
-    rows = []
-    curves = {"a": [], "b": []}
-    t0 = time.perf_counter()
-    for f in fractions:
-        s, samples, res = _curve(fl, model, devices, test, f, 35, cfg)
-        curves["a"].append((f"fraction {f:g} ({samples} samples, {s} servers)", res.history))
-        rows += [
-            ("a", f, s, int(r), float(a), float(lo))
-            for r, a, lo in zip(res.history.round, res.history.eval_accuracy, res.history.eval_loss)
-            if np.isfinite(a)
-        ]
-    for c in counts:
-        s, samples, res = _curve(fl, model, devices, test, fixed_fraction, c, cfg)
-        curves["b"].append((f"{s} edge servers ({samples} samples)", res.history))
-        rows += [
-            ("b", fixed_fraction, s, int(r), float(a), float(lo))
-            for r, a, lo in zip(res.history.round, res.history.eval_accuracy, res.history.eval_loss)
-            if np.isfinite(a)
-        ]
-    csv = write_csv(
-        out_dir / "fig5.csv",
-        ["panel", "dataset_fraction", "edge_servers", "round", "test_accuracy", "test_loss"],
-        rows,
+        return devices, test, fl.femnist_cnn(), cfg, source
+    devices, test = fl.synthetic_fedprox(1.0, 1.0, num_clients=180, dim=60, num_classes=10, seed=0)
+    cfg = fl.FLConfig(
+        rounds=2000 if full else 30,
+        batch_size=10,
+        client_lr=0.01,
+        eval_every=1 if full else 3,
+        strategy="loop",
+        progress=full,
+    )  # heavy-tailed sizes: per-client buckets
+    return (
+        devices,
+        test,
+        fl.logistic(60, 10),
+        cfg,
+        "FedProx Synthetic(1, 1), 180 devices, logistic regression",
     )
+
+
+def _sizes(n: int, full: bool) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Dataset fractions of panel (a) and edge-server counts of panel (b) for ``n`` devices."""
+    if full:
+        return (0.001, 0.005, 0.05), (35, 105, 175)
+    # CPU-sized: the smallest fraction still leaves one device per edge server
+    fractions = tuple(sorted({min(1.0, f) for f in (35 / n, 0.3, 1.0)}))
+    counts = tuple(c for c in (35, 105, 175) if c <= n) or (n,)
+    if len(counts) < 3:
+        counts = tuple(sorted({max(1, n // 4), max(1, n // 2), n}))
+    return fractions, counts
+
+
+def _draw(path: Path, curves: dict, fixed_fraction: float, source: str) -> Path:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, key, title in (
@@ -116,9 +137,4 @@ def run(out_dir: Path, *, full: bool = False, data_dir: Path | None = None) -> l
         ax.legend(fontsize=8)
     axes[0].set_ylabel("test accuracy")
     fig.suptitle(f"Fig. 5: FedAvg on {source}", fontsize=10)
-    png = save_figure(fig, out_dir / "fig5.png")
-    print(f"fig5: {source}; {cfg.rounds} rounds per curve; {time.perf_counter() - t0:.0f} s")
-    for key in ("a", "b"):
-        for label, h in curves[key]:
-            print(f"  ({key}) {label}: final accuracy {np.nanmax(h.eval_accuracy[-3:]):.3f}")
-    return [csv, png]
+    return save_figure(fig, path)
