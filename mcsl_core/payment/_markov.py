@@ -77,6 +77,34 @@ def _reducible(P, init, has_init, out):
     transient states through the expected visit counts ``nu (I - Q) = init_T``).
     """
     n = P.shape[0]
+    label, ncls = _recurrent_classes(_reach(P))
+    if ncls > 1 and not has_init:
+        for i in range(n):
+            out[i] = np.nan
+        return False
+    pis = _class_stationary(P, label, ncls)
+    if ncls == 1:
+        for i in range(n):
+            out[i] = pis[0, i]
+        return True
+    w = _class_weights(P, init, label, ncls)
+    for i in range(n):
+        t = 0.0
+        for c in range(ncls):
+            t += w[c] * pis[c, i]
+        out[i] = t
+    total = 0.0
+    for i in range(n):
+        total += out[i]
+    for i in range(n):
+        out[i] /= total
+    return True
+
+
+@njit(cache=True)
+def _reach(P):
+    """Transitive closure of the support of ``P`` (every state reaches itself)."""
+    n = P.shape[0]
     reach = np.zeros((n, n), dtype=np.bool_)
     for i in range(n):
         reach[i, i] = True
@@ -89,7 +117,14 @@ def _reducible(P, init, has_init, out):
                 for j in range(n):
                     if reach[k, j]:
                         reach[i, j] = True
-    label = np.full(n, -1, dtype=np.int64)  # class id for recurrent states, -1 transient
+    return reach
+
+
+@njit(cache=True)
+def _recurrent_classes(reach):
+    """``(label, count)``: class id of each recurrent state (-1 transient), in order of first state."""
+    n = reach.shape[0]
+    label = np.full(n, -1, dtype=np.int64)
     ncls = 0
     for i in range(n):
         if label[i] >= 0:
@@ -104,11 +139,13 @@ def _reducible(P, init, has_init, out):
                 if reach[i, j]:
                     label[j] = ncls
             ncls += 1
-    if ncls > 1 and not has_init:
-        for i in range(n):
-            out[i] = np.nan
-        return False
-    # stationary vector of each closed class
+    return label, ncls
+
+
+@njit(cache=True)
+def _class_stationary(P, label, ncls):
+    """shape=[ncls, n]: the stationary vector of each closed class (GTH on its block)."""
+    n = P.shape[0]
     pis = np.zeros((ncls, n))
     idx = np.empty(n, dtype=np.int64)
     A = np.empty((n, n))
@@ -128,11 +165,14 @@ def _reducible(P, init, has_init, out):
             _gth(A, m, sub)
         for a in range(m):
             pis[c, idx[a]] = sub[a]
-    if ncls == 1:
-        for i in range(n):
-            out[i] = pis[0, i]
-        return True
-    # weights of the classes from init
+    return pis
+
+
+@njit(cache=True)
+def _class_weights(P, init, label, ncls):
+    """Probability of ending in each class from ``init``: mass already there plus what the
+    transient states' expected visits ``nu`` (``nu (I - Q) = init_T``) send into it."""
+    n = P.shape[0]
     w = np.zeros(ncls)
     tr = np.empty(n, dtype=np.int64)
     nt = 0
@@ -142,52 +182,50 @@ def _reducible(P, init, has_init, out):
         else:
             tr[nt] = i
             nt += 1
-    if nt > 0:
-        # M = (I - Q)^T, solve M nu = init_T with partial pivoting
-        M = np.empty((nt, nt))
-        rhs = np.empty(nt)
-        for a in range(nt):
-            rhs[a] = init[tr[a]]
+    if nt == 0:
+        return w
+    M = np.empty((nt, nt))  # (I - Q)^T
+    rhs = np.empty(nt)
+    for a in range(nt):
+        rhs[a] = init[tr[a]]
+        for b in range(nt):
+            M[a, b] = (1.0 if a == b else 0.0) - P[tr[b], tr[a]]
+    nu = _solve_pivoted(M, rhs)
+    for a in range(nt):
+        for j in range(n):
+            if label[j] >= 0:
+                w[label[j]] += nu[a] * P[tr[a], j]
+    return w
+
+
+@njit(cache=True)
+def _solve_pivoted(M, rhs):
+    """``M x = rhs`` by Gaussian elimination with partial pivoting (``M``, ``rhs`` overwritten)."""
+    nt = rhs.shape[0]
+    for k in range(nt):
+        piv = k
+        big = abs(M[k, k])
+        for r in range(k + 1, nt):
+            if abs(M[r, k]) > big:
+                big = abs(M[r, k])
+                piv = r
+        if piv != k:
             for b in range(nt):
-                M[a, b] = (1.0 if a == b else 0.0) - P[tr[b], tr[a]]
-        for k in range(nt):
-            piv = k
-            big = abs(M[k, k])
-            for r in range(k + 1, nt):
-                if abs(M[r, k]) > big:
-                    big = abs(M[r, k])
-                    piv = r
-            if piv != k:
-                for b in range(nt):
-                    M[k, b], M[piv, b] = M[piv, b], M[k, b]
-                rhs[k], rhs[piv] = rhs[piv], rhs[k]
-            for r in range(k + 1, nt):
-                f = M[r, k] / M[k, k]
-                if f != 0.0:
-                    for b in range(k, nt):
-                        M[r, b] -= f * M[k, b]
-                    rhs[r] -= f * rhs[k]
-        nu = np.empty(nt)
-        for k in range(nt - 1, -1, -1):
-            t = rhs[k]
-            for b in range(k + 1, nt):
-                t -= M[k, b] * nu[b]
-            nu[k] = t / M[k, k]
-        for a in range(nt):
-            for j in range(n):
-                if label[j] >= 0:
-                    w[label[j]] += nu[a] * P[tr[a], j]
-    for i in range(n):
-        t = 0.0
-        for c in range(ncls):
-            t += w[c] * pis[c, i]
-        out[i] = t
-    total = 0.0
-    for i in range(n):
-        total += out[i]
-    for i in range(n):
-        out[i] /= total
-    return True
+                M[k, b], M[piv, b] = M[piv, b], M[k, b]
+            rhs[k], rhs[piv] = rhs[piv], rhs[k]
+        for r in range(k + 1, nt):
+            f = M[r, k] / M[k, k]
+            if f != 0.0:
+                for b in range(k, nt):
+                    M[r, b] -= f * M[k, b]
+                rhs[r] -= f * rhs[k]
+    x = np.empty(nt)
+    for k in range(nt - 1, -1, -1):
+        t = rhs[k]
+        for b in range(k + 1, nt):
+            t -= M[k, b] * x[b]
+        x[k] = t / M[k, k]
+    return x
 
 
 def _batch_impl(P, init, has_init, tol, L, out, valid, bad):
