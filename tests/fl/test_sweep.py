@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import numpy as np
@@ -61,6 +62,35 @@ def test_sweep_equals_run_fedavg_for_every_aggregator(data):
         _check_experiment(res, k, tr, te)
     assert res.configs[5].dp_clip_norm == 0.3 and res.configs[3].aggregator == "krum"
     assert res.stopped_early[0]  # the early stop really happens inside the vmapped group
+
+
+def test_small_models_run_parts_of_a_chunk_in_threads_with_the_same_result(data, monkeypatch):
+    """K = 20 > THREAD_PART: two parts of 10, one thread each on a (patched) 2-core CPU; each
+    experiment still equals run_fedavg, and one core (the parts one after another) gives
+    the same bits: a part's experiments, not the machine's cores, fix each program."""
+    from mcsl_core.fl import _sweep
+
+    tr, te = data
+    base = fl.FLConfig(rounds=3, clients_per_round=4, batch_size=10, client_lr=0.05, progress=False)
+    m = fl.logistic(20, 5)
+    axes = dict(seed=list(range(20)))
+    ran = []
+    real = _sweep.run_group
+
+    def spy(model, train, configs, **kw):
+        ran.append((threading.current_thread().name, len(configs)))
+        return real(model, train, configs, **kw)
+
+    monkeypatch.setattr(_sweep, "run_group", spy)
+    monkeypatch.setattr(_sweep, "_cpu_cores", lambda: 2)
+    res = fl.run_sweep(m, tr, base, axes, test=te)
+    assert sorted(n for _, n in ran) == [10, 10] and all(t.startswith("mcsl-sweep") for t, _ in ran)
+    for k in (0, 11, 19):
+        _check_experiment(res, k, tr, te)
+    monkeypatch.setattr(_sweep, "_cpu_cores", lambda: 1)
+    one = fl.run_sweep(m, tr, base, axes, test=te)
+    np.testing.assert_array_equal(flat(res.params), flat(one.params))
+    np.testing.assert_array_equal(res.history.eval_loss, one.history.eval_loss)
 
 
 @pytest.mark.slow
