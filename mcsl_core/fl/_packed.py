@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from numba import njit
 
 from mcsl_core.fl._data import FederatedData
 from mcsl_core.fl._threefry import draws_numba as _draws_numba
@@ -134,34 +135,48 @@ def pack(
     plans = [_lpt(item_steps[r], lanes) for r in range(rr)]
     slots = max(1, max(p[1] for p in plans))
     local, seg_start = _orders(data, sampled, train_keys, epochs)
-    starts = data.offsets[:-1].astype(np.int64)
+    order = np.array([it for lane_items, _ in plans for its in lane_items for it in its], np.int64)
+    ptr = np.zeros(rr * lanes + 1, np.int64)
+    ptr[1:] = np.cumsum([len(its) for lane_items, _ in plans for its in lane_items])
+    first = data.offsets[:-1].astype(np.int64)[sampled]  # [K, R, c] each client's first row
     rows = np.zeros((rr, slots, lanes, batch), np.int32)
     mask = np.zeros((rr, slots, lanes, batch), bool)
     item = np.full((rr, slots, lanes), kk * cc, np.int32)
     step = np.zeros((rr, slots, lanes), np.int32)
     reset = np.zeros((rr, slots, lanes), bool)
     end = np.zeros((rr, slots, lanes), bool)
-    for r, (lane_items, _) in enumerate(plans):
-        for l, its in enumerate(lane_items):
+    _fill(order, ptr, n, spe, first, local, seg_start, epochs, smax, rows, mask, item, step, reset, end)
+    return Packed(rows, mask, item, step, reset, end, n.astype(np.int32), smax)
+
+
+@njit(cache=True)
+def _fill(order, ptr, n, spe, first, local, seg_start, epochs, smax, rows, mask, item, step, reset, end):
+    """Write the slots of every lane: its items (``order[ptr[r * L + l]:ptr[r * L + l + 1]]``)
+    one after another, each epoch's ``spe`` batches of its precomputed order, padding
+    entries pointing at the client's first row with a false mask."""
+    rr, cc = n.shape[1], n.shape[2]
+    lanes, batch = rows.shape[2], rows.shape[3]
+    for r in range(rr):
+        for l in range(lanes):
             t = 0
-            for it in its:
-                k, j = divmod(it, cc)
-                nc, sc = int(n[k, r, j]), int(spe[k, r, j])
-                s0 = starts[sampled[k, r, j]]
+            for q in range(ptr[r * lanes + l], ptr[r * lanes + l + 1]):
+                it = order[q]
+                k, j = it // cc, it % cc
+                nc, sc, s0 = n[k, r, j], spe[k, r, j], first[k, r, j]
                 for e in range(epochs):
-                    g = (((k * rr + r) * cc + j) * epochs) + e
-                    loc = local[seg_start[g] : seg_start[g + 1]]
-                    blk = np.zeros(sc * batch, np.int64)
-                    blk[:nc] = loc
-                    rows[r, t : t + sc, l] = (s0 + blk).reshape(sc, batch)
-                    mask[r, t : t + sc, l] = (np.arange(sc * batch) < nc).reshape(sc, batch)
-                    step[r, t : t + sc, l] = e * smax + np.arange(sc)
-                    item[r, t : t + sc, l] = it
+                    base = seg_start[((k * rr + r) * cc + j) * epochs + e]
+                    for s in range(sc):
+                        for b in range(batch):
+                            pos = s * batch + b
+                            real = pos < nc
+                            rows[r, t + s, l, b] = s0 + local[base + pos] if real else s0
+                            mask[r, t + s, l, b] = real
+                        step[r, t + s, l] = e * smax + s
+                        item[r, t + s, l] = it
                     if e == 0:
                         reset[r, t, l] = True
                     t += sc
                 end[r, t - 1, l] = True
-    return Packed(rows, mask, item, step, reset, end, n.astype(np.int32), smax)
 
 
 def train_round(model, params: PyTree, x_all, y_all, lr, slots, n, steps_max: int, epochs: int):

@@ -51,3 +51,59 @@ def test_pack_covers_each_real_step_once():
                 want = np.repeat(np.arange(starts[c], starts[c] + tr.num_samples[c]), 2)
                 np.testing.assert_array_equal(np.sort(rows), want)
                 assert pk.reset[r][sel].sum() == 1 and pk.end[r][sel].sum() == 1
+
+
+def _pack_reference(data, sampled, train_keys, batch, epochs, lanes):
+    """The packing written out in Python, one client and epoch at a time."""
+    kk, rr, cc = sampled.shape
+    n = data.num_samples[sampled].astype(np.int64)
+    spe = -(-n // batch)
+    smax = max(int(spe.max(initial=0)), 1)
+    item_steps = (spe * epochs).transpose(1, 0, 2).reshape(rr, kk * cc)
+    plans = [_packed._lpt(item_steps[r], lanes) for r in range(rr)]
+    slots = max(1, max(p[1] for p in plans))
+    local, seg_start = _packed._orders(data, sampled, train_keys, epochs)
+    starts = data.offsets[:-1].astype(np.int64)
+    rows = np.zeros((rr, slots, lanes, batch), np.int32)
+    mask = np.zeros((rr, slots, lanes, batch), bool)
+    item = np.full((rr, slots, lanes), kk * cc, np.int32)
+    step = np.zeros((rr, slots, lanes), np.int32)
+    reset = np.zeros((rr, slots, lanes), bool)
+    end = np.zeros((rr, slots, lanes), bool)
+    for r, (lane_items, _) in enumerate(plans):
+        for l, its in enumerate(lane_items):
+            t = 0
+            for it in its:
+                k, j = divmod(it, cc)
+                nc, sc = int(n[k, r, j]), int(spe[k, r, j])
+                s0 = starts[sampled[k, r, j]]
+                for e in range(epochs):
+                    g = (((k * rr + r) * cc + j) * epochs) + e
+                    blk = np.zeros(sc * batch, np.int64)
+                    blk[:nc] = local[seg_start[g] : seg_start[g + 1]]
+                    rows[r, t : t + sc, l] = (s0 + blk).reshape(sc, batch)
+                    mask[r, t : t + sc, l] = (np.arange(sc * batch) < nc).reshape(sc, batch)
+                    step[r, t : t + sc, l] = e * smax + np.arange(sc)
+                    item[r, t : t + sc, l] = it
+                    if e == 0:
+                        reset[r, t, l] = True
+                    t += sc
+                end[r, t - 1, l] = True
+    return rows, mask, item, step, reset, end
+
+
+def test_pack_equals_the_per_client_python_packing():
+    tr = _data()
+    for seed, k, rounds, c, batch, epochs, lanes in [
+        (0, 3, 2, 4, 3, 2, 3),
+        (5, 2, 3, 5, 10, 1, 2),
+        (9, 4, 1, 6, 4, 3, 7),
+    ]:
+        sampled = np.stack(
+            [np.stack([fl.select_clients(12, c, seed + s, r) for r in range(rounds)]) for s in range(k)]
+        )
+        keys = np.arange(2 * k, dtype=np.uint32).reshape(k, 2)
+        pk = _packed.pack(tr, sampled, keys, batch, epochs, lanes=lanes)
+        want = _pack_reference(tr, sampled, keys, batch, epochs, lanes)
+        for name, got, ref in zip(("rows", "mask", "item", "step", "reset", "end"), pk[:6], want):
+            np.testing.assert_array_equal(got, ref, err_msg=name)
