@@ -89,6 +89,7 @@ def test_fl_sweep_k64(benchmark, bench_info, which):
         lambda: _sweep(tr, te, model, cfg, k),
         lambda: _sequential(tr, te, model, cfg, k),
         "anchor",
+        rounds=1 if benchmark.disabled else 3,
         warm=("sweep", which),
     )
 
@@ -103,6 +104,7 @@ def test_fl_sweep_k64_anchor_sequential(benchmark, bench_info, which):
         lambda: _sequential(tr, te, model, cfg, k),
         lambda: _sweep(tr, te, model, cfg, k),
         "kernel",
+        rounds=1 if benchmark.disabled else 3,
         warm=("sweep", which),
     )
 
