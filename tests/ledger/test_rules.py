@@ -300,10 +300,6 @@ def test_genesis_rules(tmp_path):
         Ledger.create(tmp_path / "ok.db", g)
 
 
-def _forked_verify(conn) -> None:
-    conn.send(run_signature_jobs(_sig_jobs(40, bad=7), max_workers=2).tx_index)
-
-
 def _sig_jobs(n: int, bad: int):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -315,20 +311,32 @@ def _sig_jobs(n: int, bad: int):
     return [SigJob(0, i, pk, sk.sign(b"x" if i == bad else m), m, f"tx {i}") for i, m in enumerate(msgs)]
 
 
+_FORK_CHILD = """
+import os, sys
+from tests.ledger.test_rules import _sig_jobs
+from mcsl_core.ledger._state import run_signature_jobs
+assert run_signature_jobs(_sig_jobs(40, bad=23), max_workers=2).tx_index == 23  # the pool now exists
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if run_signature_jobs(_sig_jobs(40, bad=7), max_workers=2).tx_index == 7 else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def test_signature_jobs_find_the_first_bad_one_through_the_shared_pool_also_after_fork():
     """The verification thread pool is kept per process; a forked child must start its own
-    (an inherited pool has no threads: its jobs would wait forever)."""
-    import multiprocessing
+    (an inherited pool has no threads: its jobs would wait forever). The fork happens in a
+    fresh interpreter that has imported the ledger only (no other library's threads)."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
     assert run_signature_jobs(_sig_jobs(40, bad=23), max_workers=2).tx_index == 23
     assert run_signature_jobs(_sig_jobs(40, bad=-1), max_workers=2) is None
-    ctx = multiprocessing.get_context("fork")
-    parent, child = ctx.Pipe()
-    p = ctx.Process(target=_forked_verify, args=(child,))
-    p.start()
+    root = Path(__file__).resolve().parents[2]
     try:
-        assert parent.poll(60), "the forked child's verification hung"
-        assert parent.recv() == 7
-    finally:
-        p.kill()
-        p.join()
+        out = subprocess.run([sys.executable, "-c", _FORK_CHILD], cwd=root, timeout=60, capture_output=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child's verification hung")
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
