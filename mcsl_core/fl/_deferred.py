@@ -13,8 +13,10 @@ exactly (in exact arithmetic). Step ``s`` therefore computes its forward pass as
 (rows ``lr g_t``) are small buffers; ``g_s`` is the gradient w.r.t. a zero
 "probe" added to the layer's output. ``W_0`` is never differentiated and never
 written during the epoch; the client's kernel delta is one GEMM at the end,
-``-X^T G``. Unused history rows are zero, and a masked row has ``g = 0``
-exactly, so padding contributes exactly nothing.
+``-X^T G``. Once the history holds :data:`SEGMENT_ROWS` rows it is folded into
+the kernel (``W <- W - X^T G``, history cleared), which bounds the per-step cost
+of the corrections. Unused history rows are zero, and a masked row has
+``g = 0`` exactly, so padding contributes exactly nothing.
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ def record(hist: tuple, xs: tuple, gs: tuple, lr, t) -> tuple:
     return tuple(out)
 
 
-def segment(d: Deferred, total_steps: int, batch: int) -> int:
+def segment(d: Deferred, total_steps: int) -> int:
     """History slots (minibatch steps) kept before a fold: all ``total_steps``
     when no layer is deferred, else at most :data:`SEGMENT_ROWS` rows' worth."""
     if not d.paths:

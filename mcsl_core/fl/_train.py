@@ -25,6 +25,12 @@ client's rows and walks them in batches of ``batch_size`` (the last batch may
 be short); the loss of a batch is the mean cross-entropy over its real rows.
 Padding rows carry mask False; a step whose rows are all padding has an exactly
 zero gradient, so it leaves the parameters unchanged.
+
+In the ``loop`` and ``vmap`` programs, big Dense kernels (at least
+``_deferred.DEFER_MIN_KERNEL`` entries: the CNN's 3136 x 2048 layer) are
+updated deferred (:mod:`mcsl_core.fl._deferred`): the kernel stays fixed and
+each step keeps its rank-batch gradient factors instead of forming ``dW``; the
+same iterates up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -317,6 +323,11 @@ def _chunk_program(
     batches and masked loss as :func:`_client_update_fn` (a step past its own
     ``ceil(n / batch)`` has no real row, an exactly zero gradient and no effect),
     but the step loop stops at ``trips`` instead of a padded static length.
+
+    Dense kernels of at least ``defer_min`` entries are updated deferred
+    (:mod:`mcsl_core.fl._deferred`): fixed during local training (shared by the
+    chunk's clients until a fold), a history of the steps' ``(x, lr g)`` rows
+    folded into them every ``SEGMENT_ROWS`` rows, the delta ``-X^T G`` at the end.
     """
     grad_fn = jax.value_and_grad(functools.partial(_masked_loss, model))
     pos = jnp.arange(rows)
@@ -354,7 +365,7 @@ def _chunk_program(
     def chunk(params, x_all, y_all, start, n, kd, trip, lr):
         keys = jax.random.wrap_key_data(kd)
         d = _deferred.plan_for(model, params, x_all.shape[1], batch, defer_min)
-        seg = _deferred.segment(d, epochs * steps, batch)  # history slots; fold when full
+        seg = _deferred.segment(d, epochs * steps)  # history slots; fold when full
         folds = seg < epochs * steps
         rest, kern0 = _deferred.split(params, d)
         state = (rest, kern0, _deferred.history(d, seg))
