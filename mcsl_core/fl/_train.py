@@ -326,7 +326,7 @@ def _chunk_program(
 
     Dense kernels of at least ``defer_min`` entries are updated deferred
     (:mod:`mcsl_core.fl._deferred`): fixed during local training (shared by the
-    chunk's clients until a fold), a history of the steps' ``(x, lr g)`` rows
+    chunk's clients when no fold is needed), a history of the steps' ``(x, lr g)`` rows
     folded into them every ``SEGMENT_ROWS`` rows, the delta ``-X^T G`` at the end.
     """
     grad_fn = jax.value_and_grad(functools.partial(_masked_loss, model))
