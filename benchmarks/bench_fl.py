@@ -201,6 +201,12 @@ def _torch_round(torch, data, small: bool):
     return run
 
 
+def _deferred_paths(model) -> tuple:
+    from mcsl_core.fl import _deferred
+
+    return _deferred.plan(model, 784, 10).paths
+
+
 @pytest.mark.benchmark(group=GROUP)
 def test_fl_round_default_vs_anchors_interleaved(benchmark, bench_info):
     """Kernel: the default strategy. Interleaved: default, loop, vmap, FedJAX, PyTorch, repeated."""
@@ -258,6 +264,7 @@ def test_fl_round_default_vs_anchors_interleaved(benchmark, bench_info):
     rate = {k: n / statistics.median(v) for k, v in times.items() if v}
     benchmark.extra_info.update(
         auto_choice=strategy,
+        deferred_dense_layers=[list(p) for p in _deferred_paths(model)],
         auto_first_round_s=auto_s,
         samples_per_s=rate,
         speedup_default_vs={k: rate["default"] / v for k, v in rate.items() if k != "default"},
@@ -351,10 +358,35 @@ def _step_parts(small: bool) -> dict[str, float]:
     out["delta_write_into_stack"] = _repeat_ms(do_write, jnp.int32(3))
     tiny = jax.jit(lambda a: a + 1)
     out["dispatch_per_call"] = _repeat_ms(tiny, jnp.zeros(()), reps=50)
+    out["train_step_deferred_dense"] = _deferred_step_ms(model, params, x_all, y_all, ib)
     xla = fl.femnist_cnn(conv_impl="xla")
     gx = jax.grad(functools.partial(_masked_loss, xla))
     out["train_step_xla_conv_model"] = _repeat_ms(jax.jit(lambda p: sgd(p, gx(p, xb, yb, mb))), params)
     return out
+
+
+def _deferred_step_ms(model, params, x_all, y_all, ib, steps: int = 16) -> float:
+    """ms per step of the engine's deferred-dense SGD step (``mcsl_core.fl._deferred``):
+    ``steps`` steps of batch 10 with a ``steps``-slot history, inside one ``fori_loop``."""
+    from mcsl_core.fl import _deferred
+    from mcsl_core.fl._train import _dvg
+
+    d = _deferred.plan(model, 784, 10)
+    rest, kern = _deferred.split(params, d)
+    vg = _dvg(model, d)
+    mb = jnp.ones(10, bool)
+
+    def body(t, c):
+        r, h = c
+        (_, xs), (g, gp) = vg(r, _deferred.probes(d), kern, h, x_all[(ib + t) % 11000], y_all[ib], mb)
+        r = jax.tree_util.tree_map(lambda a, b: a - 0.01 * b, r, g)
+        return r, _deferred.record(h, xs, gp, jnp.float32(0.01), t)
+
+    def epoch(c):
+        r, h = lax.fori_loop(0, steps, body, c)
+        return r, _deferred.kernel_deltas(h)
+
+    return _repeat_ms(jax.jit(epoch), (rest, _deferred.history(d, steps)), reps=5) / steps
 
 
 _FLAG_SCRIPT = """

@@ -39,7 +39,7 @@ FEMNIST_DIR = Path(
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a path: module-scoped data fixtures may use it
 def femnist_dir() -> Path:
     if not (FEMNIST_DIR / "train").is_dir():
         if os.environ.get("MCSL_REQUIRE_DATA") == "1":  # CI: the data is always there, so this is a failure

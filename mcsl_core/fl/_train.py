@@ -25,6 +25,12 @@ client's rows and walks them in batches of ``batch_size`` (the last batch may
 be short); the loss of a batch is the mean cross-entropy over its real rows.
 Padding rows carry mask False; a step whose rows are all padding has an exactly
 zero gradient, so it leaves the parameters unchanged.
+
+In the ``loop`` and ``vmap`` programs, big Dense kernels (at least
+``_deferred.DEFER_MIN_KERNEL`` entries: the CNN's 3136 x 2048 layer) are
+updated deferred (:mod:`mcsl_core.fl._deferred`): the kernel stays fixed and
+each step keeps its rank-batch gradient factors instead of forming ``dW``; the
+same iterates up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mcsl_core._names import STRATEGIES
+from mcsl_core.fl import _deferred
 from mcsl_core.fl._aggregate import AGGREGATORS, dp_fedavg, fedavg, krum, median, trimmed_mean
 from mcsl_core.fl._data import FederatedData, bucket_steps
 
@@ -285,8 +292,23 @@ def _client_update_fn(model, steps: int, batch: int, epochs: int):
     return update
 
 
+@functools.lru_cache(maxsize=16)
+def _dvg(model, d: _deferred.Deferred):
+    """Value and gradient (w.r.t. the other parameters and the probes) of the
+    masked loss with the deferred Dense layers of ``d``."""
+    return jax.value_and_grad(_deferred.loss_fn(model, d, _masked_loss), argnums=(0, 1), has_aux=True)
+
+
 @functools.lru_cache(maxsize=512)  # a 1,000-client FedProx round: 56 vmap (width, bucket) programs
-def _chunk_program(model, rows: int, batch: int, epochs: int, width: int, capacity: int):
+def _chunk_program(
+    model,
+    rows: int,
+    batch: int,
+    epochs: int,
+    width: int,
+    capacity: int,
+    defer_min: int = _deferred.DEFER_MIN_KERNEL,
+):
     """One compiled program training up to ``capacity`` chunks of ``width`` clients.
 
     Arguments of the returned function: ``(params, stack, losses, x_all, y_all,
@@ -302,45 +324,80 @@ def _chunk_program(model, rows: int, batch: int, epochs: int, width: int, capaci
     batches and masked loss as :func:`_client_update_fn` (a step past its own
     ``ceil(n / batch)`` has no real row, an exactly zero gradient and no effect),
     but the step loop stops at ``trips`` instead of a padded static length.
+
+    Dense kernels of at least ``defer_min`` entries are updated deferred
+    (:mod:`mcsl_core.fl._deferred`): fixed during local training (shared by the
+    chunk's clients when no fold is needed), a history of the steps' ``(x, lr g)`` rows
+    folded into them every ``SEGMENT_ROWS`` rows, the delta ``-X^T G`` at the end.
     """
     grad_fn = jax.value_and_grad(functools.partial(_masked_loss, model))
     pos = jnp.arange(rows)
+    steps = rows // batch
 
     def client_order(key, start, n, e):
         order = _epoch_order(jax.random.fold_in(key, e), n, rows)
         return start + jnp.where(pos < n, order, 0)
 
-    def client_step(p, x_all, y_all, idx, n, s, lr):
+    def client_step(rest, kern, hist, x_all, y_all, idx, n, s, t, lr, d):
+        """One SGD step of the parameters ``rest`` (all but the deferred kernels
+        ``kern``; all of them when ``d`` defers none); ``t``: the history slot."""
         ib = lax.dynamic_slice_in_dim(idx, s * batch, batch)
         mb = s * batch + jnp.arange(batch) < n
-        loss, g = grad_fn(p, x_all[ib], y_all[ib], mb)
-        return jax.tree_util.tree_map(lambda a, b: a - lr * b, p, g), loss * jnp.sum(mb)
+        if d.paths:  # deferred Dense kernels: fixed, a rank-batch history instead of dW
+            (loss, xs), (g, gp) = _dvg(model, d)(
+                rest, _deferred.probes(d), kern, hist, x_all[ib], y_all[ib], mb
+            )
+            hist = _deferred.record(hist, xs, gp, lr, t)
+        else:
+            loss, g = grad_fn(rest, x_all[ib], y_all[ib], mb)
+        return jax.tree_util.tree_map(lambda a, b: a - lr * b, rest, g), hist, loss * jnp.sum(mb)
 
-    if width == 1:  # no client axis inside: the model's own (unbatched) kernels
-        order_fn, step_fn = client_order, client_step
-    else:
-        order_fn = jax.vmap(client_order, in_axes=(0, 0, 0, None))
-        step_fn = jax.vmap(client_step, in_axes=(0, None, None, 0, 0, None, None))
+    def step_of(d, kern_axis):
+        def f(rest, kern, hist, x_all, y_all, idx, n, s, t, lr):
+            return client_step(rest, kern, hist, x_all, y_all, idx, n, s, t, lr, d)
+
+        if width == 1:  # no client axis inside: the model's own (unbatched) kernels
+            return f
+        # without folds the deferred kernels W_0 are shared by the chunk's clients
+        return jax.vmap(f, in_axes=(0, kern_axis, 0, None, None, 0, 0, None, None, None))
+
+    order_fn = client_order if width == 1 else jax.vmap(client_order, in_axes=(0, 0, 0, None))
 
     def chunk(params, x_all, y_all, start, n, kd, trip, lr):
         keys = jax.random.wrap_key_data(kd)
+        d = _deferred.plan_for(model, params, x_all.shape[1], batch, defer_min)
+        seg = _deferred.segment(d, epochs * steps)  # history slots; fold when full
+        folds = seg < epochs * steps
+        rest, kern0 = _deferred.split(params, d)
+        state = (rest, kern0, _deferred.history(d, seg))
         if width == 1:
             keys, start, n = keys[0], start[0], n[0]
-            p0 = params
         else:
-            p0 = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (width, *a.shape)), params)
+            bcast = functools.partial(
+                jax.tree_util.tree_map, lambda a: jnp.broadcast_to(a, (width, *a.shape))
+            )
+            state = (bcast(rest), bcast(kern0) if folds else kern0, bcast(state[2]))
+        step_fn = step_of(d, 0 if folds else None)
 
         def epoch(e, carry):
             idx = order_fn(keys, start, n, e)
 
             def step(s, c):
-                p, l = step_fn(c[0], x_all, y_all, idx, n, s, lr)
-                return p, c[1] + l
+                (r, k, h), t, acc = c
+                r, h, l = step_fn(r, k, h, x_all, y_all, idx, n, s, t % seg, lr)
+                if folds:  # the history is full: apply it to the kernels, start a new one
+                    k, h = lax.cond((t + 1) % seg == 0, _deferred.fold, lambda k, h: (k, h), k, h)
+                return (r, k, h), t + 1, acc + l
 
             return lax.fori_loop(0, trip, step, carry)
 
-        p, acc = lax.fori_loop(0, epochs, epoch, (p0, jnp.zeros(jnp.shape(n), jnp.float32)))
-        delta = jax.tree_util.tree_map(jnp.subtract, p, p0)
+        carry = (state, jnp.int32(0), jnp.zeros(jnp.shape(n), jnp.float32))
+        (p, kern, hist), _, acc = lax.fori_loop(0, epochs, epoch, carry)
+        drest = jax.tree_util.tree_map(jnp.subtract, p, state[0])
+        dk = _deferred.kernel_deltas(hist)
+        if folds:
+            dk = tuple(a - b + c for a, b, c in zip(kern, state[1], dk, strict=True))
+        delta = _deferred.merge(drest, dk, d)
         loss = acc / jnp.maximum(n * epochs, 1).astype(jnp.float32)
         if width == 1:
             return jax.tree_util.tree_map(lambda a: a[None], delta), loss[None]
@@ -483,7 +540,7 @@ def _run_chunks(strategy, model, params, data, clients, keys, cfg, *, warm=False
         pos[: len(c.pos)] = c.pos
         trips = np.zeros(cap, np.int32)
         trips[: len(c.trips)] = 0 if warm else c.trips
-        fn = _chunk_program(model, c.rows, b, cfg.local_epochs, c.width, cap)
+        fn = _chunk_program(model, c.rows, b, cfg.local_epochs, c.width, cap, _deferred.DEFER_MIN_KERNEL)
         stack, losses = fn(
             params, stack, losses, x_all, y_all, pos.astype(np.int32), start[pos], n[pos], kd[pos],
             trips, np.int32(len(c.pos)), lr,
@@ -586,6 +643,7 @@ def _auto_key(model, params, data: FederatedData, config: FLConfig, k: int) -> t
         config.batch_size,
         config.local_epochs,
         k,
+        _deferred.DEFER_MIN_KERNEL,
     )
 
 
