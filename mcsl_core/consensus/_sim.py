@@ -146,28 +146,34 @@ NS = 24
 
 # The kernel's whole state is four flat arrays, so a helper call passes four array
 # structs (numba passes each array by value, about 8 words) instead of 30:
-# Z (int64): IP, per-phase message counts, queue counters, bucket heads and least times,
+# Z (int64): IP, per-phase message counts, queue counters, buckets' least times, tail chunks
+#   and tail fill,
 #   then NS words per node (the client's view of node i's reply is S_REPD);
-Z_CNT, Z_CTR, Z_BH, Z_BMIN, Z_NODE = 16, 32, 64, 128, 192
+Z_CNT, Z_CTR, Z_BMIN, Z_BT, Z_BC, Z_NODE = 16, 32, 64, 128, 192, 256
 # F (float64): P, the (size, cost) table, per-phase last handle time and bytes, the
-#   client (accepted digest, time), then FS words per entity (nodes, client, edge servers);
-F_T, F_PT, F_BY, F_CL, F_ENT = 16, 40, 56, 72, 80
+#   client (accepted digest, time), the Pareto scale and exponent, then FS words per entity
+#   (nodes, client, edge servers);
+F_T, F_PT, F_BY, F_CL, F_XM, F_ENT = 16, 40, 56, 72, 74, 80
 FS = 8
 R_UP, R_DOWN, R_CPU, R_SUP, R_SDOWN, R_NT = range(6)  # link / CPU free at, seconds per byte, commit time
 # W (int32, (V, n, NW)): per view and node, prepares and commits per digest slot, the
 #   pre-prepare digest, view changes received, best certificate (view, digest), sent flag;
 W_PREP, W_COM, W_PPD, W_VCC, W_BPV, W_BPD, W_SVC = 0, 2, 4, 5, 6, 7, 8
 NW = 9
-# E (int64): the queue, QW words per slot (one 64-byte line): time bits, key, bucket or
-#   free-list link, kind | aux << 8, source, destination, view, digest; then the tie heap.
-Q_KT, Q_KS, Q_NX, Q_KA, Q_SRC, Q_DST, Q_VIEW, Q_DIG = range(8)
-QW = 8
-# queue counters Z[Z_CTR + ...]: events pending, next sequence, messages sent, free-list
+# E (int64): the queue. Slots of QW words (32 bytes): kind | aux << 8, source | destination
+#   << 32, view | digest << 32, free-list link; then the buckets' entries in chunks of CH
+#   (time bits, KS << 31 | slot; 16 bytes each), the chunks' links, and the tie heap (keys).
+Q_KA, Q_SD, Q_VD, Q_NX = range(4)
+QW = 4
+CH = 32
+CW = 2 * CH
+SLOT_MASK = (1 << 31) - 1
+# queue counters Z[Z_CTR + ...]: events pending, next sequence, messages sent, free-slot
 # head, entries of the heap at time ``last``, slots ever used, non-empty bucket mask, that
-# heap's first word in E, ``last`` (time bits), slots, handle events skipped as no-ops
+# heap's first word in E, ``last`` (time bits), slots, handle events skipped as no-ops,
+# free-chunk head, chunks ever used, first word of the chunk links, first word of the chunks
 C_HN, C_SEQ, C_MSGID, C_FREE, C_GN, C_HWM, C_MASK, C_GB, C_LAST, C_CAP, C_SKIP = range(11)
-# bytes per queue slot: the 64-byte slot line and a 16-byte row of the tie heap
-SLOT_BYTES = 80
+C_FCH, C_CHWM, C_CN, C_PB = range(11, 15)
 MAX_SEQ = (1 << 31) - 4096  # scheduled events per run (about 10**9 messages)
 
 _TWO53 = 1.0 / 9007199254740992.0
@@ -270,32 +276,29 @@ def _float(typingctx, x):
 
 
 @njit(cache=True, _nrt=False)
-def _sift_up(E, hb, i, key, slot):
-    """Insert (key, slot) into the tie heap at word ``hb`` holding ``i`` entries (a hole moves up).
+def _sift_up(E, hb, i, key):
+    """Insert ``key`` into the tie heap at word ``hb`` holding ``i`` entries (a hole moves up).
 
-    Keys are unique (a sequence number each), so the slot never decides an order.
+    Keys are unique (a sequence number each, in the high bits), so they alone give the order.
     """
     while i > 0:
         p = (i - 1) >> 2
-        pk = E[hb + 2 * p]
+        pk = E[hb + p]
         if key < pk:
-            E[hb + 2 * i] = pk
-            E[hb + 2 * i + 1] = E[hb + 2 * p + 1]
+            E[hb + i] = pk
             i = p
         else:
             break
-    E[hb + 2 * i] = key
-    E[hb + 2 * i + 1] = slot
+    E[hb + i] = key
 
 
 @njit(cache=True, _nrt=False)
 def _sift_pop(E, hb, n):
-    """Remove the root of a tie heap that now holds ``n`` entries; return the root's slot."""
-    slot0 = E[hb + 1]
+    """Remove the root of a tie heap that now holds ``n`` entries; return the root's key."""
+    key0 = E[hb]
     if n == 0:
-        return slot0
-    key = E[hb + 2 * n]
-    slot = E[hb + 2 * n + 1]
+        return key0
+    key = E[hb + n]
     i = 0
     while True:
         a = 4 * i + 1
@@ -304,17 +307,16 @@ def _sift_pop(E, hb, n):
         last = a + 4
         if last > n:
             last = n
-        ka = E[hb + 2 * a]
+        ka = E[hb + a]
         for b in range(a + 1, last):
-            kb = E[hb + 2 * b]
+            kb = E[hb + b]
             if kb < ka:
                 a = b
                 ka = kb
-        E[hb + 2 * i] = ka
-        E[hb + 2 * i + 1] = E[hb + 2 * a + 1]
+        E[hb + i] = ka
         i = a
-    _sift_up(E, hb, i, key, slot)
-    return slot0
+    _sift_up(E, hb, i, key)
+    return key0
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -335,20 +337,39 @@ def _free_slot(Z, E, s):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _rh_put(Z, E, tb, ks, slot):
-    """File ``slot`` (key (tb, ks)) into its bucket relative to ``last``."""
+def _new_chunk(Z, E):
+    c = Z[Z_CTR + C_FCH]
+    if c >= 0:
+        Z[Z_CTR + C_FCH] = E[Z[Z_CTR + C_CN] + c]
+    else:
+        c = Z[Z_CTR + C_CHWM]
+        Z[Z_CTR + C_CHWM] = c + 1
+    E[Z[Z_CTR + C_CN] + c] = -1
+    return c
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _rh_put(Z, E, tb, key):
+    """File an entry (time bits ``tb``, ``key`` = KS << 31 | slot) relative to ``last``."""
     x = tb ^ Z[Z_CTR + C_LAST]
     if x == 0:
         g = Z[Z_CTR + C_GN]
-        _sift_up(E, Z[Z_CTR + C_GB], g, ks, slot)
+        _sift_up(E, Z[Z_CTR + C_GB], g, key)
         Z[Z_CTR + C_GN] = g + 1
         return
     b = 64 - _clz(x)
-    o = slot * QW
-    E[o + Q_KT] = tb
-    E[o + Q_KS] = ks
-    E[o + Q_NX] = Z[Z_BH + b]
-    Z[Z_BH + b] = slot
+    c = Z[Z_BT + b]
+    k = Z[Z_BC + b]
+    if k == CH:  # the tail chunk is full: link a new one
+        nc = _new_chunk(Z, E)
+        E[Z[Z_CTR + C_CN] + c] = nc
+        Z[Z_BT + b] = nc
+        c = nc
+        k = 0
+    o = Z[Z_CTR + C_PB] + c * CW + 2 * k
+    E[o] = tb
+    E[o + 1] = key
+    Z[Z_BC + b] = k + 1
     if tb < Z[Z_BMIN + b]:
         Z[Z_BMIN + b] = tb
     Z[Z_CTR + C_MASK] |= np.int64(1) << (b - 1)
@@ -359,7 +380,7 @@ def _push(Z, E, t, slot, handle):
     s = Z[Z_CTR + C_SEQ]
     Z[Z_CTR + C_SEQ] = s + 1
     Z[Z_CTR + C_HN] += 1
-    _rh_put(Z, E, _bits(t), (s << 1) | handle, slot)
+    _rh_put(Z, E, _bits(t), (((s << 1) | handle) << 31) | slot)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -368,35 +389,47 @@ def _schedule(Z, E, t, mkind, src, dst, view, dig, aux):
     slot = _new_slot(Z, E)
     o = slot * QW
     E[o + Q_KA] = mkind | (np.int64(aux) << 8)
-    E[o + Q_SRC] = src
-    E[o + Q_DST] = dst
-    E[o + Q_VIEW] = view
-    E[o + Q_DIG] = dig
+    E[o + Q_SD] = src | (np.int64(dst) << 32)
+    E[o + Q_VD] = view | (np.int64(dig) << 32)
     _push(Z, E, t, slot, 0)
+
+
+@njit(cache=True, _nrt=False)
+def _spill(Z, E, b):
+    """Empty bucket ``b``: its least time becomes ``last``, its entries move to lower buckets
+    or to the tie heap (chunk by chunk, in order; each chunk is freed once read)."""
+    Z[Z_CTR + C_MASK] &= ~(np.int64(1) << (b - 1))
+    Z[Z_CTR + C_LAST] = Z[Z_BMIN + b]
+    Z[Z_BMIN + b] = np.int64(0x7FFFFFFFFFFFFFFF)
+    c = b  # a bucket's first chunk is its own (chunk b), never freed
+    tail = Z[Z_BT + b]
+    m = Z[Z_BC + b]
+    Z[Z_BT + b] = b
+    Z[Z_BC + b] = 0
+    cn, pb = Z[Z_CTR + C_CN], Z[Z_CTR + C_PB]
+    while c >= 0:  # entries go to lower buckets only: chunk b can be refilled after it is read
+        o = pb + c * CW
+        k = CH if c != tail else m
+        for j in range(k):
+            _rh_put(Z, E, E[o + 2 * j], E[o + 2 * j + 1])
+        nx = E[cn + c]
+        E[cn + c] = -1
+        if c >= 64:
+            E[cn + c] = Z[Z_CTR + C_FCH]
+            Z[Z_CTR + C_FCH] = c
+        c = nx
 
 
 @njit(cache=True, _nrt=False)
 def _next(Z, E):
     """Pop the earliest pending event: (time, slot, is a handle event)."""
-    if Z[Z_CTR + C_GN] == 0:  # move the first non-empty bucket down, its minimum becomes ``last``
-        b = _ctz(Z[Z_CTR + C_MASK]) + 1
-        Z[Z_CTR + C_MASK] &= ~(np.int64(1) << (b - 1))
-        Z[Z_CTR + C_LAST] = Z[Z_BMIN + b]
-        Z[Z_BMIN + b] = np.int64(0x7FFFFFFFFFFFFFFF)
-        s = Z[Z_BH + b]
-        Z[Z_BH + b] = -1
-        while s >= 0:
-            o = s * QW
-            nx = E[o + Q_NX]
-            _rh_put(Z, E, E[o + Q_KT], E[o + Q_KS], s)
-            s = nx
+    if Z[Z_CTR + C_GN] == 0:
+        _spill(Z, E, _ctz(Z[Z_CTR + C_MASK]) + 1)
     g = Z[Z_CTR + C_GN] - 1
     Z[Z_CTR + C_GN] = g
-    hb = Z[Z_CTR + C_GB]
-    ks = E[hb]
-    slot = _sift_pop(E, hb, g)
+    key = _sift_pop(E, Z[Z_CTR + C_GB], g)
     Z[Z_CTR + C_HN] -= 1
-    return _float(Z[Z_CTR + C_LAST]), slot, (ks & 1) == 1
+    return _float(Z[Z_CTR + C_LAST]), key & SLOT_MASK, ((key >> 31) & 1) == 1
 
 
 # ----------------------------------------------------------------------------- sizes and costs
@@ -450,7 +483,10 @@ def _send(Z, F, E, src, dst, mkind, view, dig, aux, t0):
     u = uniform01(Z[I_SEED], k)
     Z[Z_CNT + mkind] += 1
     F[F_BY + mkind] += size
-    lat = link_latency(Z[I_LAT], F[P_LAT_MEAN], F[P_LAT_SHAPE], u)
+    if Z[I_LAT] == LAT_PARETO:  # link_latency with its scale and exponent computed once per run
+        lat = F[F_XM] * math.pow(u, F[F_XM + 1])
+    else:
+        lat = link_latency(Z[I_LAT], F[P_LAT_MEAN], F[P_LAT_SHAPE], u)
     _schedule(Z, E, done + lat, mkind, src, dst, view, dig, aux)
 
 
@@ -846,7 +882,7 @@ def _arrive(Z, F, E, t, slot, mk, dst, aux):
     F[e + R_DOWN] = done
     c = _fmax(done, F[e + R_CPU]) + F[r + 1]
     F[e + R_CPU] = c
-    if _is_noop(Z, F, mk, dst, E[slot * QW + Q_VIEW], aux):
+    if _is_noop(Z, F, mk, dst, E[slot * QW + Q_VD] & 0xFFFFFFFF, aux):
         # the handle event would have taken this sequence number: keeping it leaves every
         # other event's (time, sequence) key, hence the order, exactly as without the skip
         Z[Z_CTR + C_SEQ] += 1
@@ -871,13 +907,15 @@ def _event_loop(Z, W, F, E):
         ka = E[o + Q_KA]
         mk = ka & 255
         aux = ka >> 8
-        i = E[o + Q_DST]
+        sd = E[o + Q_SD]
+        i = sd >> 32
         if not handle and mk != M_TIMER:
             _arrive(Z, F, E, t, slot, mk, i, aux)
             continue
-        src = E[o + Q_SRC]
-        w = E[o + Q_VIEW]
-        d = E[o + Q_DIG]
+        src = sd & 0xFFFFFFFF
+        vd = E[o + Q_VD]
+        w = vd & 0xFFFFFFFF
+        d = vd >> 32
         _free_slot(Z, E, slot)
         if mk == M_TIMER:
             b = _nb(i)
@@ -898,27 +936,46 @@ def _event_loop(Z, W, F, E):
 
 # ----------------------------------------------------------------------------- the kernel
 @njit(cache=True)
-def _make_queue(cap):
-    """A 64-byte aligned int64 array: ``cap`` slots of QW words, then the tie heap.
+def _layout(cap):
+    """Word offsets in E for ``cap`` slots: (chunks, their pool's first word, links, tie heap, length)."""
+    nch = cap // CH + 130  # 64 buckets' own chunks, full chunks, partial tails, one being spilled
+    pb = (QW * cap + 7) // 8 * 8  # chunks on 64-byte lines
+    cn = pb + CW * nch
+    gb = (cn + nch + 7) // 4 * 4 + 3  # = 3 (mod 4): a heap node's 4 children share a line
+    return nch, pb, cn, gb, gb + cap + 8
 
-    Returns (E, the heap's first word); heap entry j sits at words hb + 2 j, hb + 2 j + 1,
-    so the four children 4 j + 1 .. 4 j + 4 of entry j share one 64-byte line.
-    """
-    buf = np.empty(QW * cap + 2 * cap + 32, np.int64)
+
+def queue_bytes(cap: int) -> int:
+    """Bytes of the queue array for ``cap`` slots (56 per slot plus 520 per chunk of 32)."""
+    return 8 * (_layout(cap)[4] + 8)
+
+
+@njit(cache=True)
+def _make_queue(Z, cap):
+    """A 64-byte aligned int64 array for ``cap`` slots; its offsets go to the counters."""
+    _, pb, cn, gb, size = _layout(cap)
+    buf = np.empty(size + 8, np.int64)
     o = ((64 - buf.ctypes.data % 64) % 64) // 8
-    return buf[o:], QW * cap + 6
+    Z[Z_CTR + C_CAP] = cap
+    Z[Z_CTR + C_PB] = pb
+    Z[Z_CTR + C_CN] = cn
+    Z[Z_CTR + C_GB] = gb
+    E = buf[o:]
+    E[cn : cn + 64] = -1  # the buckets' own chunks link nothing yet
+    return E
 
 
 @njit(cache=True)
 def _grow(Z, E):
-    """Twice the slots; live slots and the tie heap copied over (the free list stays valid)."""
+    """Twice the slots; live slots, chunks, links and the tie heap copied over (lists stay valid)."""
     cap = Z[Z_CTR + C_CAP]
-    R, hb = _make_queue(2 * cap)
+    nch, pb, cn, gb, _ = _layout(cap)
+    R = _make_queue(Z, 2 * cap)
+    pb2, cn2, gb2, gn = Z[Z_CTR + C_PB], Z[Z_CTR + C_CN], Z[Z_CTR + C_GB], Z[Z_CTR + C_GN]
     R[: QW * cap] = E[: QW * cap]
-    gn, gb = Z[Z_CTR + C_GN], Z[Z_CTR + C_GB]
-    R[hb : hb + 2 * gn] = E[gb : gb + 2 * gn]
-    Z[Z_CTR + C_GB] = hb
-    Z[Z_CTR + C_CAP] = 2 * cap
+    R[pb2 : pb2 + CW * nch] = E[pb : pb + CW * nch]
+    R[cn2 : cn2 + nch] = E[cn : cn + nch]
+    R[gb2 : gb2 + gn] = E[gb : gb + gn]
     return R
 
 
@@ -934,8 +991,10 @@ def _init_state(IP, P, SPB, fault):
     Z = np.zeros(Z_NODE + n * NS, np.int64)
     Z[:N_IPARAMS] = IP
     Z[Z_CTR + C_FREE] = -1
-    Z[Z_BH : Z_BH + 64] = -1
     Z[Z_BMIN : Z_BMIN + 64] = 0x7FFFFFFFFFFFFFFF
+    Z[Z_BT : Z_BT + 64] = np.arange(64)  # bucket b's first chunk is chunk b
+    Z[Z_CTR + C_FCH] = -1
+    Z[Z_CTR + C_CHWM] = 64
     for i in range(n):
         b = _nb(i)
         for k in (S_ACCD, S_PREPD, S_COMD, S_PCV, S_PCD, S_ALTD, S_NVD, S_REPD):
@@ -953,6 +1012,8 @@ def _init_state(IP, P, SPB, fault):
     F[F_PT : F_PT + N_PHASES] = np.nan
     F[F_CL] = -1.0
     F[F_CL + 1] = np.nan
+    F[F_XM] = P[P_LAT_MEAN] * (P[P_LAT_SHAPE] - 1.0) / P[P_LAT_SHAPE]  # the same operations as
+    F[F_XM + 1] = -1.0 / P[P_LAT_SHAPE]  # in link_latency: the same bits
     for e in range(E):
         F[_eb(e) + R_SUP] = SPB[e, 0]
         F[_eb(e) + R_SDOWN] = SPB[e, 1]
@@ -977,9 +1038,7 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
     n, U = IP[I_N], IP[I_U]
     Z, W, F = _init_state(IP, P, SPB, fault)
     cap = n * U + 2 * n * (n - 1) + 4 * n + 64  # = queue_slots(n, U)
-    E, hb = _make_queue(cap)
-    Z[Z_CTR + C_GB] = hb
-    Z[Z_CTR + C_CAP] = cap
+    E = _make_queue(Z, cap)
 
     # edge servers sign their update and send it to every node, primary first
     for e in range(U):

@@ -129,6 +129,27 @@ def test_kernel_equals_reference_n100():
     _same(simulate_pbft(100, 3, **kw), simulate_ref(100, 3, **kw))
 
 
+@pytest.mark.parametrize(
+    "n, U, kw",
+    [
+        # zero costs, constant latency: skipped prepares, commits and replies tie with live events
+        (10, 2, dict(faulty=[0], fault="equivocate", network=IDEAL)),
+        (13, 0, dict(faulty=[1, 5], network=IDEAL)),
+        # many late prepares and commits (a third of each), replies after acceptance, with a
+        # view change: a skipped event's handle time is the phase's last (phase_time_s)
+        (31, 3, dict(faulty=[0, 7], leader_faulty=True, seed=11)),
+        # HotStuff votes of a phase whose certificate is already out
+        (31, 2, dict(protocol="hotstuff", faulty=[4], fault="equivocate", seed=2)),
+    ],
+)
+def test_skipped_noop_handle_events_change_nothing(n, U, kw):
+    # the kernel drops the handle event of a message that is a no-op at arrival (it keeps
+    # the message's downlink and CPU time, its handle time and its sequence number);
+    # the reference handles every message, so any effect of the skip shows here
+    kw.setdefault("network", DEFAULT_NET)
+    _same(simulate_pbft(n, U, **kw), simulate_ref(n, U, **kw))
+
+
 def test_byte_totals_by_hand_n4():
     # n = 4, f = 1, q = 3, one update of 1000 bytes, headers of 256 bytes
     H, upd = 256.0, 1000.0
@@ -452,7 +473,12 @@ def test_memory_refused_upfront_on_both_paths(monkeypatch):
 def test_kernel_bytes_grows_as_n_squared_times_views():
     from mcsl_core.consensus._api import kernel_bytes
 
-    # 33 bytes per node and view, 64 per queue slot (2 n (n - 1) + n U + 4 n + 64 slots)
-    assert kernel_bytes(4, 1, 3) == 33 * 4 * 3 + 64 * (4 + 24 + 16 + 64) + 232 * 4 + 40 * 6
+    # the queue: 32-byte records and 8-byte tie-heap keys per slot, 520 bytes per chunk of 32
+    # bucket entries (cap // 32 + 130 chunks), at most 320 bytes of padding and alignment
+    for cap in (108, 1000, 12345, 18_027_064):
+        exact = 40 * cap + 520 * (cap // 32 + 130)
+        assert exact <= _sim.queue_bytes(cap) <= exact + 320
+    # 36 bytes per node and view, 2 n (n - 1) + n U + 4 n + 64 queue slots
+    assert kernel_bytes(4, 1, 3) == 36 * 4 * 3 + _sim.queue_bytes(4 + 24 + 16 + 64) + 232 * 4 + 80 * 6 + 4096
     big = kernel_bytes(3000, 10, fault_tolerance(3000) + 2)
     assert 1.0 * 2**30 < big < 1.25 * 2**30  # the old (f + 2, n, n) tables alone needed 81 GB
