@@ -50,15 +50,27 @@ time stamp exactly.
 Pending events (arrivals, handle events, timers alike) sit in one radix heap on the
 float64 time bits (a non-negative double's IEEE bits order like the double as uint64):
 with ``last`` the time of the last popped event, an event whose time bits first differ
-from ``last``'s at bit ``b - 1`` sits in the linked list of bucket ``b`` (1..63, a bit
-mask marks the non-empty ones, each keeps its least time); events at time ``last``
-sit in a small 4-ary heap ordered by ``sequence``, which gives the exact tie-break.
-When that heap is empty, the first non-empty bucket's least time becomes ``last`` and
-its events move to lower buckets or to the heap. This is valid because no event is
-scheduled before the current time. It replaced a 4-ary heap of arrivals plus
-per-receiver FIFO lists of handle events: 1.3x faster per message at n = 100 and 1.04x
-at n = 1,000, but 1.26x slower at n = 3,000, where the bucket moves miss the cache
-(``docs/consensus.md``, "which queue wins").
+from ``last``'s at bit ``b - 1`` sits in bucket ``b`` (1..63, a bit mask marks the
+non-empty ones, each keeps its least time); events at time ``last`` sit in a small
+4-ary heap of keys ``sequence << 1 | handle``, which gives the exact tie-break. When
+that heap is empty, the first non-empty bucket's least time becomes ``last`` and its
+entries move to lower buckets or to the heap. This is valid because no event is
+scheduled before the current time. A bucket is a list of chunks of 32 contiguous
+16-byte entries (time bits, key << 31 | slot), its first chunk its own: an event moves
+about 6-9 times at n = 100..1,000, and each move reads and appends contiguous memory
+instead of chasing a link into the event's record (``docs/consensus.md``, "which queue
+wins").
+
+No-op handle events are not queued. Node state within a view only moves forward
+(prepared and committed stay set until a node enters a higher view, views only grow,
+older-view messages are ignored, the client's acceptance and a HotStuff leader's phase
+never go back), so a message that is a no-op when it arrives is one when it would be
+handled: a prepare (commit) of a view the node has left or in which it has already
+prepared (committed), a reply after the client accepted, a HotStuff vote of a phase
+that is over. Such a message still takes the receiver's downlink and CPU, its handle
+time still counts in the phase's last handle time (a max, recorded at arrival), and it
+still consumes the sequence number its handle event would have had, so every other
+event keeps its ``(time, sequence)`` key and the run is the same event for event.
 
 Memory (``_api.kernel_bytes``): votes are counted, not stored. In this fault model
 every sender sends each kind at most once per view to each receiver (honest and
@@ -67,12 +79,16 @@ so a receiver needs, per view, only how many prepares and commits it got for eac
 digest; and in view ``v`` the only digests are the primary's proposal and the forged
 ``v + 1`` (a backup accepts only the pre-prepare the new-view certificate names, the
 proposal of view ``v`` is 0 or a digest prepared in an earlier view, so ``<= v``), two
-counters per kind. Per node and view: 2 x 2 int32 counters, the pre-prepare digest, the
-view-change count, the best certificate (view, digest) and a sent flag: 33 bytes. The
-queue holds at most ``n U + 2 n (n - 1) + 4 n + 64`` events before it grows (every
-message of two broadcast rounds in flight), 64 bytes each. Total
-``33 n V + 64 (n U + 2 n (n - 1) + 4 n + 64) + 232 n + 40 (n + 1 + U)`` bytes (V views:
-f + 2 for PBFT by default, 1 otherwise); the queue's pages are touched only as used.
+counters per kind. Per view and node: 2 x 2 int32 counters, the pre-prepare digest, the
+view-change count, the best certificate (view, digest) and a sent flag, 36 bytes in
+``W[v, i]`` (one view's rows are contiguous). The queue holds at most ``n U + 2 n (n -
+1) + 4 n + 64`` events before it grows (every message of two broadcast rounds in
+flight), about 56 bytes each (``queue_bytes``: a 32-byte record, a 16-byte bucket entry,
+an 8-byte tie-heap key). Total ``36 n V + queue_bytes(slots) + 232 n + 80 (n + 1 + U) +
+4096`` bytes (V views: f + 2 for PBFT by default, 1 otherwise); the queue's pages are
+touched only as used. The state is four flat arrays (``Z``, ``W``, ``F``, ``E`` below,
+offsets named by the constants), so a helper call passes four array structs (numba
+passes each by value, about 8 words) where tuples of 31 arrays were passed before.
 
 The wrapper (``_api.simulate_pbft``) validates, checks the memory and allocates the
 outputs; the event loop and its helpers are compiled with ``_nrt=False``: they create
