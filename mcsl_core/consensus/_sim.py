@@ -365,29 +365,44 @@ def _new_chunk(Z, E):
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def _bucket_add(Z, E, pb, b, tb, key):
+    """Append (tb, key) to bucket ``b`` (chunks from word ``pb`` of E) and lower its least time.
+
+    Indices are cast to uint64 here and in the spill loop: they are never negative, and
+    numba emits no negative-index wraparound for unsigned indices.
+    """
+    c = Z[np.uint64(Z_BT + b)]
+    k = Z[np.uint64(Z_BC + b)]
+    if k == CH:  # the tail chunk is full: link a new one
+        nc = _new_chunk(Z, E)
+        E[np.uint64(Z[Z_CTR + C_CN] + c)] = nc
+        Z[np.uint64(Z_BT + b)] = nc
+        c = nc
+        k = 0
+    o = np.uint64(pb + c * CW + 2 * k)
+    E[o] = tb
+    E[o + np.uint64(1)] = key
+    Z[np.uint64(Z_BC + b)] = k + 1
+    if tb < Z[np.uint64(Z_BMIN + b)]:
+        Z[np.uint64(Z_BMIN + b)] = tb
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _heap_add(Z, E, key):
+    g = Z[Z_CTR + C_GN]
+    _sift_up(E, Z[Z_CTR + C_GB], g, key)
+    Z[Z_CTR + C_GN] = g + 1
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _rh_put(Z, E, tb, key):
     """File an entry (time bits ``tb``, ``key`` = KS << 31 | slot) relative to ``last``."""
     x = tb ^ Z[Z_CTR + C_LAST]
     if x == 0:
-        g = Z[Z_CTR + C_GN]
-        _sift_up(E, Z[Z_CTR + C_GB], g, key)
-        Z[Z_CTR + C_GN] = g + 1
+        _heap_add(Z, E, key)
         return
     b = 64 - _clz(x)
-    c = Z[Z_BT + b]
-    k = Z[Z_BC + b]
-    if k == CH:  # the tail chunk is full: link a new one
-        nc = _new_chunk(Z, E)
-        E[Z[Z_CTR + C_CN] + c] = nc
-        Z[Z_BT + b] = nc
-        c = nc
-        k = 0
-    o = Z[Z_CTR + C_PB] + c * CW + 2 * k
-    E[o] = tb
-    E[o + 1] = key
-    Z[Z_BC + b] = k + 1
-    if tb < Z[Z_BMIN + b]:
-        Z[Z_BMIN + b] = tb
+    _bucket_add(Z, E, Z[Z_CTR + C_PB], b, tb, key)
     Z[Z_CTR + C_MASK] |= np.int64(1) << (b - 1)
 
 
@@ -422,18 +437,28 @@ def _spill(Z, E, b):
     m = Z[Z_BC + b]
     Z[Z_BT + b] = b
     Z[Z_BC + b] = 0
-    cn, pb = Z[Z_CTR + C_CN], Z[Z_CTR + C_PB]
+    cn, pb, last = Z[Z_CTR + C_CN], Z[Z_CTR + C_PB], Z[Z_CTR + C_LAST]
+    mask = np.int64(0)
     while c >= 0:  # entries go to lower buckets only: chunk b can be refilled after it is read
         o = pb + c * CW
         k = CH if c != tail else m
         for j in range(k):
-            _rh_put(Z, E, E[o + 2 * j], E[o + 2 * j + 1])
+            tb = E[np.uint64(o + 2 * j)]
+            key = E[np.uint64(o + 2 * j + 1)]
+            x = tb ^ last
+            if x == 0:
+                _heap_add(Z, E, key)
+            else:
+                bb = 64 - _clz(x)
+                _bucket_add(Z, E, pb, bb, tb, key)
+                mask |= np.int64(1) << (bb - 1)
         nx = E[cn + c]
         E[cn + c] = -1
         if c >= 64:
             E[cn + c] = Z[Z_CTR + C_FCH]
             Z[Z_CTR + C_FCH] = c
         c = nx
+    Z[Z_CTR + C_MASK] |= mask
 
 
 @njit(cache=True, _nrt=False)
