@@ -1077,8 +1077,18 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
     client : float64[2] (accepted digest or -1, acceptance time or NaN).
     """
     n, U = IP[I_N], IP[I_U]
-    Z, W, F = _init_state(IP, P, SPB, fault)
     cap = n * U + 2 * n * (n - 1) + 4 * n + 64  # = queue_slots(n, U)
+    return run_block_cap(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client, cap)
+
+
+@njit(cache=True)
+def run_block_cap(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client, cap):
+    """``run_block`` with a queue of ``cap`` slots to start with (at least ``n (U + 2) + 64``:
+    the submissions, timers and a first proposal are scheduled before the loop checks room);
+    the results do not depend on ``cap`` (tests grow the queue from a small one)."""
+
+    n, U = IP[I_N], IP[I_U]
+    Z, W, F = _init_state(IP, P, SPB, fault)
     E = _make_queue(Z, cap)
 
     # edge servers sign their update and send it to every node, primary first

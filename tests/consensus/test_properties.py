@@ -153,6 +153,41 @@ def test_skipped_noop_handle_events_change_nothing(n, U, kw):
     _same(simulate_pbft(n, U, **kw), simulate_ref(n, U, **kw))
 
 
+@pytest.mark.parametrize(
+    "n, U, kw",
+    [
+        (13, 3, dict(faulty=[0, 5], leader_faulty=True, seed=4)),  # view changes in flight
+        (10, 2, dict(faulty=[0], fault="equivocate", network=IDEAL)),  # ties in the tie heap
+        (31, 1, dict(faulty=[3], fault="equivocate", seed=9)),
+    ],
+)
+def test_queue_growth_changes_nothing(n, U, kw):
+    # starting from n (U + 2) + 64 slots the queue doubles several times (a broadcast
+    # round alone is n (n - 1) events); slots, bucket chunks, their links and the tie
+    # heap must all move over intact, so every output equals the default-size run's
+    from mcsl_core.consensus._api import _entity_spb, build_inputs, fault_mask
+
+    net = kw.pop("network", DEFAULT_NET)
+    mask = fault_mask(n, kw.pop("faulty", 0), kw.pop("leader_faulty", False))
+    code = _sim.EQUIVOCATE if kw.pop("fault", "silent") == "equivocate" else _sim.SILENT
+    proto = kw.pop("protocol", "pbft")
+    IP, P, fcode = build_inputs(n, U, 300_000, net, mask * code, proto, "updates", kw.pop("seed", 0), None)
+    spb = _entity_spb(n, U, net)
+
+    runs = []
+    for cap in (None, n * (U + 2) + 64):
+        out = [np.zeros(9, np.int64), np.zeros(9), np.zeros(9), np.zeros(n, np.int64), np.zeros(n)]
+        out += [np.zeros((n, 2), np.int64), np.zeros(2)]
+        if cap is None:
+            sent = _sim.run_block(IP, P, spb, fcode, *out)
+        else:
+            sent = _sim.run_block_cap(IP, P, spb, fcode, *out, cap)
+        runs.append((sent, out))
+    assert runs[0][0] == runs[1][0] > 2 * (n * (U + 2) + 64)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_byte_totals_by_hand_n4():
     # n = 4, f = 1, q = 3, one update of 1000 bytes, headers of 256 bytes
     H, upd = 256.0, 1000.0
