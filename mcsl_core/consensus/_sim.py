@@ -161,10 +161,9 @@ N_IPARAMS = 9
 NS = 24
 
 # The kernel's whole state is four flat arrays, so a helper call passes four array
-# structs (numba passes each array by value, about 8 words) instead of 30:
-# Z (int64): IP, per-phase message counts, queue counters, buckets' least times, tail chunks
-#   and tail fill,
-#   then NS words per node (the client's view of node i's reply is S_REPD);
+# structs (numba passes each array by value, about 8 words) instead of 31:
+# Z (int64): IP, per-phase message counts, queue counters, per bucket its least time, tail
+#   chunk and tail fill, then NS words per node (S_REPD: the node's reply the client holds);
 Z_CNT, Z_CTR, Z_BMIN, Z_BT, Z_BC, Z_NODE = 16, 32, 64, 128, 192, 256
 # F (float64): P, the (size, cost) table, per-phase last handle time and bytes, the
 #   client (accepted digest, time), the Pareto scale and exponent, then FS words per entity
@@ -252,7 +251,7 @@ def _eb(e):
 # ----------------------------------------------------------------------------- radix heap
 # Every pending event (arrival, handle, timer) is one slot: its key is (time bits, KS) with
 # KS = sequence << 1 | handle flag. Slots whose time bits differ from ``last`` (the time of
-# the last popped event) first at bit b - 1 sit in the linked list of bucket b (1..63);
+# the last popped event) first at bit b - 1 sit in bucket b (1..63, chunks of entries);
 # slots at time ``last`` sit in a small heap ordered by KS. Inserted times are never
 # below ``last`` (no event is scheduled in the past), which is what a radix heap needs.
 @intrinsic
