@@ -195,16 +195,17 @@ def _entity_spb(n: int, U: int, network: NetworkModel) -> np.ndarray:
 def kernel_bytes(n: int, U: int, V: int) -> int:
     """Bytes one ``run_block`` allocates for ``n`` nodes, ``U`` updates and ``V`` views.
 
-    ``33 n V`` (per node and view: prepare and commit counters for two digests, int32;
-    pre-prepare digest, view-change count, best certificate view and digest, int32; a
-    sent flag) ``+ 64 (n U + 2 n (n - 1) + 4 n + 64)`` (queue slots, 64 bytes each:
-    every message of two broadcast rounds in flight) ``+ 232 n`` (node state, client
-    replies, outputs; an upper bound) ``+ 40 (n + 1 + U)`` (link and CPU clocks,
-    seconds per byte). ``V = f + 2`` for PBFT by default (``max_views``), 1 otherwise. The
-    queue doubles if more events are pending at once (many views in flight).
+    ``36 n V`` (per view and node, int32: prepare and commit counters for two digests,
+    the pre-prepare digest, view changes received, best certificate view and digest, a
+    sent flag) ``+ queue_bytes(n U + 2 n (n - 1) + 4 n + 64)`` (every message of two
+    broadcast rounds in flight; about 56.3 bytes a slot: a 32-byte record, a 16-byte
+    bucket entry in chunks of 32, an 8-byte tie-heap key, plus 68 KB) ``+ 232 n`` (node
+    state, fault codes, outputs) ``+ 80 (n + 1 + U)`` (per entity: link and CPU clocks,
+    seconds per byte) ``+ 4096`` (counters, parameters, alignment). ``V = f + 2`` for PBFT
+    by default (``max_views``), 1 otherwise. The queue doubles if more events are
+    pending at once (many views in flight); its pages are touched only as used.
     """
-    slots = _sim.queue_slots(n, U)
-    return 33 * n * V + _sim.SLOT_BYTES * slots + 232 * n + 40 * (n + 1 + U)
+    return 36 * n * V + _sim.queue_bytes(_sim.queue_slots(n, U)) + 232 * n + 80 * (n + 1 + U) + 4096
 
 
 def _check_fits(n: int, U: int, V: int, where: str = "", have: int | None = None) -> int:

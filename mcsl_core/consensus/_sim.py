@@ -50,15 +50,27 @@ time stamp exactly.
 Pending events (arrivals, handle events, timers alike) sit in one radix heap on the
 float64 time bits (a non-negative double's IEEE bits order like the double as uint64):
 with ``last`` the time of the last popped event, an event whose time bits first differ
-from ``last``'s at bit ``b - 1`` sits in the linked list of bucket ``b`` (1..63, a bit
-mask marks the non-empty ones, each keeps its least time); events at time ``last``
-sit in a small 4-ary heap ordered by ``sequence``, which gives the exact tie-break.
-When that heap is empty, the first non-empty bucket's least time becomes ``last`` and
-its events move to lower buckets or to the heap. This is valid because no event is
-scheduled before the current time. It replaced a 4-ary heap of arrivals plus
-per-receiver FIFO lists of handle events: 1.3x faster per message at n = 100 and 1.04x
-at n = 1,000, but 1.26x slower at n = 3,000, where the bucket moves miss the cache
-(``docs/consensus.md``, "which queue wins").
+from ``last``'s at bit ``b - 1`` sits in bucket ``b`` (1..63, a bit mask marks the
+non-empty ones, each keeps its least time); events at time ``last`` sit in a small
+4-ary heap of keys ``sequence << 1 | handle``, which gives the exact tie-break. When
+that heap is empty, the first non-empty bucket's least time becomes ``last`` and its
+entries move to lower buckets or to the heap. This is valid because no event is
+scheduled before the current time. A bucket is a list of chunks of 32 contiguous
+16-byte entries (time bits, key << 31 | slot), its first chunk its own: an event moves
+about 6-9 times at n = 100..1,000, and each move reads and appends contiguous memory
+instead of chasing a link into the event's record (``docs/consensus.md``, "which queue
+wins").
+
+No-op handle events are not queued. Node state within a view only moves forward
+(prepared and committed stay set until a node enters a higher view, views only grow,
+older-view messages are ignored, the client's acceptance and a HotStuff leader's phase
+never go back), so a message that is a no-op when it arrives is one when it would be
+handled: a prepare (commit) of a view the node has left or in which it has already
+prepared (committed), a reply after the client accepted, a HotStuff vote of a phase
+that is over. Such a message still takes the receiver's downlink and CPU, its handle
+time still counts in the phase's last handle time (a max, recorded at arrival), and it
+still consumes the sequence number its handle event would have had, so every other
+event keeps its ``(time, sequence)`` key and the run is the same event for event.
 
 Memory (``_api.kernel_bytes``): votes are counted, not stored. In this fault model
 every sender sends each kind at most once per view to each receiver (honest and
@@ -67,12 +79,16 @@ so a receiver needs, per view, only how many prepares and commits it got for eac
 digest; and in view ``v`` the only digests are the primary's proposal and the forged
 ``v + 1`` (a backup accepts only the pre-prepare the new-view certificate names, the
 proposal of view ``v`` is 0 or a digest prepared in an earlier view, so ``<= v``), two
-counters per kind. Per node and view: 2 x 2 int32 counters, the pre-prepare digest, the
-view-change count, the best certificate (view, digest) and a sent flag: 33 bytes. The
-queue holds at most ``n U + 2 n (n - 1) + 4 n + 64`` events before it grows (every
-message of two broadcast rounds in flight), 64 bytes each. Total
-``33 n V + 64 (n U + 2 n (n - 1) + 4 n + 64) + 232 n + 40 (n + 1 + U)`` bytes (V views:
-f + 2 for PBFT by default, 1 otherwise); the queue's pages are touched only as used.
+counters per kind. Per view and node: 2 x 2 int32 counters, the pre-prepare digest, the
+view-change count, the best certificate (view, digest) and a sent flag, 36 bytes in
+``W[v, i]`` (one view's rows are contiguous). The queue holds at most ``n U + 2 n (n -
+1) + 4 n + 64`` events before it grows (every message of two broadcast rounds in
+flight), about 56 bytes each (``queue_bytes``: a 32-byte record, a 16-byte bucket entry,
+an 8-byte tie-heap key). Total ``36 n V + queue_bytes(slots) + 232 n + 80 (n + 1 + U) +
+4096`` bytes (V views: f + 2 for PBFT by default, 1 otherwise); the queue's pages are
+touched only as used. The state is four flat arrays (``Z``, ``W``, ``F``, ``E`` below,
+offsets named by the constants), so a helper call passes four array structs (numba
+passes each by value, about 8 words) where tuples of 31 arrays were passed before.
 
 The wrapper (``_api.simulate_pbft``) validates, checks the memory and allocates the
 outputs; the event loop and its helpers are compiled with ``_nrt=False``: they create
@@ -108,14 +124,14 @@ PROTO_PBFT, PROTO_PAPER, PROTO_HOTSTUFF = 0, 1, 2
 LAT_CONSTANT, LAT_EXPONENTIAL, LAT_PARETO = 0, 1, 2
 HONEST, SILENT, EQUIVOCATE = 0, 1, 2
 
-# float parameters P[...]
+# float parameters P[...] (also the first words of the float state F)
 P_PROC, P_SIGN, P_VERIFY, P_HASH_PB, P_LAT_MEAN, P_LAT_SHAPE, P_TBASE, P_HEADER, P_UPD = range(9)
 N_PARAMS = 9
-# int parameters IP[...]
+# int parameters IP[...] (also the first words of the int state Z)
 I_N, I_U, I_V, I_PROTO, I_DIGESTS, I_LAT, I_SEED, I_F, I_Q = range(9)
 N_IPARAMS = 9
 
-# node state columns
+# node state words (NS per node in Z)
 (
     S_VIEW,
     S_ACTIVE,
@@ -140,19 +156,39 @@ N_IPARAMS = 9
     S_ALTD,
     S_MAXINST,
     S_NVD,
-) = range(23)
-N_STATE = 23
+    S_REPD,
+) = range(24)
+NS = 24
 
-# event record columns (int32): message kind, source, destination, view, digest, aux
-E_KIND, E_SRC, E_DST, E_VIEW, E_DIG, E_AUX = range(6)
-N_EV = 6
-# queue counters: events pending, next sequence, messages sent, free-stack depth, rows of the
-# heap at time ``last``, slots ever used, non-empty bucket mask, that heap's base row, ``last``
-C_HN, C_SEQ, C_MSGID, C_NFREE, C_GN, C_HWM, C_MASK, C_GB, C_LAST = range(9)
-N_CTR = 9
-# bytes per queue slot: record 24, time bits 8, sequence 8, bucket link 4, free stack 4, heap row 16
-SLOT_BYTES = 64
-SLOT_BITS = 32
+# The kernel's whole state is four flat arrays, so a helper call passes four array
+# structs (numba passes each array by value, about 8 words) instead of 31:
+# Z (int64): IP, per-phase message counts, queue counters, per bucket its least time, tail
+#   chunk and tail fill, then NS words per node (S_REPD: the node's reply the client holds);
+Z_CNT, Z_CTR, Z_BMIN, Z_BT, Z_BC, Z_NODE = 16, 32, 64, 128, 192, 256
+# F (float64): P, the (size, cost) table, per-phase last handle time and bytes, the
+#   client (accepted digest, time), the Pareto scale and exponent, then FS words per entity
+#   (nodes, client, edge servers);
+F_T, F_PT, F_BY, F_CL, F_XM, F_ENT = 16, 40, 56, 72, 74, 80
+FS = 8
+R_UP, R_DOWN, R_CPU, R_SUP, R_SDOWN, R_NT = range(6)  # link / CPU free at, seconds per byte, commit time
+# W (int32, (V, n, NW)): per view and node, prepares and commits per digest slot, the
+#   pre-prepare digest, view changes received, best certificate (view, digest), sent flag;
+W_PREP, W_COM, W_PPD, W_VCC, W_BPV, W_BPD, W_SVC = 0, 2, 4, 5, 6, 7, 8
+NW = 9
+# E (int64): the queue. Slots of QW words (32 bytes): kind | aux << 8, source | destination
+#   << 32, view | digest << 32, free-list link; then the buckets' entries in chunks of CH
+#   (time bits, KS << 31 | slot; 16 bytes each), the chunks' links, and the tie heap (keys).
+Q_KA, Q_SD, Q_VD, Q_NX = range(4)
+QW = 4
+CH = 32
+CW = 2 * CH
+SLOT_MASK = (1 << 31) - 1
+# queue counters Z[Z_CTR + ...]: events pending, next sequence, messages sent, free-slot
+# head, entries of the heap at time ``last``, slots ever used, non-empty bucket mask, that
+# heap's first word in E, ``last`` (time bits), slots, handle events skipped as no-ops,
+# free-chunk head, chunks ever used, first word of the chunk links, first word of the chunks
+C_HN, C_SEQ, C_MSGID, C_FREE, C_GN, C_HWM, C_MASK, C_GB, C_LAST, C_CAP, C_SKIP = range(11)
+C_FCH, C_CHWM, C_CN, C_PB = range(11, 15)
 MAX_SEQ = (1 << 31) - 4096  # scheduled events per run (about 10**9 messages)
 
 _TWO53 = 1.0 / 9007199254740992.0
@@ -195,10 +231,27 @@ def _fmax(a, b):
     return a if a > b else b
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _fmax(a, b):
+    return a if a > b else b
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _nb(i):
+    """First word of node ``i``'s state in Z."""
+    return Z_NODE + i * NS
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _eb(e):
+    """First word of entity ``e``'s clocks in F."""
+    return F_ENT + e * FS
+
+
 # ----------------------------------------------------------------------------- radix heap
 # Every pending event (arrival, handle, timer) is one slot: its key is (time bits, KS) with
 # KS = sequence << 1 | handle flag. Slots whose time bits differ from ``last`` (the time of
-# the last popped event) first at bit b - 1 sit in the linked list of bucket b (1..63);
+# the last popped event) first at bit b - 1 sit in bucket b (1..63, chunks of entries);
 # slots at time ``last`` sit in a small heap ordered by KS. Inserted times are never
 # below ``last`` (no event is scheduled in the past), which is what a radix heap needs.
 @intrinsic
@@ -217,40 +270,50 @@ def _ctz(typingctx, x):
     return types.int64(types.int64), codegen
 
 
-@njit(cache=True, _nrt=False, inline="always")
-def _bits(Q, t):
-    Q[9][0] = t
-    return Q[10][0]
+@intrinsic
+def _bits(typingctx, x):
+    """The IEEE bits of a float64 as int64 (a bit cast)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
 
 
-@njit(cache=True, _nrt=False, inline="always")
-def _float(Q, b):
-    Q[10][0] = b
-    return Q[9][0]
+@intrinsic
+def _float(typingctx, x):
+    """The float64 whose IEEE bits are the int64 ``x``."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
 
 
 @njit(cache=True, _nrt=False)
-def _sift_up(H, base, i, tb, key):
-    """Insert (tb, key) into a heap holding ``i`` entries (a hole moves up)."""
+def _sift_up(E, hb, i, key):
+    """Insert ``key`` into the tie heap at word ``hb`` holding ``i`` entries (a hole moves up).
+
+    Keys are unique (a sequence number each, in the high bits), so they alone give the order.
+    """
     while i > 0:
         p = (i - 1) >> 2
-        pt = H[base + p, 0]
-        if tb < pt or (tb == pt and key < H[base + p, 1]):
-            H[base + i, 0] = pt
-            H[base + i, 1] = H[base + p, 1]
+        pk = E[hb + p]
+        if key < pk:
+            E[hb + i] = pk
             i = p
         else:
             break
-    H[base + i, 0] = tb
-    H[base + i, 1] = key
+    E[hb + i] = key
 
 
 @njit(cache=True, _nrt=False)
-def _sift_pop(H, base, n):
-    """Remove the root of a heap that now holds ``n`` entries; return the root's key."""
-    key0 = H[base, 1]
-    tb = H[base + n, 0]
-    key = H[base + n, 1]
+def _sift_pop(E, hb, n):
+    """Remove the root of a tie heap that now holds ``n`` entries; return the root's key."""
+    key0 = E[hb]
+    if n == 0:
+        return key0
+    key = E[hb + n]
     i = 0
     while True:
         a = 4 * i + 1
@@ -259,112 +322,154 @@ def _sift_pop(H, base, n):
         last = a + 4
         if last > n:
             last = n
-        ta = H[base + a, 0]
-        ka = H[base + a, 1]
+        ka = E[hb + a]
         for b in range(a + 1, last):
-            tt = H[base + b, 0]
-            if tt < ta or (tt == ta and H[base + b, 1] < ka):
+            kb = E[hb + b]
+            if kb < ka:
                 a = b
-                ta = tt
-                ka = H[base + b, 1]
-        H[base + i, 0] = ta
-        H[base + i, 1] = ka
+                ka = kb
+        E[hb + i] = ka
         i = a
-    _sift_up(H, base, i, tb, key)
+    _sift_up(E, hb, i, key)
     return key0
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _new_slot(Q):
-    ctr = Q[6]
-    k = ctr[C_NFREE]
-    if k > 0:
-        ctr[C_NFREE] = k - 1
-        return np.int64(Q[5][k - 1])
-    slot = ctr[C_HWM]  # pages never used are never touched
-    ctr[C_HWM] = slot + 1
-    return slot
+def _new_slot(Z, E):
+    s = Z[Z_CTR + C_FREE]
+    if s >= 0:
+        Z[Z_CTR + C_FREE] = E[s * QW + Q_NX]
+        return s
+    s = Z[Z_CTR + C_HWM]  # pages never used are never touched
+    Z[Z_CTR + C_HWM] = s + 1
+    return s
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _free_slot(Q, slot):
-    ctr = Q[6]
-    k = ctr[C_NFREE]
-    Q[5][k] = slot
-    ctr[C_NFREE] = k + 1
+def _free_slot(Z, E, s):
+    E[s * QW + Q_NX] = Z[Z_CTR + C_FREE]
+    Z[Z_CTR + C_FREE] = s
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _rh_put(Q, tb, ks, slot):
-    """File ``slot`` (key (tb, ks)) into its bucket relative to ``last``."""
-    KT, KS, NX, ctr, bh, bmin, B0 = Q[0], Q[2], Q[3], Q[6], Q[7], Q[8], Q[4]
-    x = tb ^ ctr[C_LAST]
+def _new_chunk(Z, E):
+    c = Z[Z_CTR + C_FCH]
+    if c >= 0:
+        Z[Z_CTR + C_FCH] = E[Z[Z_CTR + C_CN] + c]
+    else:
+        c = Z[Z_CTR + C_CHWM]
+        Z[Z_CTR + C_CHWM] = c + 1
+    E[Z[Z_CTR + C_CN] + c] = -1
+    return c
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _bucket_add(Z, E, pb, b, tb, key):
+    """Append (tb, key) to bucket ``b`` (chunks from word ``pb`` of E) and lower its least time.
+
+    Indices are cast to uint64 here and in the spill loop: they are never negative, and
+    numba emits no negative-index wraparound for unsigned indices.
+    """
+    c = Z[np.uint64(Z_BT + b)]
+    k = Z[np.uint64(Z_BC + b)]
+    if k == CH:  # the tail chunk is full: link a new one
+        nc = _new_chunk(Z, E)
+        E[np.uint64(Z[Z_CTR + C_CN] + c)] = nc
+        Z[np.uint64(Z_BT + b)] = nc
+        c = nc
+        k = 0
+    o = np.uint64(pb + c * CW + 2 * k)
+    E[o] = tb
+    E[o + np.uint64(1)] = key
+    Z[np.uint64(Z_BC + b)] = k + 1
+    if tb < Z[np.uint64(Z_BMIN + b)]:
+        Z[np.uint64(Z_BMIN + b)] = tb
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _heap_add(Z, E, key):
+    g = Z[Z_CTR + C_GN]
+    _sift_up(E, Z[Z_CTR + C_GB], g, key)
+    Z[Z_CTR + C_GN] = g + 1
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _rh_put(Z, E, tb, key):
+    """File an entry (time bits ``tb``, ``key`` = KS << 31 | slot) relative to ``last``."""
+    x = tb ^ Z[Z_CTR + C_LAST]
     if x == 0:
-        g = ctr[C_GN]
-        _sift_up(B0, ctr[C_GB], g, ks, slot)
-        ctr[C_GN] = g + 1
+        _heap_add(Z, E, key)
         return
     b = 64 - _clz(x)
-    KT[slot] = tb
-    KS[slot] = ks
-    NX[slot] = bh[b]
-    bh[b] = slot
-    if tb < bmin[b]:
-        bmin[b] = tb
-    ctr[C_MASK] |= np.int64(1) << (b - 1)
+    _bucket_add(Z, E, Z[Z_CTR + C_PB], b, tb, key)
+    Z[Z_CTR + C_MASK] |= np.int64(1) << (b - 1)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _push(Q, t, slot, handle):
-    ctr = Q[6]
-    s = ctr[C_SEQ]
-    ctr[C_SEQ] = s + 1
-    ctr[C_HN] += 1
-    _rh_put(Q, _bits(Q, t), (s << 1) | handle, slot)
+def _push(Z, E, t, slot, handle):
+    s = Z[Z_CTR + C_SEQ]
+    Z[Z_CTR + C_SEQ] = s + 1
+    Z[Z_CTR + C_HN] += 1
+    _rh_put(Z, E, _bits(t), (((s << 1) | handle) << 31) | slot)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _schedule(Q, t, mkind, src, dst, view, dig, aux):
-    """A new arrival or timer at time ``t``: one record, one queue entry."""
-    EI = Q[1]
-    slot = _new_slot(Q)
-    EI[slot, E_KIND] = mkind
-    EI[slot, E_SRC] = src
-    EI[slot, E_DST] = dst
-    EI[slot, E_VIEW] = view
-    EI[slot, E_DIG] = dig
-    EI[slot, E_AUX] = aux
-    _push(Q, t, slot, 0)
-
-
-@njit(cache=True, _nrt=False, inline="always")
-def _to_fifo(Q, slot, t, dst):
-    """The arrived message ``slot`` is handled by ``dst`` at ``t``: queue its handle event."""
-    _push(Q, t, slot, 1)
+def _schedule(Z, E, t, mkind, src, dst, view, dig, aux):
+    """A new arrival or timer at time ``t``: one slot, one queue entry."""
+    slot = _new_slot(Z, E)
+    o = slot * QW
+    E[o + Q_KA] = mkind | (np.int64(aux) << 8)
+    E[o + Q_SD] = src | (np.int64(dst) << 32)
+    E[o + Q_VD] = view | (np.int64(dig) << 32)
+    _push(Z, E, t, slot, 0)
 
 
 @njit(cache=True, _nrt=False)
-def _next(Q):
+def _spill(Z, E, b):
+    """Empty bucket ``b``: its least time becomes ``last``, its entries move to lower buckets
+    or to the tie heap (chunk by chunk, in order; each chunk is freed once read)."""
+    Z[Z_CTR + C_MASK] &= ~(np.int64(1) << (b - 1))
+    Z[Z_CTR + C_LAST] = Z[Z_BMIN + b]
+    Z[Z_BMIN + b] = np.int64(0x7FFFFFFFFFFFFFFF)
+    c = b  # a bucket's first chunk is its own (chunk b), never freed
+    tail = Z[Z_BT + b]
+    m = Z[Z_BC + b]
+    Z[Z_BT + b] = b
+    Z[Z_BC + b] = 0
+    cn, pb, last = Z[Z_CTR + C_CN], Z[Z_CTR + C_PB], Z[Z_CTR + C_LAST]
+    mask = np.int64(0)
+    while c >= 0:  # entries go to lower buckets only: chunk b can be refilled after it is read
+        o = pb + c * CW
+        k = CH if c != tail else m
+        for j in range(k):
+            tb = E[np.uint64(o + 2 * j)]
+            key = E[np.uint64(o + 2 * j + 1)]
+            x = tb ^ last
+            if x == 0:
+                _heap_add(Z, E, key)
+            else:
+                bb = 64 - _clz(x)
+                _bucket_add(Z, E, pb, bb, tb, key)
+                mask |= np.int64(1) << (bb - 1)
+        nx = E[cn + c]
+        E[cn + c] = -1
+        if c >= 64:
+            E[cn + c] = Z[Z_CTR + C_FCH]
+            Z[Z_CTR + C_FCH] = c
+        c = nx
+    Z[Z_CTR + C_MASK] |= mask
+
+
+@njit(cache=True, _nrt=False)
+def _next(Z, E):
     """Pop the earliest pending event: (time, slot, is a handle event)."""
-    KT, KS, NX, ctr, bh, bmin = Q[0], Q[2], Q[3], Q[6], Q[7], Q[8]
-    if ctr[C_GN] == 0:  # move the first non-empty bucket down, its minimum becomes ``last``
-        b = _ctz(ctr[C_MASK]) + 1
-        ctr[C_MASK] &= ~(np.int64(1) << (b - 1))
-        ctr[C_LAST] = bmin[b]
-        bmin[b] = np.int64(0x7FFFFFFFFFFFFFFF)
-        s = np.int64(bh[b])
-        bh[b] = -1
-        while s >= 0:
-            nx = np.int64(NX[s])
-            _rh_put(Q, KT[s], KS[s], s)
-            s = nx
-    g = ctr[C_GN] - 1
-    ctr[C_GN] = g
-    B0, gb = Q[4], ctr[C_GB]
-    ks = B0[gb, 0]
-    slot = _sift_pop(B0, gb, g)
-    ctr[C_HN] -= 1
-    return _float(Q, ctr[C_LAST]), slot, (ks & 1) == 1
+    if Z[Z_CTR + C_GN] == 0:
+        _spill(Z, E, _ctz(Z[Z_CTR + C_MASK]) + 1)
+    g = Z[Z_CTR + C_GN] - 1
+    Z[Z_CTR + C_GN] = g
+    key = _sift_pop(E, Z[Z_CTR + C_GB], g)
+    Z[Z_CTR + C_HN] -= 1
+    return _float(Z[Z_CTR + C_LAST]), key & SLOT_MASK, ((key >> 31) & 1) == 1
 
 
 # ----------------------------------------------------------------------------- sizes and costs
@@ -375,31 +480,30 @@ def _payload(IP, P):
     return IP[I_U] * P[P_UPD]
 
 
-@njit(cache=True)
-def _size_cost_table(IP, P):
-    """``T[k] = (size bytes, receiver's cost s)`` per kind; row 9: a view change with a certificate."""
-    T = np.empty((10, 2), np.float64)
+@njit(cache=True, _nrt=False)
+def _size_cost_table(IP, P, F):
+    """``F[F_T + 2 k] = size`` (bytes), ``F[F_T + 2 k + 1] = receiver's cost`` (s) per kind k;
+    row 9: a view change with a certificate."""
     H = P[P_HEADER]
     vote = P[P_PROC] + P[P_VERIFY]
     for k in range(10):
-        T[k, 0] = H
-        T[k, 1] = vote
-    T[M_SUBMIT, 0] = H + P[P_UPD]
-    T[M_SUBMIT, 1] = P[P_PROC] + P[P_VERIFY] + P[P_HASH_PB] * P[P_UPD]
+        F[F_T + 2 * k] = H
+        F[F_T + 2 * k + 1] = vote
+    F[F_T + 2 * M_SUBMIT] = H + P[P_UPD]
+    F[F_T + 2 * M_SUBMIT + 1] = P[P_PROC] + P[P_VERIFY] + P[P_HASH_PB] * P[P_UPD]
     payload = _payload(IP, P)
     nver = 1.0 if IP[I_DIGESTS] else 1.0 + IP[I_U]
-    T[M_PREPREPARE, 0] = H + payload
-    T[M_PREPREPARE, 1] = P[P_PROC] + P[P_VERIFY] * nver + P[P_HASH_PB] * payload
+    F[F_T + 2 * M_PREPREPARE] = H + payload
+    F[F_T + 2 * M_PREPREPARE + 1] = P[P_PROC] + P[P_VERIFY] * nver + P[P_HASH_PB] * payload
     q = IP[I_Q]
-    T[M_VIEWCHANGE, 0] = H * (1 + 0)
-    T[M_VIEWCHANGE, 1] = P[P_PROC] + P[P_VERIFY] * (1 + 0)
-    T[9, 0] = H * (1 + q)
-    T[9, 1] = P[P_PROC] + P[P_VERIFY] * (1 + q)
-    T[M_NEWVIEW, 0] = H * (q + 1)
-    T[M_NEWVIEW, 1] = P[P_PROC] + P[P_VERIFY] * (q + 1)
-    T[M_QC, 0] = H + 64.0 * q
-    T[M_QC, 1] = P[P_PROC] + P[P_VERIFY] * (1 + q)
-    return T
+    F[F_T + 2 * M_VIEWCHANGE] = H * (1 + 0)
+    F[F_T + 2 * M_VIEWCHANGE + 1] = P[P_PROC] + P[P_VERIFY] * (1 + 0)
+    F[F_T + 18] = H * (1 + q)
+    F[F_T + 19] = P[P_PROC] + P[P_VERIFY] * (1 + q)
+    F[F_T + 2 * M_NEWVIEW] = H * (q + 1)
+    F[F_T + 2 * M_NEWVIEW + 1] = P[P_PROC] + P[P_VERIFY] * (q + 1)
+    F[F_T + 2 * M_QC] = H + 64.0 * q
+    F[F_T + 2 * M_QC + 1] = P[P_PROC] + P[P_VERIFY] * (1 + q)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -408,37 +512,37 @@ def _row(mkind, aux):
 
 
 # ----------------------------------------------------------------------------- sending
-# K = (IP, P, T, spb, fault); O = (cnt, byt, ptime, node_t, repd, cl);
-# S = (res, st, prep, com, ppdig, vccnt, sentvc, bestpv, bestpd)
 @njit(cache=True, _nrt=False, inline="always")
-def _send(Q, K, O, S, src, dst, mkind, view, dig, aux, t0):
-    IP, P, T, spb = K[0], K[1], K[2], K[3]
-    cnt, byt, res, ctr = O[0], O[1], S[0], Q[6]
-    size = T[_row(mkind, aux), 0]
-    done = _fmax(t0, res[src, 0]) + size * spb[src, 0]
-    res[src, 0] = done
-    u = uniform01(IP[I_SEED], ctr[C_MSGID])
-    ctr[C_MSGID] += 1
-    cnt[mkind] += 1
-    byt[mkind] += size
-    _schedule(
-        Q, done + link_latency(IP[I_LAT], P[P_LAT_MEAN], P[P_LAT_SHAPE], u), mkind, src, dst, view, dig, aux
-    )
+def _send(Z, F, E, src, dst, mkind, view, dig, aux, t0):
+    size = F[F_T + 2 * _row(mkind, aux)]
+    e = _eb(src)
+    done = _fmax(t0, F[e + R_UP]) + size * F[e + R_SUP]
+    F[e + R_UP] = done
+    k = Z[Z_CTR + C_MSGID]
+    Z[Z_CTR + C_MSGID] = k + 1
+    u = uniform01(Z[I_SEED], k)
+    Z[Z_CNT + mkind] += 1
+    F[F_BY + mkind] += size
+    if Z[I_LAT] == LAT_PARETO:  # link_latency with its scale and exponent computed once per run
+        lat = F[F_XM] * math.pow(u, F[F_XM + 1])
+    else:
+        lat = link_latency(Z[I_LAT], F[P_LAT_MEAN], F[P_LAT_SHAPE], u)
+    _schedule(Z, E, done + lat, mkind, src, dst, view, dig, aux)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _sign(S, P, i, now, pre):
-    res = S[0]
-    s = _fmax(now, res[i, 2]) + pre + P[P_SIGN]
-    res[i, 2] = s
+def _sign(F, i, now, pre):
+    e = _eb(i) + R_CPU
+    s = _fmax(now, F[e]) + pre + F[P_SIGN]
+    F[e] = s
     return s
 
 
 @njit(cache=True, _nrt=False)
-def _bcast(Q, K, O, S, i, mkind, view, dig, forged, equiv, aux, now, pre):
+def _bcast(Z, F, E, i, mkind, view, dig, forged, equiv, aux, now, pre):
     """Sign once, then send to every other node in the order i+1, i+2, ... (mod n)."""
-    n = K[0][I_N]
-    s = _sign(S, K[1], i, now, pre)
+    n = Z[I_N]
+    s = _sign(F, i, now, pre)
     for k in range(1, n):
         j = i + k
         if j >= n:
@@ -446,25 +550,25 @@ def _bcast(Q, K, O, S, i, mkind, view, dig, forged, equiv, aux, now, pre):
         d = dig
         if equiv and j % 2 == 1:
             d = forged
-        _send(Q, K, O, S, i, j, mkind, view, d, aux, s)
+        _send(Z, F, E, i, j, mkind, view, d, aux, s)
 
 
 @njit(cache=True, _nrt=False)
-def _unicast(Q, K, O, S, i, j, mkind, view, dig, aux, now):
-    _send(Q, K, O, S, i, j, mkind, view, dig, aux, _sign(S, K[1], i, now, 0.0))
+def _unicast(Z, F, E, i, j, mkind, view, dig, aux, now):
+    _send(Z, F, E, i, j, mkind, view, dig, aux, _sign(F, i, now, 0.0))
 
 
 @njit(cache=True, _nrt=False)
-def _arm_timer(Q, K, S, i, v, now):
-    st = S[1]
-    st[i, S_TVER] += 1
-    _schedule(Q, now + K[1][P_TBASE] * float(1 << v), M_TIMER, i, i, v, -1, st[i, S_TVER])
+def _arm_timer(Z, F, E, i, v, now):
+    b = _nb(i)
+    Z[b + S_TVER] += 1
+    _schedule(Z, E, now + F[P_TBASE] * float(1 << v), M_TIMER, i, i, v, -1, Z[b + S_TVER])
 
 
 # ----------------------------------------------------------------------------- protocol steps
-@njit(cache=True, _nrt=False)
-def _primary(IP, v):
-    return v % IP[I_N]
+@njit(cache=True, _nrt=False, inline="always")
+def _primary(Z, v):
+    return v % Z[I_N]
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -474,396 +578,445 @@ def _dslot(v, d):
 
 
 @njit(cache=True, _nrt=False)
-def _record_commit(O, S, i, d, now):
-    st = S[1]
-    if st[i, S_COMD] < 0:
-        st[i, S_COMD] = d
-        O[3][i] = now
-    elif st[i, S_COMD] != d:
-        st[i, S_CONFLICT] = 1
+def _record_commit(Z, F, i, d, now):
+    b = _nb(i)
+    if Z[b + S_COMD] < 0:
+        Z[b + S_COMD] = d
+        F[_eb(i) + R_NT] = now
+    elif Z[b + S_COMD] != d:
+        Z[b + S_CONFLICT] = 1
 
 
 @njit(cache=True, _nrt=False)
-def _reset_view(st, i, w):
-    st[i, S_VIEW] = w
-    st[i, S_ACTIVE] = 0
-    st[i, S_PPACC] = 0
-    st[i, S_ACCD] = -1
-    st[i, S_PREPARED] = 0
-    st[i, S_PREPD] = -1
-    st[i, S_COMINV] = 0
-    st[i, S_PROPOSED] = 0
-    st[i, S_NVSENT] = 0
-    st[i, S_NVD] = -1
+def _reset_view(Z, i, w):
+    b = _nb(i)
+    Z[b + S_VIEW] = w
+    Z[b + S_ACTIVE] = 0
+    Z[b + S_PPACC] = 0
+    Z[b + S_ACCD] = -1
+    Z[b + S_PREPARED] = 0
+    Z[b + S_PREPD] = -1
+    Z[b + S_COMINV] = 0
+    Z[b + S_PROPOSED] = 0
+    Z[b + S_NVSENT] = 0
+    Z[b + S_NVD] = -1
 
 
 @njit(cache=True, _nrt=False)
-def _client_reply(IP, O, s, d, now):
-    repd, cl = O[4], O[5]
-    if repd[s] >= 0:
+def _client_reply(Z, F, s, d, now):
+    if Z[_nb(s) + S_REPD] >= 0:
         return  # a node that committed again in a later view counts once
-    repd[s] = d
-    if cl[0] >= 0:
+    Z[_nb(s) + S_REPD] = d
+    if F[F_CL] >= 0:
         return
     c = 0
-    for k in range(repd.shape[0]):
-        if repd[k] == d:
+    for k in range(Z[I_N]):
+        if Z[_nb(k) + S_REPD] == d:
             c += 1
-    if c >= IP[I_F] + 1:
-        cl[0] = d
-        cl[1] = now
+    if c >= Z[I_F] + 1:
+        F[F_CL] = d
+        F[F_CL + 1] = now
 
 
 @njit(cache=True, _nrt=False)
-def _check_committed(Q, K, O, S, i, now):
-    IP, st, com = K[0], S[1], S[3]
-    if st[i, S_COMINV] or not st[i, S_PREPARED]:
+def _check_committed(Z, W, F, E, i, now):
+    b = _nb(i)
+    if Z[b + S_COMINV] or not Z[b + S_PREPARED]:
         return
-    v = st[i, S_VIEW]
-    d = st[i, S_PREPD]
-    if com[i, v, _dslot(v, d)] + 1 < IP[I_Q]:  # + 1: its own commit
+    v = Z[b + S_VIEW]
+    d = Z[b + S_PREPD]
+    if W[v, i, W_COM + _dslot(v, d)] + 1 < Z[I_Q]:  # + 1: its own commit
         return
-    st[i, S_COMINV] = 1
-    _record_commit(O, S, i, d, now)
-    _unicast(Q, K, O, S, i, IP[I_N], M_REPLY, v, d, 0, now)
-    st[i, S_DONE] = 1
-    st[i, S_TVER] += 1  # cancels the pending view-change timer
+    Z[b + S_COMINV] = 1
+    _record_commit(Z, F, i, d, now)
+    _unicast(Z, F, E, i, Z[I_N], M_REPLY, v, d, 0, now)
+    Z[b + S_DONE] = 1
+    Z[b + S_TVER] += 1  # cancels the pending view-change timer
 
 
 @njit(cache=True, _nrt=False)
-def _check_prepared(Q, K, O, S, i, now):
-    IP, st, prep = K[0], S[1], S[2]
-    if st[i, S_PREPARED] or not st[i, S_PPACC]:
+def _check_prepared(Z, W, F, E, i, now):
+    b = _nb(i)
+    if Z[b + S_PREPARED] or not Z[b + S_PPACC]:
         return
-    v = st[i, S_VIEW]
-    d = st[i, S_ACCD]
-    own = 0 if _primary(IP, v) == i else 1  # a backup's own prepare counts, the primary sends none
-    if prep[i, v, _dslot(v, d)] + own < IP[I_Q] - 1:
+    v = Z[b + S_VIEW]
+    d = Z[b + S_ACCD]
+    own = 0 if _primary(Z, v) == i else 1  # a backup's own prepare counts, the primary sends none
+    if W[v, i, W_PREP + _dslot(v, d)] + own < Z[I_Q] - 1:
         return
-    st[i, S_PREPARED] = 1
-    st[i, S_PREPD] = d
-    st[i, S_PCV] = v
-    st[i, S_PCD] = d
-    _bcast(Q, K, O, S, i, M_COMMIT, v, d, d, False, 0, now, 0.0)
-    _check_committed(Q, K, O, S, i, now)
+    Z[b + S_PREPARED] = 1
+    Z[b + S_PREPD] = d
+    Z[b + S_PCV] = v
+    Z[b + S_PCD] = d
+    _bcast(Z, F, E, i, M_COMMIT, v, d, d, False, 0, now, 0.0)
+    _check_committed(Z, W, F, E, i, now)
 
 
 @njit(cache=True, _nrt=False)
-def _try_propose(Q, K, O, S, i, now):
-    IP, P, st = K[0], K[1], S[1]
-    n = IP[I_N]
-    v = st[i, S_VIEW]
-    if _primary(IP, v) != i or not st[i, S_ACTIVE] or st[i, S_PROPOSED] or st[i, S_NUPD] < IP[I_U]:
+def _try_propose(Z, W, F, E, i, now):
+    b = _nb(i)
+    n = Z[I_N]
+    v = Z[b + S_VIEW]
+    if _primary(Z, v) != i or not Z[b + S_ACTIVE] or Z[b + S_PROPOSED] or Z[b + S_NUPD] < Z[I_U]:
         return
-    st[i, S_PROPOSED] = 1
-    d = 0 if v == 0 else st[i, S_NVD]
+    Z[b + S_PROPOSED] = 1
+    d = 0 if v == 0 else Z[b + S_NVD]
     forged = v + 1
-    equiv = st[i, S_FAULT] == EQUIVOCATE
-    pre = P[P_HASH_PB] * _payload(IP, P)
-    _bcast(Q, K, O, S, i, M_PREPREPARE, v, d, forged, equiv, 0, now, pre)
-    st[i, S_PPACC] = 1
-    st[i, S_ACCD] = d
-    proto = IP[I_PROTO]
+    equiv = Z[b + S_FAULT] == EQUIVOCATE
+    pre = F[P_HASH_PB] * _payload(Z, F)
+    _bcast(Z, F, E, i, M_PREPREPARE, v, d, forged, equiv, 0, now, pre)
+    Z[b + S_PPACC] = 1
+    Z[b + S_ACCD] = d
+    proto = Z[I_PROTO]
     if proto == PROTO_PBFT:
         if equiv:
-            _bcast(Q, K, O, S, i, M_COMMIT, v, d, forged, True, 0, now, 0.0)
-            _unicast(Q, K, O, S, i, n, M_REPLY, v, forged, 0, now)
+            _bcast(Z, F, E, i, M_COMMIT, v, d, forged, True, 0, now, 0.0)
+            _unicast(Z, F, E, i, n, M_REPLY, v, forged, 0, now)
             return
-        _check_prepared(Q, K, O, S, i, now)
+        _check_prepared(Z, W, F, E, i, now)
     elif proto == PROTO_HOTSTUFF:
-        st[i, S_PHASE] = 1
-        st[i, S_QCNT] = 1
+        Z[b + S_PHASE] = 1
+        Z[b + S_QCNT] = 1
         if equiv:
-            st[i, S_ALTD] = forged
-            st[i, S_QCNT2] = 1
+            Z[b + S_ALTD] = forged
+            Z[b + S_QCNT2] = 1
         else:
-            st[i, S_ALTD] = -1
-            st[i, S_QCNT2] = 0
+            Z[b + S_ALTD] = -1
+            Z[b + S_QCNT2] = 0
 
 
 @njit(cache=True, _nrt=False)
-def _try_accept(Q, K, O, S, i, now):
-    IP, st, ppdig = K[0], S[1], S[4]
-    v = st[i, S_VIEW]
-    if not st[i, S_ACTIVE] or st[i, S_PPACC] or ppdig[i, v] < 0 or _primary(IP, v) == i:
+def _try_accept(Z, W, F, E, i, now):
+    b = _nb(i)
+    v = Z[b + S_VIEW]
+    if not Z[b + S_ACTIVE] or Z[b + S_PPACC] or W[v, i, W_PPD] < 0 or _primary(Z, v) == i:
         return
-    if IP[I_DIGESTS] and st[i, S_NUPD] < IP[I_U]:
+    if Z[I_DIGESTS] and Z[b + S_NUPD] < Z[I_U]:
         return
-    if v > 0 and ppdig[i, v] != st[i, S_NVD]:
+    if v > 0 and W[v, i, W_PPD] != Z[b + S_NVD]:
         return  # a pre-prepare that contradicts the new-view certificate is refused
-    n = IP[I_N]
-    d = np.int64(ppdig[i, v])
-    st[i, S_PPACC] = 1
-    st[i, S_ACCD] = d
-    equiv = st[i, S_FAULT] == EQUIVOCATE
+    n = Z[I_N]
+    d = np.int64(W[v, i, W_PPD])
+    Z[b + S_PPACC] = 1
+    Z[b + S_ACCD] = d
+    equiv = Z[b + S_FAULT] == EQUIVOCATE
     forged = v + 1
-    proto = IP[I_PROTO]
+    proto = Z[I_PROTO]
     if proto == PROTO_PBFT:
         if equiv:
-            _bcast(Q, K, O, S, i, M_PREPARE, v, d, forged, True, 0, now, 0.0)
-            _bcast(Q, K, O, S, i, M_COMMIT, v, d, forged, True, 0, now, 0.0)
-            _unicast(Q, K, O, S, i, n, M_REPLY, v, forged, 0, now)
+            _bcast(Z, F, E, i, M_PREPARE, v, d, forged, True, 0, now, 0.0)
+            _bcast(Z, F, E, i, M_COMMIT, v, d, forged, True, 0, now, 0.0)
+            _unicast(Z, F, E, i, n, M_REPLY, v, forged, 0, now)
             return
-        _bcast(Q, K, O, S, i, M_PREPARE, v, d, d, False, 0, now, 0.0)
-        _check_prepared(Q, K, O, S, i, now)
+        _bcast(Z, F, E, i, M_PREPARE, v, d, d, False, 0, now, 0.0)
+        _check_prepared(Z, W, F, E, i, now)
     elif proto == PROTO_PAPER:
         if equiv:
             d = forged
         else:
-            _record_commit(O, S, i, d, now)
-        _unicast(Q, K, O, S, i, _primary(IP, v), M_REPLY, v, d, 0, now)
+            _record_commit(Z, F, i, d, now)
+        _unicast(Z, F, E, i, _primary(Z, v), M_REPLY, v, d, 0, now)
     else:  # hotstuff: vote for the proposal (phase 1)
         if equiv:
             d = forged
-        _unicast(Q, K, O, S, i, _primary(IP, v), M_VOTE, v, d, 1, now)
+        _unicast(Z, F, E, i, _primary(Z, v), M_VOTE, v, d, 1, now)
 
 
 @njit(cache=True, _nrt=False)
-def _check_new_view(Q, K, O, S, i, w, now):
-    IP, st, vccnt, bestpv, bestpd = K[0], S[1], S[5], S[7], S[8]
-    if st[i, S_NVSENT] or st[i, S_VIEW] != w or vccnt[i, w] < IP[I_Q] - 1:
+def _check_new_view(Z, W, F, E, i, w, now):
+    b = _nb(i)
+    if Z[b + S_NVSENT] or Z[b + S_VIEW] != w or W[w, i, W_VCC] < Z[I_Q] - 1:
         return
-    st[i, S_NVSENT] = 1
-    st[i, S_ACTIVE] = 1
-    if w > st[i, S_MAXINST]:
-        st[i, S_MAXINST] = w
+    Z[b + S_NVSENT] = 1
+    Z[b + S_ACTIVE] = 1
+    if w > Z[b + S_MAXINST]:
+        Z[b + S_MAXINST] = w
     # the new view re-proposes the digest of the highest prepared certificate among the
     # view changes (own included); the new-view message carries the signed view changes,
     # so every backup can recompute it and a primary cannot lie about it
     d = np.int64(0)
-    if bestpv[i, w] >= 0:
-        d = np.int64(bestpd[i, w])
-    if st[i, S_PCV] > bestpv[i, w]:
-        d = st[i, S_PCD]
-    st[i, S_NVD] = d
-    _bcast(Q, K, O, S, i, M_NEWVIEW, w, d, d, False, 0, now, 0.0)
-    _try_propose(Q, K, O, S, i, now)
+    if W[w, i, W_BPV] >= 0:
+        d = np.int64(W[w, i, W_BPD])
+    if Z[b + S_PCV] > W[w, i, W_BPV]:
+        d = Z[b + S_PCD]
+    Z[b + S_NVD] = d
+    _bcast(Z, F, E, i, M_NEWVIEW, w, d, d, False, 0, now, 0.0)
+    _try_propose(Z, W, F, E, i, now)
 
 
 @njit(cache=True, _nrt=False)
-def _send_vc(Q, K, O, S, i, w, now):
-    IP, st, sentvc = K[0], S[1], S[6]
-    if w >= IP[I_V] or w <= st[i, S_VIEW] or sentvc[i, w]:
+def _send_vc(Z, W, F, E, i, w, now):
+    b = _nb(i)
+    if w >= Z[I_V] or w <= Z[b + S_VIEW] or W[w, i, W_SVC]:
         return
-    sentvc[i, w] = 1
-    _reset_view(st, i, w)
-    _bcast(Q, K, O, S, i, M_VIEWCHANGE, w, st[i, S_PCD], st[i, S_PCD], False, st[i, S_PCV], now, 0.0)
-    if not st[i, S_DONE]:
-        _arm_timer(Q, K, S, i, w, now)
-    if _primary(IP, w) == i:
-        _check_new_view(Q, K, O, S, i, w, now)
+    W[w, i, W_SVC] = 1
+    _reset_view(Z, i, w)
+    pcd = Z[b + S_PCD]
+    _bcast(Z, F, E, i, M_VIEWCHANGE, w, pcd, pcd, False, Z[b + S_PCV], now, 0.0)
+    if not Z[b + S_DONE]:
+        _arm_timer(Z, F, E, i, w, now)
+    if _primary(Z, w) == i:
+        _check_new_view(Z, W, F, E, i, w, now)
 
 
 # ----------------------------------------------------------------------------- handlers
 @njit(cache=True, _nrt=False)
-def _on_pbft(Q, K, O, S, i, mk, src, w, d, aux, t):
-    IP, st, prep, com, ppdig, vccnt, bestpv, bestpd = K[0], S[1], S[2], S[3], S[4], S[5], S[7], S[8]
+def _on_pbft(Z, W, F, E, i, mk, src, w, d, aux, t):
+    b = _nb(i)
     if mk == M_PREPREPARE:
-        if src != _primary(IP, w) or w < st[i, S_VIEW]:
+        if src != _primary(Z, w) or w < Z[b + S_VIEW]:
             return
-        if ppdig[i, w] < 0:
-            ppdig[i, w] = d
-        if w == st[i, S_VIEW]:
-            _try_accept(Q, K, O, S, i, t)
+        if W[w, i, W_PPD] < 0:
+            W[w, i, W_PPD] = d
+        if w == Z[b + S_VIEW]:
+            _try_accept(Z, W, F, E, i, t)
     elif mk == M_PREPARE:
-        if w < st[i, S_VIEW] or src == _primary(IP, w):
+        if w < Z[b + S_VIEW] or src == _primary(Z, w):
             return
-        prep[i, w, _dslot(w, d)] += 1
-        if w == st[i, S_VIEW] and st[i, S_FAULT] == HONEST:
-            _check_prepared(Q, K, O, S, i, t)
+        W[w, i, W_PREP + _dslot(w, d)] += 1
+        if w == Z[b + S_VIEW] and Z[b + S_FAULT] == HONEST:
+            _check_prepared(Z, W, F, E, i, t)
     elif mk == M_COMMIT:
-        if w < st[i, S_VIEW]:
+        if w < Z[b + S_VIEW]:
             return
-        com[i, w, _dslot(w, d)] += 1
-        if w == st[i, S_VIEW]:
-            _check_committed(Q, K, O, S, i, t)
+        W[w, i, W_COM + _dslot(w, d)] += 1
+        if w == Z[b + S_VIEW]:
+            _check_committed(Z, W, F, E, i, t)
     elif mk == M_VIEWCHANGE:
-        if w >= IP[I_V]:
+        if w >= Z[I_V]:
             return
-        vccnt[i, w] += 1
-        if aux > bestpv[i, w]:  # the first of the highest certificates wins
-            bestpv[i, w] = aux
-            bestpd[i, w] = d
-        if vccnt[i, w] >= IP[I_F] + 1 and w > st[i, S_VIEW]:
-            _send_vc(Q, K, O, S, i, w, t)
-        if _primary(IP, w) == i and st[i, S_VIEW] == w and not st[i, S_ACTIVE]:
-            _check_new_view(Q, K, O, S, i, w, t)
+        W[w, i, W_VCC] += 1
+        if aux > W[w, i, W_BPV]:  # the first of the highest certificates wins
+            W[w, i, W_BPV] = aux
+            W[w, i, W_BPD] = d
+        if W[w, i, W_VCC] >= Z[I_F] + 1 and w > Z[b + S_VIEW]:
+            _send_vc(Z, W, F, E, i, w, t)
+        if _primary(Z, w) == i and Z[b + S_VIEW] == w and not Z[b + S_ACTIVE]:
+            _check_new_view(Z, W, F, E, i, w, t)
     elif mk == M_NEWVIEW:
-        if src != _primary(IP, w) or w < st[i, S_VIEW] or (w == st[i, S_VIEW] and st[i, S_ACTIVE]):
+        if src != _primary(Z, w) or w < Z[b + S_VIEW] or (w == Z[b + S_VIEW] and Z[b + S_ACTIVE]):
             return
-        if w > st[i, S_VIEW]:
-            _reset_view(st, i, w)
-        st[i, S_ACTIVE] = 1
-        st[i, S_NVD] = d
-        if w > st[i, S_MAXINST]:
-            st[i, S_MAXINST] = w
-        if not st[i, S_DONE]:
-            _arm_timer(Q, K, S, i, w, t)
-        _try_accept(Q, K, O, S, i, t)
+        if w > Z[b + S_VIEW]:
+            _reset_view(Z, i, w)
+        Z[b + S_ACTIVE] = 1
+        Z[b + S_NVD] = d
+        if w > Z[b + S_MAXINST]:
+            Z[b + S_MAXINST] = w
+        if not Z[b + S_DONE]:
+            _arm_timer(Z, F, E, i, w, t)
+        _try_accept(Z, W, F, E, i, t)
 
 
 @njit(cache=True, _nrt=False)
-def _on_vote(Q, K, O, S, i, d, aux, t):
+def _on_vote(Z, F, E, i, d, aux, t):
     """HotStuff leader: a quorum of one phase's votes on one digest forms its certificate."""
-    IP, st = K[0], S[1]
-    ph = st[i, S_PHASE]
-    if i != _primary(IP, 0) or aux != ph:
+    b = _nb(i)
+    ph = Z[b + S_PHASE]
+    if i != _primary(Z, 0) or aux != ph:
         return  # a vote of an earlier phase (its quorum was reached without it)
-    if d == st[i, S_ACCD]:
-        st[i, S_QCNT] += 1
-    elif d == st[i, S_ALTD]:
-        st[i, S_QCNT2] += 1
+    if d == Z[b + S_ACCD]:
+        Z[b + S_QCNT] += 1
+    elif d == Z[b + S_ALTD]:
+        Z[b + S_QCNT2] += 1
     qd = np.int64(-1)
-    if st[i, S_QCNT] >= IP[I_Q]:
-        qd = st[i, S_ACCD]
-    elif st[i, S_QCNT2] >= IP[I_Q]:
-        qd = st[i, S_ALTD]
+    if Z[b + S_QCNT] >= Z[I_Q]:
+        qd = Z[b + S_ACCD]
+    elif Z[b + S_QCNT2] >= Z[I_Q]:
+        qd = Z[b + S_ALTD]
     if qd < 0:
         return
-    _bcast(Q, K, O, S, i, M_QC, 0, qd, qd, False, ph, t, 0.0)
-    st[i, S_PHASE] = ph + 1
-    st[i, S_ACCD] = qd
-    st[i, S_ALTD] = -1
-    st[i, S_QCNT] = 1
-    st[i, S_QCNT2] = 0
+    _bcast(Z, F, E, i, M_QC, 0, qd, qd, False, ph, t, 0.0)
+    Z[b + S_PHASE] = ph + 1
+    Z[b + S_ACCD] = qd
+    Z[b + S_ALTD] = -1
+    Z[b + S_QCNT] = 1
+    Z[b + S_QCNT2] = 0
     if ph == 3:
         rd = qd
-        if st[i, S_FAULT] == HONEST:
-            _record_commit(O, S, i, qd, t)
+        if Z[b + S_FAULT] == HONEST:
+            _record_commit(Z, F, i, qd, t)
         else:
             rd = 1
-        _unicast(Q, K, O, S, i, IP[I_N], M_REPLY, 0, rd, 0, t)
+        _unicast(Z, F, E, i, Z[I_N], M_REPLY, 0, rd, 0, t)
 
 
 @njit(cache=True, _nrt=False)
-def _on_other(Q, K, O, S, i, mk, src, d, aux, t):
+def _on_other(Z, F, E, i, mk, src, d, aux, t):
     """Replies (to the client, or to the paper's leader), HotStuff votes and certificates."""
-    IP, st = K[0], S[1]
-    n = IP[I_N]
+    n = Z[I_N]
     if mk == M_REPLY:
+        b = _nb(i)
         if i == n:
-            _client_reply(IP, O, src, d, t)
-        elif d == st[i, S_ACCD] and not st[i, S_COMINV]:  # the paper's leader
-            st[i, S_QCNT] += 1
-            if st[i, S_QCNT] >= IP[I_F] + 1:
-                st[i, S_COMINV] = 1
-                if st[i, S_FAULT] == HONEST:
-                    _record_commit(O, S, i, d, t)
-                O[5][0] = d
-                O[5][1] = t
+            _client_reply(Z, F, src, d, t)
+        elif d == Z[b + S_ACCD] and not Z[b + S_COMINV]:  # the paper's leader
+            Z[b + S_QCNT] += 1
+            if Z[b + S_QCNT] >= Z[I_F] + 1:
+                Z[b + S_COMINV] = 1
+                if Z[b + S_FAULT] == HONEST:
+                    _record_commit(Z, F, i, d, t)
+                F[F_CL] = d
+                F[F_CL + 1] = t
     elif mk == M_VOTE:
-        _on_vote(Q, K, O, S, i, d, aux, t)
+        _on_vote(Z, F, E, i, d, aux, t)
     elif mk == M_QC:
-        if src != _primary(IP, 0):
+        if src != _primary(Z, 0):
             return
-        equiv = st[i, S_FAULT] == EQUIVOCATE
+        equiv = Z[_nb(i) + S_FAULT] == EQUIVOCATE
         if aux < 3:
             vd = 1 if equiv else d
-            _unicast(Q, K, O, S, i, src, M_VOTE, 0, vd, aux + 1, t)
+            _unicast(Z, F, E, i, src, M_VOTE, 0, vd, aux + 1, t)
         else:
             rd = d
             if equiv:
                 rd = 1
             else:
-                _record_commit(O, S, i, d, t)
-            _unicast(Q, K, O, S, i, n, M_REPLY, 0, rd, 0, t)
+                _record_commit(Z, F, i, d, t)
+            _unicast(Z, F, E, i, n, M_REPLY, 0, rd, 0, t)
+
+
+# ----------------------------------------------------------------------------- the event loop
+@njit(cache=True, _nrt=False, inline="always")
+def _later_max(F, k, t):
+    """``F[k] = max(F[k], t)`` with NaN (nothing yet) below every time."""
+    if not F[k] >= t:
+        F[k] = t
 
 
 @njit(cache=True, _nrt=False)
-def _event_loop(Q, K, O, S):
+def _is_noop(Z, F, mk, dst, w, aux):
+    """Whether handling this message, arrived now, provably changes nothing that is ever read.
+
+    Node state within a view only moves forward (``prepared`` and ``committed`` stay set
+    until the node enters a higher view; views only grow; a message of an older view is
+    ignored; the client's acceptance and a HotStuff leader's phase never go back), so a
+    message that is a no-op at its arrival is one at its later handle time too:
+    a prepare (commit) for a view the node has left or in which it has already prepared
+    (committed), a reply after the client accepted, a HotStuff vote of a phase that is over.
+    """
+    n = Z[I_N]
+    if dst >= n:
+        return mk == M_REPLY and F[F_CL] >= 0
+    b = _nb(dst)
+    if mk == M_PREPARE:
+        v = Z[b + S_VIEW]
+        return w < v or (w == v and Z[b + S_PREPARED] != 0)
+    if mk == M_COMMIT:
+        v = Z[b + S_VIEW]
+        return w < v or (w == v and Z[b + S_COMINV] != 0)
+    if mk == M_VOTE:
+        return aux < Z[b + S_PHASE]
+    return False
+
+
+@njit(cache=True, _nrt=False)
+def _arrive(Z, F, E, t, slot, mk, dst, aux):
+    """An arrival: take the receiver's downlink and CPU, then queue its handle event
+    (or, for a provable no-op, only record its handle time and keep its sequence number)."""
+    n = Z[I_N]
+    if dst < n and Z[_nb(dst) + S_FAULT] == SILENT:
+        _free_slot(Z, E, slot)
+        return  # dropped: a silent node ignores everything
+    r = F_T + 2 * _row(mk, aux)
+    e = _eb(dst)
+    done = _fmax(t, F[e + R_DOWN]) + F[r] * F[e + R_SDOWN]
+    F[e + R_DOWN] = done
+    c = _fmax(done, F[e + R_CPU]) + F[r + 1]
+    F[e + R_CPU] = c
+    if _is_noop(Z, F, mk, dst, E[slot * QW + Q_VD] & 0xFFFFFFFF, aux):
+        # the handle event would have taken this sequence number: keeping it leaves every
+        # other event's (time, sequence) key, hence the order, exactly as without the skip
+        Z[Z_CTR + C_SEQ] += 1
+        Z[Z_CTR + C_SKIP] += 1
+        _later_max(F, F_PT + mk, c)
+        _free_slot(Z, E, slot)
+        return
+    _push(Z, E, c, slot, 1)
+
+
+@njit(cache=True, _nrt=False)
+def _event_loop(Z, W, F, E):
     """Handle events in time order until the queue is empty or nearly full (then return)."""
-    IP, T, spb, fault = K[0], K[2], K[3], K[4]
-    EI, ctr = Q[1], Q[6]
-    st, res = S[1], S[0]
-    ptime = O[2]
-    n = IP[I_N]
-    cap = EI.shape[0]
-    while ctr[C_HN] > 0:
-        if ctr[C_HWM] - ctr[C_NFREE] + 4 * n + 16 > cap:
+    n = Z[I_N]
+    while Z[Z_CTR + C_HN] > 0:
+        if Z[Z_CTR + C_HN] + 4 * n + 16 > Z[Z_CTR + C_CAP]:
             return  # the caller grows the queue and calls again
-        if ctr[C_SEQ] >= MAX_SEQ:
-            return  # the sequence no longer fits beside the slot in a heap key
-        t, slot, handle = _next(Q)
-        mk = np.int64(EI[slot, E_KIND])
-        dst = np.int64(EI[slot, E_DST])
-        aux = np.int64(EI[slot, E_AUX])
-        if not handle and mk != M_TIMER:  # an arrival
-            if dst < n and fault[dst] == SILENT:
-                _free_slot(Q, slot)
-                continue  # dropped: a silent node ignores everything
-            r = _row(mk, aux)
-            done = _fmax(t, res[dst, 1]) + T[r, 0] * spb[dst, 1]
-            res[dst, 1] = done
-            c = _fmax(done, res[dst, 2]) + T[r, 1]
-            res[dst, 2] = c
-            _to_fifo(Q, slot, c, dst)
+        if Z[Z_CTR + C_SEQ] >= MAX_SEQ:
+            return  # the run is too long (the wrapper raises)
+        t, slot, handle = _next(Z, E)
+        o = slot * QW
+        ka = E[o + Q_KA]
+        mk = ka & 255
+        aux = ka >> 8
+        sd = E[o + Q_SD]
+        i = sd >> 32
+        if not handle and mk != M_TIMER:
+            _arrive(Z, F, E, t, slot, mk, i, aux)
             continue
-        src = np.int64(EI[slot, E_SRC])
-        w = np.int64(EI[slot, E_VIEW])
-        d = np.int64(EI[slot, E_DIG])
-        _free_slot(Q, slot)
-        i = dst
+        src = sd & 0xFFFFFFFF
+        vd = E[o + Q_VD]
+        w = vd & 0xFFFFFFFF
+        d = vd >> 32
+        _free_slot(Z, E, slot)
         if mk == M_TIMER:
-            if aux == st[i, S_TVER] and not st[i, S_DONE]:
-                _send_vc(Q, K, O, S, i, w + 1, t)
+            b = _nb(i)
+            if aux == Z[b + S_TVER] and not Z[b + S_DONE]:
+                _send_vc(Z, W, F, E, i, w + 1, t)
             continue
-        ptime[mk] = t
+        _later_max(F, F_PT + mk, t)  # skipped no-ops may have recorded a later time already
         if mk == M_SUBMIT:
-            st[i, S_NUPD] += 1
-            if st[i, S_NUPD] == IP[I_U]:
-                _try_propose(Q, K, O, S, i, t)
-                _try_accept(Q, K, O, S, i, t)
+            Z[_nb(i) + S_NUPD] += 1
+            if Z[_nb(i) + S_NUPD] == Z[I_U]:
+                _try_propose(Z, W, F, E, i, t)
+                _try_accept(Z, W, F, E, i, t)
         elif mk <= M_COMMIT or mk == M_VIEWCHANGE or mk == M_NEWVIEW:
-            _on_pbft(Q, K, O, S, i, mk, src, w, d, aux, t)
+            _on_pbft(Z, W, F, E, i, mk, src, w, d, aux, t)
         else:
-            _on_other(Q, K, O, S, i, mk, src, d, aux, t)
+            _on_other(Z, F, E, i, mk, src, d, aux, t)
 
 
 # ----------------------------------------------------------------------------- the kernel
 @njit(cache=True)
-def _aligned_heap(rows):
-    """An int64 (rows + 8, 2) array and the base row that puts children on 64-byte lines."""
-    H = np.empty((rows + 8, 2), np.int64)
-    o = ((64 - H.ctypes.data % 64) % 64) // 16
-    return H, o + 3
+def _layout(cap):
+    """Word offsets in E for ``cap`` slots: (chunks, their pool's first word, links, tie heap, length)."""
+    nch = cap // CH + 130  # 64 buckets' own chunks, full chunks, partial tails, one being spilled
+    pb = (QW * cap + 7) // 8 * 8  # chunks on 64-byte lines
+    cn = pb + CW * nch
+    gb = (cn + nch + 7) // 4 * 4 + 3  # = 3 (mod 4): a heap node's 4 children share a line
+    return nch, pb, cn, gb, gb + cap + 8
+
+
+def queue_bytes(cap: int) -> int:
+    """Bytes of the queue array for ``cap`` slots (56 per slot plus 520 per chunk of 32)."""
+    return 8 * (_layout(cap)[4] + 8)
 
 
 @njit(cache=True)
-def _make_queue(cap):
-    B0, gb = _aligned_heap(cap)
-    ctr = np.zeros(N_CTR, np.int64)
-    ctr[C_GB] = gb
-    fb = np.zeros(1, np.float64)
-    return (
-        np.empty(cap, np.int64),
-        np.empty((cap, N_EV), np.int32),
-        np.empty(cap, np.int64),
-        np.empty(cap, np.int32),
-        B0,
-        np.empty(cap, np.int32),
-        ctr,
-        np.full(64, -1, np.int32),
-        np.full(64, 0x7FFFFFFFFFFFFFFF, np.int64),
-        fb,
-        fb.view(np.int64),
-    )
+def _make_queue(Z, cap):
+    """A 64-byte aligned int64 array for ``cap`` slots; its offsets go to the counters."""
+    _, pb, cn, gb, size = _layout(cap)
+    buf = np.empty(size + 8, np.int64)
+    o = ((64 - buf.ctypes.data % 64) % 64) // 8
+    Z[Z_CTR + C_CAP] = cap
+    Z[Z_CTR + C_PB] = pb
+    Z[Z_CTR + C_CN] = cn
+    Z[Z_CTR + C_GB] = gb
+    E = buf[o:]
+    E[cn : cn + 64] = -1  # the buckets' own chunks link nothing yet
+    return E
 
 
 @njit(cache=True)
-def _grow(Q):
-    """Twice the slots; live records, keys, links, heap entries and the free stack copied over."""
-    cap = Q[1].shape[0]
-    ctr = Q[6]
-    R = _make_queue(2 * cap)
-    gn, gb, gb2 = ctr[C_GN], ctr[C_GB], R[6][C_GB]
-    R[4][gb2 : gb2 + gn] = Q[4][gb : gb + gn]
-    R[0][:cap] = Q[0]
-    R[1][:cap] = Q[1]
-    R[2][:cap] = Q[2]
-    R[3][:cap] = Q[3]
-    R[5][: ctr[C_NFREE]] = Q[5][: ctr[C_NFREE]]
-    ctr[C_GB] = gb2
-    return (R[0], R[1], R[2], R[3], R[4], R[5], ctr, Q[7], Q[8], Q[9], Q[10])
+def _grow(Z, E):
+    """Twice the slots; live slots, chunks, links and the tie heap copied over (lists stay valid)."""
+    cap = Z[Z_CTR + C_CAP]
+    nch, pb, cn, gb, _ = _layout(cap)
+    R = _make_queue(Z, 2 * cap)
+    pb2, cn2, gb2, gn = Z[Z_CTR + C_PB], Z[Z_CTR + C_CN], Z[Z_CTR + C_GB], Z[Z_CTR + C_GN]
+    R[: QW * cap] = E[: QW * cap]
+    R[pb2 : pb2 + CW * nch] = E[pb : pb + CW * nch]
+    R[cn2 : cn2 + nch] = E[cn : cn + nch]
+    R[gb2 : gb2 + gn] = E[gb : gb + gn]
+    return R
 
 
 def queue_slots(n: int, U: int) -> int:
@@ -872,28 +1025,40 @@ def queue_slots(n: int, U: int) -> int:
 
 
 @njit(cache=True)
-def _init_state(IP, fault):
-    n, V = IP[I_N], IP[I_V]
-    st = np.zeros((n, N_STATE), np.int64)
+def _init_state(IP, P, SPB, fault):
+    """The flat state (Z, W, F): parameters, counters, node state, per-view counters, clocks."""
+    n, V, U = IP[I_N], IP[I_V], IP[I_U]
+    Z = np.zeros(Z_NODE + n * NS, np.int64)
+    Z[:N_IPARAMS] = IP
+    Z[Z_CTR + C_FREE] = -1
+    Z[Z_BMIN : Z_BMIN + 64] = 0x7FFFFFFFFFFFFFFF
+    Z[Z_BT : Z_BT + 64] = np.arange(64)  # bucket b's first chunk is chunk b
+    Z[Z_CTR + C_FCH] = -1
+    Z[Z_CTR + C_CHWM] = 64
     for i in range(n):
-        st[i, S_ACCD] = -1
-        st[i, S_PREPD] = -1
-        st[i, S_COMD] = -1
-        st[i, S_PCV] = -1
-        st[i, S_PCD] = -1
-        st[i, S_ALTD] = -1
-        st[i, S_NVD] = -1
-        st[i, S_ACTIVE] = 1
-        st[i, S_FAULT] = fault[i]
-    res = np.zeros((n + 1 + IP[I_U], 3), np.float64)  # uplink free, downlink free, CPU free
-    prep = np.zeros((n, V, 2), np.int32)  # prepares received per view and digest slot
-    com = np.zeros((n, V, 2), np.int32)  # commits received per view and digest slot
-    ppdig = np.full((n, V), -1, np.int32)
-    vccnt = np.zeros((n, V), np.int32)
-    sentvc = np.zeros((n, V), np.int8)
-    bestpv = np.full((n, V), -1, np.int32)
-    bestpd = np.full((n, V), -1, np.int32)
-    return (res, st, prep, com, ppdig, vccnt, sentvc, bestpv, bestpd)
+        b = _nb(i)
+        for k in (S_ACCD, S_PREPD, S_COMD, S_PCV, S_PCD, S_ALTD, S_NVD, S_REPD):
+            Z[b + k] = -1
+        Z[b + S_ACTIVE] = 1
+        Z[b + S_FAULT] = fault[i]
+    W = np.zeros((V, n, NW), np.int32)
+    W[:, :, W_PPD] = -1
+    W[:, :, W_BPV] = -1
+    W[:, :, W_BPD] = -1
+    E = n + 1 + U
+    F = np.zeros(F_ENT + FS * E, np.float64)
+    F[:N_PARAMS] = P
+    _size_cost_table(IP, P, F)
+    F[F_PT : F_PT + N_PHASES] = np.nan
+    F[F_CL] = -1.0
+    F[F_CL + 1] = np.nan
+    F[F_XM] = P[P_LAT_MEAN] * (P[P_LAT_SHAPE] - 1.0) / P[P_LAT_SHAPE]  # the same operations as
+    F[F_XM + 1] = -1.0 / P[P_LAT_SHAPE]  # in link_latency: the same bits
+    for e in range(E):
+        F[_eb(e) + R_SUP] = SPB[e, 0]
+        F[_eb(e) + R_SDOWN] = SPB[e, 1]
+        F[_eb(e) + R_NT] = np.nan
+    return Z, W, F
 
 
 @njit(cache=True)
@@ -911,48 +1076,54 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
     client : float64[2] (accepted digest or -1, acceptance time or NaN).
     """
     n, U = IP[I_N], IP[I_U]
-    S = _init_state(IP, fault)
-    st = S[1]
-    K = (IP, P, _size_cost_table(IP, P), SPB, fault)
-    for k in range(N_PHASES):
-        cnt[k] = 0
-        byt[k] = 0.0
-        ptime[k] = np.nan
-    for i in range(n):
-        node_t[i] = np.nan
-    repd = np.full(n, -1, np.int64)
-    cl = np.array([-1.0, np.nan])
-    O = (cnt, byt, ptime, node_t, repd, cl)
-    Q = _make_queue(n * U + 2 * n * (n - 1) + 4 * n + 64)  # = queue_slots(n, U)
+    cap = n * U + 2 * n * (n - 1) + 4 * n + 64  # = queue_slots(n, U)
+    return run_block_cap(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client, cap)
+
+
+@njit(cache=True)
+def run_block_cap(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client, cap):
+    """``run_block`` with a queue of ``cap`` slots to start with (at least ``n (U + 2) + 64``:
+    the submissions, timers and a first proposal are scheduled before the loop checks room);
+    the results do not depend on ``cap`` (tests grow the queue from a small one)."""
+
+    n, U = IP[I_N], IP[I_U]
+    Z, W, F = _init_state(IP, P, SPB, fault)
+    E = _make_queue(Z, cap)
 
     # edge servers sign their update and send it to every node, primary first
     for e in range(U):
         src = n + 1 + e
-        s = _sign(S, P, src, 0.0, 0.0)
+        s = _sign(F, src, 0.0, 0.0)
         for j in range(n):
-            _send(Q, K, O, S, src, j, M_SUBMIT, 0, 0, 0, s)
+            _send(Z, F, E, src, j, M_SUBMIT, 0, 0, 0, s)
     if IP[I_PROTO] == PROTO_PBFT:
         for i in range(n):
             if fault[i] != SILENT:
-                _arm_timer(Q, K, S, i, 0, 0.0)
+                _arm_timer(Z, F, E, i, 0, 0.0)
     if U == 0 and fault[0] != SILENT:
-        _try_propose(Q, K, O, S, 0, 0.0)
+        _try_propose(Z, W, F, E, 0, 0.0)
 
     while True:
-        _event_loop(Q, K, O, S)
-        if Q[6][C_HN] == 0:
+        _event_loop(Z, W, F, E)
+        if Z[Z_CTR + C_HN] == 0:
             break
-        if Q[6][C_SEQ] >= MAX_SEQ:
+        if Z[Z_CTR + C_SEQ] >= MAX_SEQ:
             return -1  # the wrapper raises: too many events for one run
-        Q = _grow(Q)
+        E = _grow(Z, E)
 
+    for k in range(N_PHASES):
+        cnt[k] = Z[Z_CNT + k]
+        byt[k] = F[F_BY + k]
+        ptime[k] = F[F_PT + k]
     for i in range(n):
-        node_d[i] = st[i, S_COMD]
-        node_i[i, 0] = st[i, S_CONFLICT]
-        node_i[i, 1] = st[i, S_MAXINST]
-    client[0] = cl[0]
-    client[1] = cl[1]
-    return Q[6][C_MSGID]
+        b = _nb(i)
+        node_d[i] = Z[b + S_COMD]
+        node_t[i] = F[_eb(i) + R_NT]
+        node_i[i, 0] = Z[b + S_CONFLICT]
+        node_i[i, 1] = Z[b + S_MAXINST]
+    client[0] = F[F_CL]
+    client[1] = F[F_CL + 1]
+    return Z[Z_CTR + C_MSGID]
 
 
 @njit(cache=True, parallel=True)

@@ -129,6 +129,65 @@ def test_kernel_equals_reference_n100():
     _same(simulate_pbft(100, 3, **kw), simulate_ref(100, 3, **kw))
 
 
+@pytest.mark.parametrize(
+    "n, U, kw",
+    [
+        # zero costs, constant latency: skipped prepares, commits and replies tie with live events
+        (10, 2, dict(faulty=[0], fault="equivocate", network=IDEAL)),
+        (13, 0, dict(faulty=[1, 5], network=IDEAL)),
+        # many late prepares and commits (a third of each), replies after acceptance, with a
+        # view change: a skipped event's handle time is the phase's last (phase_time_s)
+        (31, 3, dict(faulty=[0, 7], leader_faulty=True, seed=11)),
+        # slow CPUs (2 ms a message): a node's skipped late commits are handled after other
+        # nodes' live ones, so the phase's last handle time must be a max, not the last write
+        (7, 2, dict(network=NetworkModel(processing_s=2e-3), seed=0)),
+        # HotStuff votes of a phase whose certificate is already out
+        (31, 2, dict(protocol="hotstuff", faulty=[4], fault="equivocate", seed=2)),
+    ],
+)
+def test_skipped_noop_handle_events_change_nothing(n, U, kw):
+    # the kernel drops the handle event of a message that is a no-op at arrival (it keeps
+    # the message's downlink and CPU time, its handle time and its sequence number);
+    # the reference handles every message, so any effect of the skip shows here
+    kw.setdefault("network", DEFAULT_NET)
+    _same(simulate_pbft(n, U, **kw), simulate_ref(n, U, **kw))
+
+
+@pytest.mark.parametrize(
+    "n, U, kw",
+    [
+        (13, 3, dict(faulty=[0, 5], leader_faulty=True, seed=4)),  # view changes in flight
+        (10, 2, dict(faulty=[0], fault="equivocate", network=IDEAL)),  # ties in the tie heap
+        (31, 1, dict(faulty=[3], fault="equivocate", seed=9)),
+    ],
+)
+def test_queue_growth_changes_nothing(n, U, kw):
+    # starting from n (U + 2) + 64 slots the queue doubles several times (a broadcast
+    # round alone is n (n - 1) events); slots, bucket chunks, their links and the tie
+    # heap must all move over intact, so every output equals the default-size run's
+    from mcsl_core.consensus._api import _entity_spb, build_inputs, fault_mask
+
+    net = kw.pop("network", DEFAULT_NET)
+    mask = fault_mask(n, kw.pop("faulty", 0), kw.pop("leader_faulty", False))
+    code = _sim.EQUIVOCATE if kw.pop("fault", "silent") == "equivocate" else _sim.SILENT
+    proto = kw.pop("protocol", "pbft")
+    IP, P, fcode = build_inputs(n, U, 300_000, net, mask * code, proto, "updates", kw.pop("seed", 0), None)
+    spb = _entity_spb(n, U, net)
+
+    runs = []
+    for cap in (None, n * (U + 2) + 64):
+        out = [np.zeros(9, np.int64), np.zeros(9), np.zeros(9), np.zeros(n, np.int64), np.zeros(n)]
+        out += [np.zeros((n, 2), np.int64), np.zeros(2)]
+        if cap is None:
+            sent = _sim.run_block(IP, P, spb, fcode, *out)
+        else:
+            sent = _sim.run_block_cap(IP, P, spb, fcode, *out, cap)
+        runs.append((sent, out))
+    assert runs[0][0] == runs[1][0] > 2 * (n * (U + 2) + 64)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_byte_totals_by_hand_n4():
     # n = 4, f = 1, q = 3, one update of 1000 bytes, headers of 256 bytes
     H, upd = 256.0, 1000.0
@@ -452,7 +511,12 @@ def test_memory_refused_upfront_on_both_paths(monkeypatch):
 def test_kernel_bytes_grows_as_n_squared_times_views():
     from mcsl_core.consensus._api import kernel_bytes
 
-    # 33 bytes per node and view, 64 per queue slot (2 n (n - 1) + n U + 4 n + 64 slots)
-    assert kernel_bytes(4, 1, 3) == 33 * 4 * 3 + 64 * (4 + 24 + 16 + 64) + 232 * 4 + 40 * 6
+    # the queue: 32-byte records and 8-byte tie-heap keys per slot, 520 bytes per chunk of 32
+    # bucket entries (cap // 32 + 130 chunks), at most 320 bytes of padding and alignment
+    for cap in (108, 1000, 12345, 18_027_064):
+        exact = 40 * cap + 520 * (cap // 32 + 130)
+        assert exact <= _sim.queue_bytes(cap) <= exact + 320
+    # 36 bytes per node and view, 2 n (n - 1) + n U + 4 n + 64 queue slots
+    assert kernel_bytes(4, 1, 3) == 36 * 4 * 3 + _sim.queue_bytes(4 + 24 + 16 + 64) + 232 * 4 + 80 * 6 + 4096
     big = kernel_bytes(3000, 10, fault_tolerance(3000) + 2)
     assert 1.0 * 2**30 < big < 1.25 * 2**30  # the old (f + 2, n, n) tables alone needed 81 GB
