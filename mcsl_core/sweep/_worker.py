@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WORKER_ENV", "init_worker", "run_point", "worker_env"]
+__all__ = ["WORKER_ENV", "init_worker", "remove_stale_scratch", "run_point", "scratch_root", "worker_env"]
 
 #: One thread per worker for every numerical runtime a task uses: with one worker per
 #: core, more threads would only oversubscribe the cores.
@@ -60,6 +60,40 @@ def scratch_root() -> str | None:
     return shm
 
 
+_PREFIX = "mcsl-sweep-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_scratch(root: str | None) -> int:
+    """Remove scratch folders left in ``root`` by worker processes that no longer run
+    (killed mid-task: a memory-backed folder would hold its memory until a reboot).
+
+    Folders are named ``mcsl-sweep-<pid>-<random>``; only those of a dead ``pid`` go.
+    Returns how many were removed.
+    """
+    base = Path(root if root is not None else tempfile.gettempdir())
+    removed = 0
+    try:
+        entries = list(base.glob(_PREFIX + "*-*"))
+    except OSError:
+        return 0
+    for p in entries:
+        pid = p.name[len(_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 # run_task draws with matplotlib's pyplot (global state), so a process runs one task at a
 # time; thread executors get no speed-up from more threads, process executors do.
 _ONE_AT_A_TIME = threading.Lock()
@@ -93,7 +127,9 @@ def run_point(config: Any, keep_ledgers: bool = False) -> dict[str, Any]:
     from mcsl_core.system import run_task
 
     t0 = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix="mcsl-sweep-", dir=scratch_root()))
+    root = scratch_root()
+    remove_stale_scratch(root)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root))
     try:
         with _ONE_AT_A_TIME:
             # the point keeps no per-task figure (the sweep draws one for all points)

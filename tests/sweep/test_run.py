@@ -328,11 +328,28 @@ def test_points_run_in_a_memory_backed_scratch_folder_and_leave_nothing_there(mo
         pytest.skip("no writable /dev/shm with 2 GiB free here")
     seen = []
     real = _worker.tempfile.mkdtemp
-    monkeypatch.setattr(_worker.tempfile, "mkdtemp", lambda **kw: seen.append(kw) or real(**kw))
-    result = _worker.run_point(make_spec(grid={"learning.aggregator": ["fedavg"]}).points[0].config)
+
+    def spy(*a, **kw):
+        made = real(*a, **kw)
+        if str(kw.get("prefix", "")).startswith("mcsl-sweep-"):
+            seen.append(made)
+        return made
+
+    monkeypatch.setattr(_worker.tempfile, "mkdtemp", spy)
+    # a folder left by a killed worker (a pid that does not run) goes; a live one's stays
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    stale = Path("/dev/shm") / f"mcsl-sweep-{int(dead.stdout)}-left"
+    live = Path("/dev/shm") / f"mcsl-sweep-{os.getpid()}-running"
+    for p in (stale, live):
+        (p / "run").mkdir(parents=True)
+    try:
+        result = _worker.run_point(make_spec(grid={"learning.aggregator": ["fedavg"]}).points[0].config)
+        assert not stale.exists() and live.is_dir()
+    finally:
+        shutil.rmtree(live), shutil.rmtree(stale, ignore_errors=True)
     assert result["status"] == "ok" and set(result["files"]) == {"report.json", "rounds.csv"}
-    (kw,) = seen
-    assert kw["dir"] == "/dev/shm" and not list(Path("/dev/shm").glob(f"{kw['prefix']}*"))
+    (made,) = seen
+    assert Path(made).parent == Path("/dev/shm") and not Path(made).exists()
     # too little free space, or no such folder: the system's temporary folder
     small = types.SimpleNamespace(f_bavail=1, f_frsize=4096)
     monkeypatch.setattr(_worker.os, "statvfs", lambda p: small)
