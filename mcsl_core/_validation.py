@@ -157,6 +157,16 @@ def available_memory() -> int:
         return 2**62
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask on Linux, else the machine's)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (not Linux)
+        return os.cpu_count() or 1
+
+
 def check_memory(name: str, nbytes: int, detail: str = "") -> None:
     """Raise ``ValueError`` naming the argument ``name`` when a kernel's estimated need
     of ``nbytes`` exceeds :func:`available_memory` (before anything is allocated, so a

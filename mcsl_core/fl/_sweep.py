@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from mcsl_core._validation import available_cores as _cpu_cores  # a module name tests patch
 from mcsl_core.fl._compiled import bytes_per_experiment, group_spec, memory_budget, run_group
 from mcsl_core.fl._data import FederatedData
 from mcsl_core.fl._models import num_params
@@ -159,8 +159,9 @@ def _num_params(model, train: FederatedData) -> int:
     return num_params(shapes["params"])
 
 
-def _chunk_size(model, train: FederatedData, cfg: FLConfig, budget: int | None) -> int:
-    per = bytes_per_experiment(_num_params(model, train), group_spec(model, cfg), train.dim)
+def _chunk_size(params: int, spec, dim: int, budget: int | None) -> int:
+    """Experiments per chunk of a group (``spec``) whose model has ``params`` parameters."""
+    per = bytes_per_experiment(params, spec, dim)
     ndev = jax.device_count()
     budget = memory_budget() if budget is None else int(budget)
     return max(ndev, (budget // max(per, 1)) // ndev * ndev)
@@ -174,13 +175,6 @@ def _chunk_size(model, train: FederatedData, cfg: FLConfig, budget: int | None) 
 THREAD_PARTS_MAX_PARAMS = 1 << 20
 
 
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover (not Linux)
-        return os.cpu_count() or 1
-
-
 #: Experiments per part of a chunk that runs in threads (see THREAD_PARTS_MAX_PARAMS). A
 #: fixed size, so which experiments share a program does not depend on the machine's cores.
 THREAD_PART = 16
@@ -189,9 +183,8 @@ THREAD_PART = 16
 def _thread_parts(part: list[int], params: int) -> list[list[int]]:
     """``part`` in one piece, or in pieces of :data:`THREAD_PART` experiments (a single CPU
     device, a model of at most :data:`THREAD_PARTS_MAX_PARAMS` parameters)."""
-    if params > THREAD_PARTS_MAX_PARAMS or len(part) <= THREAD_PART or jax.device_count() > 1:
-        return [part]
-    if jax.default_backend() != "cpu":
+    small = params <= THREAD_PARTS_MAX_PARAMS and len(part) > THREAD_PART
+    if not small or jax.device_count() > 1 or jax.default_backend() != "cpu":
         return [part]
     n = -(-len(part) // THREAD_PART)
     size = -(-len(part) // n)  # equal pieces: one compiled shape
@@ -266,10 +259,10 @@ def run_sweep(
     results: list = [None] * k
     try:
         for spec, idx in groups.items():
-            size = _chunk_size(spec.model, train, configs[idx[0]], memory_bytes)
+            params = _num_params(spec.model, train)
+            size = _chunk_size(params, spec, train.dim, memory_bytes)
             n_chunks = -(-len(idx) // size)
             size = -(-len(idx) // n_chunks)  # equal chunks: one compiled shape, not a remainder too
-            params = _num_params(spec.model, train)
             for s in range(0, len(idx), size):
                 parts = _thread_parts(idx[s : s + size], params)
                 for part, g in zip(parts, _run_parts(spec, train, configs, parts, test, bar)):

@@ -21,6 +21,7 @@ from typing import NamedTuple
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from mcsl_core._validation import available_cores
 from mcsl_core.ledger import _errors as E
 from mcsl_core.ledger._block import (
     ZERO_HASH,
@@ -104,7 +105,7 @@ def _check_chunk(jobs: Sequence[SigJob]) -> int:
 
 
 def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return available_cores()
 
 
 # one thread pool per worker count, kept for the process: a task verifies a few hundred small

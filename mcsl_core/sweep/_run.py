@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mcsl_core._io import prepare_out_dir
+from mcsl_core._validation import available_cores
 from mcsl_core.sweep import _results, _worker
 from mcsl_core.sweep._spec import SweepPoint, SweepSpec, load_spec, spec_from_mapping
 
@@ -69,10 +70,7 @@ class SerialExecutor(cf.Executor):
 
 def default_workers() -> int:
     """One worker per core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover (not Linux)
-        return os.cpu_count() or 1
+    return available_cores()
 
 
 def local_pool(workers: int) -> cf.ProcessPoolExecutor:
