@@ -48,6 +48,7 @@ from mcsl_core.fl._train import (
     FLHistory,
     FLResult,
     _client_update_fn,
+    _gather,
     select_clients,
 )
 
@@ -425,15 +426,6 @@ def _put(tree, sharding):
     if sharding is None:
         return jax.tree_util.tree_map(jnp.asarray, tree)
     return jax.device_put(jax.tree_util.tree_map(np.asarray, tree), sharding)
-
-
-def _gather(x) -> np.ndarray:
-    """A (possibly multi-host sharded) array on this host, whole."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _mesh():

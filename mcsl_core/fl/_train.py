@@ -448,13 +448,14 @@ def _device_data(data: FederatedData, sharding=None):
     return data._cache[key]
 
 
-def _gather_local(tree):
-    """Arrays that span several processes' devices, whole on this process's default device
-    (every process calls it with the same arrays: an all-gather among them)."""
+def _gather(x) -> np.ndarray:
+    """A (possibly multi-host sharded) array on this host, whole (an array spanning several
+    processes' devices is all-gathered: every process must call it with the same array)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
     from jax.experimental import multihost_utils
 
-    host = multihost_utils.process_allgather(tree, tiled=True)
-    return jax.tree_util.tree_map(jnp.asarray, host)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 # ---------------------------------------------------------------------------
@@ -607,7 +608,7 @@ def _run_shard(model, params, data, clients, keys, cfg, *, warm=False, deadline=
         jnp.float32(cfg.client_lr),
     )
     if jax.process_count() > 1:  # the rest of the round runs on this process: gather it here
-        deltas, losses = _gather_local((deltas, losses))
+        deltas, losses = jax.tree_util.tree_map(lambda a: jnp.asarray(_gather(a)), (deltas, losses))
     if kp != k:
         deltas = jax.tree_util.tree_map(lambda a: a[:k], deltas)
         losses = losses[:k]
