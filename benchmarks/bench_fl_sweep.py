@@ -79,34 +79,34 @@ def _interleaved(benchmark, timed, other, note_other: str, rounds: int = 1, warm
     benchmark.extra_info[f"interleaved_{note_other}_s"] = other_s
 
 
-@pytest.mark.parametrize("which", ["logistic", "mlp"])
-def test_fl_sweep_k64(benchmark, bench_info, which):
+def _k64(benchmark, bench_info, which: str, role: str) -> None:
+    """Time one side of the K = 64 group (``role``), the other side interleaved."""
     tr, te, model, cfg, k = _setup(benchmark.disabled, which)
     benchmark.group = f"fl-sweep-{which}-k64"
-    bench_info("kernel", k, "experiment", note=f"run_sweep of {k} seeds, {cfg.rounds} rounds; {_where()}")
-    _interleaved(
-        benchmark,
-        lambda: _sweep(tr, te, model, cfg, k),
-        lambda: _sequential(tr, te, model, cfg, k),
-        "anchor",
-        rounds=1 if benchmark.disabled else 3,
-        warm=("sweep", which),
-    )
+    sides = {
+        "kernel": (
+            lambda: _sweep(tr, te, model, cfg, k),
+            f"run_sweep of {k} seeds, {cfg.rounds} rounds; {_where()}",
+        ),
+        "anchor": (
+            lambda: _sequential(tr, te, model, cfg, k),
+            f"{k} sequential run_fedavg calls (strategy auto)",
+        ),
+    }
+    other = "anchor" if role == "kernel" else "kernel"
+    bench_info(role, k, "experiment", note=sides[role][1])
+    rounds = 1 if benchmark.disabled else 3
+    _interleaved(benchmark, sides[role][0], sides[other][0], other, rounds=rounds, warm=("sweep", which))
+
+
+@pytest.mark.parametrize("which", ["logistic", "mlp"])
+def test_fl_sweep_k64(benchmark, bench_info, which):
+    _k64(benchmark, bench_info, which, "kernel")
 
 
 @pytest.mark.parametrize("which", ["logistic", "mlp"])
 def test_fl_sweep_k64_anchor_sequential(benchmark, bench_info, which):
-    tr, te, model, cfg, k = _setup(benchmark.disabled, which)
-    benchmark.group = f"fl-sweep-{which}-k64"
-    bench_info("anchor", k, "experiment", note=f"{k} sequential run_fedavg calls (strategy auto)")
-    _interleaved(
-        benchmark,
-        lambda: _sequential(tr, te, model, cfg, k),
-        lambda: _sweep(tr, te, model, cfg, k),
-        "kernel",
-        rounds=1 if benchmark.disabled else 3,
-        warm=("sweep", which),
-    )
+    _k64(benchmark, bench_info, which, "anchor")
 
 
 def _one(tr, te, model, cfg, compiled: bool):
