@@ -164,7 +164,8 @@ def toml_text(mapping: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def read_toml(path: str | os.PathLike, *, missing: str | None = None) -> dict[str, Any]:
-    """Parse the TOML file ``path``; a malformed file raises ``ValueError`` naming it.
+    """Parse the TOML file ``path``; a malformed file (not UTF-8, not TOML, nested too
+    deeply to parse) raises ``ValueError`` naming it.
 
     With ``missing`` (e.g. ``"no sweep spec at"``) an absent file is a ``ValueError``
     ``"{missing} {path}"`` too; without it the ``OSError`` of the read stands.
@@ -172,7 +173,12 @@ def read_toml(path: str | os.PathLike, *, missing: str | None = None) -> dict[st
     path = Path(path)
     if missing is not None and not path.is_file():
         raise ValueError(f"{missing} {path}")
+    raw = path.read_bytes()
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(raw.decode("utf-8"))  # TOML is UTF-8, whatever the locale says
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to read") from None

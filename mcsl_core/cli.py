@@ -113,13 +113,9 @@ def _load_config(path: Path):
     if not path.is_file():
         raise UserError(f"no config file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        return system.load_config(path)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+        return system.load_config(path)  # malformed files: a ValueError naming the file
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except RecursionError:
-        raise UserError(f"{path}: nested too deeply to read") from None
 
 
 def _run_inputs(args: argparse.Namespace) -> None:

@@ -305,3 +305,26 @@ def test_shipped_byzantine_spec_is_valid():
     for p in spec.points:
         assert p.config.replace(aggregator="fedavg", byzantine_servers=0, seed=0) == defaults
     assert load_config(ROOT / "mcsl_core" / "configs" / "example.toml") == defaults
+
+
+@pytest.mark.parametrize(
+    ("content", "msg"),
+    [
+        (b'[sweep]\nseeds = 1\n[task]\ntask_id = "caf\xe9"\n', "not UTF-8 text (bad byte at offset 39)"),
+        ("[sweep]\nseeds = 1\n".encode("utf-16"), "not UTF-8 text"),
+        (b"\x00" * 32, "not valid TOML"),
+        (b"x = " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "nested too deeply to read"),
+    ],
+    ids=["latin1", "utf16", "nul_bytes", "deeply_nested"],
+)
+def test_a_malformed_spec_or_base_file_is_named_in_one_line(tmp_path, capsys, content, msg):
+    """The shared TOML reader names the file for every way a file can fail to parse, for a
+    spec and for the ``base = ...`` file it points at alike."""
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(content)
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[sweep]\nbase = "bad.toml"\n')
+    for path, where in ((bad, f"{bad}: "), (spec, f"{spec}: base: {bad}: ")):
+        assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"mcsl: error: {where}{msg}"), err
