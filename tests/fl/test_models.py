@@ -48,6 +48,51 @@ def test_patches_match_direct_convolution(rng):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _numpy_conv_grads(x, k, g):
+    """Gradients of ``sum(g * conv_same(x, k))`` in float64 by direct loops over the window."""
+    r = k.shape[0] // 2
+    xp = np.pad(x.astype(np.float64), ((0, 0), (r, r), (r, r), (0, 0)))
+    dxp, dk = np.zeros_like(xp), np.zeros(k.shape)
+    h, w = x.shape[1:3]
+    for dy in range(k.shape[0]):
+        for dx in range(k.shape[1]):
+            win = xp[:, dy : dy + h, dx : dx + w, :]
+            dk[dy, dx] = np.einsum("bhwc,bhwo->co", win, g)
+            dxp[:, dy : dy + h, dx : dx + w, :] += np.einsum("bhwo,co->bhwc", g, k[dy, dx])
+    return dxp[:, r : r + h, r : r + w, :], dk
+
+
+def test_conv_im2col_custom_backward_matches_direct_gradients(rng):
+    """The hand-written backward pass (kernel gradient from the kept patches, input gradient
+    by the transposed convolution) against float64 loops, plain and in each vmap case:
+    per-client kernels (the slices' transpose), a shared kernel (folded batch), nested."""
+    from mcsl_core.fl._models import conv_im2col
+
+    x = rng.normal(size=(3, 2, 6, 7, 3)).astype(np.float32)
+    k = rng.normal(size=(3, 5, 5, 3, 4)).astype(np.float32)
+    g = rng.normal(size=(3, 2, 6, 7, 4)).astype(np.float32)
+
+    def grads(x, k, g):
+        return jax.grad(lambda x, k: jnp.sum(g * conv_im2col(x, k)), argnums=(0, 1))(x, k)
+
+    t = dict(rtol=1e-4, atol=1e-4)  # float32 sums of 75..150 products of unit normals
+    plain = [jax.jit(grads)(x[i], k[i], g[i]) for i in range(3)]
+    per_client = jax.jit(jax.vmap(grads))(x, k, g)
+    shared = jax.jit(jax.vmap(grads, (0, None, 0)))(x, k[0], g)
+    nested = jax.jit(jax.vmap(jax.vmap(grads, (0, None, 0)), (None, 0, None)))(x, k, g)  # [kernel, x]
+    for e in range(3):
+        for c in range(3):
+            dx, dk = _numpy_conv_grads(x[c], k[e], g[c])
+            got = [(nested[0][e, c], nested[1][e, c], "nested vmap")]
+            if e == c:
+                got += [(*plain[c], "plain"), (per_client[0][c], per_client[1][c], "per-client kernels")]
+            if e == 0:
+                got += [(shared[0][c], shared[1][c], "shared kernel")]
+            for gx, gk, name in got:
+                np.testing.assert_allclose(np.asarray(gx), dx, **t, err_msg=name)
+                np.testing.assert_allclose(np.asarray(gk), dk, **t, err_msg=name)
+
+
 def test_logistic_and_mlp(rng):
     x = jnp.asarray(rng.normal(size=(4, 7)), jnp.float32)
     lg = fl.logistic(7, 3)
