@@ -37,6 +37,7 @@ from mcsl_core.fl._sweep import FLSweepResult, run_sweep
 from mcsl_core.fl._train import (
     FEDAVG_SERVER,
     STRATEGIES,
+    THREADS_ENV,
     EvalResult,
     FLConfig,
     FLHistory,
@@ -57,6 +58,7 @@ __all__ = [
     "FEDAVG_SERVER",
     "MLP",
     "STRATEGIES",
+    "THREADS_ENV",
     "EvalResult",
     "FLConfig",
     "FLHistory",

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mcsl_core._names import STRATEGIES
+from mcsl_core._validation import available_cores, available_memory
 from mcsl_core.fl import _deferred
 from mcsl_core.fl._aggregate import AGGREGATORS, dp_fedavg, fedavg, krum, median, trimmed_mean
 from mcsl_core.fl._data import FederatedData, bucket_steps
@@ -522,35 +524,118 @@ def _max_width(params) -> int:
     return 1 << (max(_WIDTH_BYTES // max(nbytes, 1), 1).bit_length() - 1)  # largest power of two
 
 
+#: Environment variable: how many parts (threads) a ``loop`` round on one CPU device
+#: splits its clients into. Unset: one per core the process may use. The task sweep's
+#: workers set 1 (one worker per core already). ``vmap`` rounds run in one part: their
+#: lockstep chunks would change with the split, and with them a client's float rounding.
+THREADS_ENV = "MCSL_FL_THREADS"
+
+
+def round_parts(k: int, client_bytes: int) -> int:
+    """Parts a round of ``k`` clients runs in, side by side in threads (1: no threads).
+
+    Only on a single CPU device: a client's steps at batch 10 are too small for XLA to
+    keep two cores busy, while two independent programs do (the CNN round: 1.18x on 2
+    cores, ``docs/fl.md``). Each part but the first keeps its own stack of updates until
+    it is merged, so the split is skipped when those stacks would take more than a
+    quarter of the memory available now.
+    """
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}")
+        parts = int(raw)
+    else:
+        parts = available_cores()
+    if jax.default_backend() != "cpu" or jax.device_count() > 1:
+        return 1
+    parts = max(1, min(parts, k))
+    extra = (parts - 1) * -(-k // parts) * client_bytes
+    return parts if 4 * extra <= available_memory() else 1
+
+
+def _split(steps: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Positions in ``parts`` groups of near-equal work: clients by steps, largest first,
+    dealt in a snake (0, 1, .., p-1, p-1, .., 0, ...); each group holds at most ceil(k / p)."""
+    order = np.argsort(-steps, kind="stable")
+    lane = np.concatenate([np.arange(parts), np.arange(parts)[::-1]])[np.arange(len(steps)) % (2 * parts)]
+    return [np.sort(order[lane == i]) for i in range(parts)]
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _merge(stack, losses, part_stack, part_losses, slots):
+    """Write a part's updates into the round's stack in place (slot ``k``: dropped)."""
+    put = lambda a, b: a.at[slots].set(b, mode="drop", unique_indices=True)  # noqa: E731
+    return jax.tree_util.tree_map(put, stack, part_stack), put(losses, part_losses)
+
+
 def _run_chunks(strategy, model, params, data, clients, keys, cfg, *, warm=False, deadline=None):
-    """Run a round as :func:`_plan` lays it out. ``warm``: every step count 0
-    (compiles every program of the round at almost no run cost). ``deadline``
-    (a :data:`_clock` time): block after each dispatch and give up (None) once past it."""
+    """Run a round as :func:`_plan` lays it out (``loop``: in :func:`round_parts` parts
+    side by side, in threads). ``warm``: every step count 0 (compiles every program of the round at almost
+    no run cost). ``deadline`` (a :data:`_clock` time): block after each dispatch and give
+    up (None) once past it.
+
+    Part 0 writes into the round's stack; the others into stacks of ``ceil(k / parts)``
+    clients, merged afterwards. Every program's shape depends on ``k`` and the part
+    count only, and a client's update does not depend on its part (tested bit for bit).
+    """
     x_all, y_all = _device_data(data)
     k, b = len(clients), cfg.batch_size
     steps = data.steps(b)[clients]
-    stack = jax.tree_util.tree_map(lambda p: jnp.zeros((k, *p.shape), p.dtype), params)
-    losses = jnp.zeros((k,), jnp.float32)
-    start = np.append(data.offsets[clients], 0).astype(np.int32)  # position k: a dropped dummy
-    n = np.append(data.num_samples[clients], 0).astype(np.int32)
-    kd = np.concatenate([np.asarray(keys), np.zeros((1, *keys.shape[1:]), np.uint32)])
-    lr = jnp.float32(cfg.client_lr)
-    for c in _plan(strategy, steps, b, 1 if strategy == "loop" else _max_width(params)):
-        cap = k // c.width  # most chunks of this width a round can hold: one program per width
-        pos = np.full((cap, c.width), k, np.int64)
-        pos[: len(c.pos)] = c.pos
-        trips = np.zeros(cap, np.int32)
-        trips[: len(c.trips)] = 0 if warm else c.trips
-        fn = _chunk_program(model, c.rows, b, cfg.local_epochs, c.width, cap, _deferred.DEFER_MIN_KERNEL)
-        stack, losses = fn(
-            params, stack, losses, x_all, y_all, pos.astype(np.int32), start[pos], n[pos], kd[pos],
-            trips, np.int32(len(c.pos)), lr,
-        )  # fmt: skip
-        if deadline is not None:
-            jax.block_until_ready(losses)
-            if _clock() > deadline:
-                return None
+    inputs = (
+        np.append(data.offsets[clients], 0).astype(np.int32),  # position k: a dropped dummy
+        np.append(data.num_samples[clients], 0).astype(np.int32),
+        np.concatenate([np.asarray(keys), np.zeros((1, *keys.shape[1:]), np.uint32)]),
+    )
+    client_bytes = sum(p.size * p.dtype.itemsize for p in jax.tree_util.tree_leaves(params))
+    parts = _split(steps, round_parts(k, client_bytes) if strategy == "loop" else 1)
+    rows = -(-k // len(parts))
+    width = 1 if strategy == "loop" else _max_width(params)
+
+    def run(i):
+        size, slots = (k, parts[0]) if i == 0 else (rows, np.arange(len(parts[i])))
+        stack = jax.tree_util.tree_map(lambda p: jnp.zeros((size, *p.shape), p.dtype), params)
+        state = (stack, jnp.zeros((size,), jnp.float32))
+        for c in _plan(strategy, steps[parts[i]], b, width):
+            state = _dispatch(c, model, params, cfg, x_all, y_all, inputs, parts[i], slots, state, rows, warm)
+            if deadline is not None:
+                jax.block_until_ready(state)
+                if _clock() > deadline:
+                    return None
+        return state
+
+    if len(parts) == 1:
+        return run(0)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(parts), thread_name_prefix="mcsl-round") as ex:
+        done = list(ex.map(run, range(len(parts))))
+    if any(d is None for d in done):
+        return None
+    stack, losses = done[0]
+    for pos, (st, ls) in zip(parts[1:], done[1:], strict=True):
+        slots = np.full(rows, k, np.int32)
+        slots[: len(pos)] = pos
+        stack, losses = _merge(stack, losses, st, ls, slots)
     return stack, losses
+
+
+def _dispatch(c, model, params, cfg, x_all, y_all, inputs, part, slots, state, rows, warm):
+    """One call of :func:`_chunk_program` for the chunks ``c`` of one part (positions in
+    the part); ``slots`` maps the part's positions to rows of its stack."""
+    cap = rows // c.width  # most chunks of this width a part can hold: one program per width
+    pos = np.full((cap, c.width), -1, np.int64)
+    pos[: len(c.pos)] = c.pos
+    at = np.where(pos >= 0, part[pos], len(inputs[0]) - 1)  # round positions; dummies: k
+    trips = np.zeros(cap, np.int32)
+    trips[: len(c.trips)] = 0 if warm else c.trips
+    fn = _chunk_program(
+        model, c.rows, cfg.batch_size, cfg.local_epochs, c.width, cap, _deferred.DEFER_MIN_KERNEL
+    )
+    return fn(
+        params, *state, x_all, y_all, np.where(pos >= 0, slots[pos], 0).astype(np.int32),
+        *(a[at] for a in inputs), trips, np.int32(len(c.pos)), jnp.float32(cfg.client_lr),
+    )  # fmt: skip
 
 
 def padded_step_overhead(

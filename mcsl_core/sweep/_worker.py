@@ -30,6 +30,7 @@ WORKER_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "VECLIB_MAXIMUM_THREADS": "1",
+    "MCSL_FL_THREADS": "1",  # fl.THREADS_ENV: a round's clients in one thread
 }
 _XLA_SINGLE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
