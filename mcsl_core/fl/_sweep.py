@@ -6,7 +6,9 @@ vectorised (``jax.vmap`` over the experiment axis, combined with the client
 axis inside each round); structural fields split the sweep into groups, one
 compiled program each (:func:`mcsl_core.fl._compiled.run_group`). Groups are
 chunked to fit memory and, with several devices, their experiment axis is
-split over every device with ``jax.sharding``.
+split over every device with ``jax.sharding``. On a single CPU device a group
+whose model has more than :data:`ONE_BY_ONE_MIN_PARAMS` parameters (the CNN)
+runs its experiments one after another through :func:`run_fedavg` instead.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import jax
 import numpy as np
 
 from mcsl_core._validation import available_cores as _cpu_cores  # a module name tests patch
-from mcsl_core.fl._compiled import bytes_per_experiment, group_spec, memory_budget, run_group
+from mcsl_core.fl._compiled import GroupResult, bytes_per_experiment, group_spec, memory_budget, run_group
 from mcsl_core.fl._data import FederatedData
 from mcsl_core.fl._models import num_params
-from mcsl_core.fl._train import FLConfig, FLHistory
+from mcsl_core.fl._train import FLConfig, FLHistory, run_fedavg
 
 __all__ = ["NUMERIC_FIELDS", "STRUCTURAL_FIELDS", "FLSweepResult", "run_sweep"]
 
@@ -171,8 +173,16 @@ def _chunk_size(params: int, spec, dim: int, budget: int | None) -> int:
 #: program in its own thread. Their per-step operations are too small for XLA's CPU
 #: backend to spread over cores (a K = 64 logistic sweep keeps one core busy), while
 #: independent programs in threads run side by side: measured 1.5-1.65x on 2 cores for
-#: the logistic step. Larger models already use every core inside their operations.
+#: the logistic step.
 THREAD_PARTS_MAX_PARAMS = 1 << 20
+
+#: On a single CPU device, models of more than this many parameters run a sweep's
+#: experiments one after another, each through :func:`run_fedavg` (its per-round engine
+#: trains the clients in threads, with the deferred dense update and the convolution's
+#: own backward pass); vectorised over experiments such a model gains nothing on a CPU,
+#: whose cores its operations already fill, and loses those two (the K = 8 CNN sweep ran
+#: at 0.74x of the sequential calls). Accelerators and several devices stay vectorised.
+ONE_BY_ONE_MIN_PARAMS = 1 << 20
 
 
 #: Experiments per part of a chunk that runs in threads (see THREAD_PARTS_MAX_PARAMS). A
@@ -189,6 +199,21 @@ def _thread_parts(part: list[int], params: int) -> list[list[int]]:
     n = -(-len(part) // THREAD_PART)
     size = -(-len(part) // n)  # equal pieces: one compiled shape
     return [part[s : s + size] for s in range(0, len(part), size)]
+
+
+def _one_by_one(params: int) -> bool:
+    return params > ONE_BY_ONE_MIN_PARAMS and jax.device_count() == 1 and jax.default_backend() == "cpu"
+
+
+def _run_alone(model, train, config: FLConfig, test, bar) -> GroupResult:
+    """One experiment through :func:`run_fedavg`, as a group of one."""
+    r = run_fedavg(model, train, dataclasses.replace(config, progress=False), test=test)
+    if bar is not None:
+        bar.update(config.rounds)
+    hist = FLHistory(*(np.asarray(f)[None] for f in r.history))
+    return GroupResult(
+        jax.tree_util.tree_map(lambda a: np.asarray(a)[None], r.params), hist, np.array([r.stopped_early])
+    )
 
 
 def _run_parts(spec, train, configs, parts, test, bar) -> list:
@@ -227,7 +252,9 @@ def run_sweep(
         is ``itertools.product`` by the caller). Numeric fields
         (:data:`NUMERIC_FIELDS`) are vectorised within one program;
         structural ones (:data:`STRUCTURAL_FIELDS`) form groups, one program
-        each. ``strategy``, ``progress`` and ``compiled`` cannot vary.
+        each. ``strategy``, ``progress`` and ``compiled`` cannot vary. On one
+        CPU device, models above :data:`ONE_BY_ONE_MIN_PARAMS` parameters run
+        experiment by experiment through :func:`run_fedavg` (faster there).
     memory_bytes : bytes one chunk of experiments may use (default a quarter of
         the device's memory, see :func:`mcsl_core.fl._compiled.memory_budget`);
         the chunk holds ``memory_bytes // bytes_per_experiment`` experiments.
@@ -260,6 +287,10 @@ def run_sweep(
     try:
         for spec, idx in groups.items():
             params = _num_params(spec.model, train)
+            if _one_by_one(params):
+                for i in idx:
+                    results[i] = (None, _run_alone(models[i], train, configs[i], test, bar), 0)
+                continue
             size = _chunk_size(params, spec, train.dim, memory_bytes)
             n_chunks = -(-len(idx) // size)
             size = -(-len(idx) // n_chunks)  # equal chunks: one compiled shape, not a remainder too
@@ -289,7 +320,7 @@ def _assemble(results, configs, models, axes, rounds: int) -> FLSweepResult:
         field("eval_accuracy", np.nan, np.float32),
         field("round_time", np.nan, np.float64),
     )
-    trees = [r[0] for r in results]
+    trees = [t if t is not None else jax.tree_util.tree_map(lambda a: a[0], g.params) for t, g, _ in results]
     structs = {jax.tree_util.tree_structure(t) for t in trees}
     shapes = {tuple(a.shape for a in jax.tree_util.tree_leaves(t)) for t in trees}
     if len(structs) == 1 and len(shapes) == 1:

@@ -531,14 +531,22 @@ def _max_width(params) -> int:
 THREADS_ENV = "MCSL_FL_THREADS"
 
 
-def round_parts(k: int, client_bytes: int) -> int:
+#: A round splits only when it has at least this much work, counted in steps of a
+#: 8,192-parameter model: ``sum(steps) * (1 + params / 8192)``. Each thread and part costs
+#: a few milliseconds of dispatch; on the 2-core machine a split paid off from about
+#: 2,000 such steps (logistic regression: slower at 35 FedProx clients, 551 steps,
+#: 1.4x faster at 70; the MLP even at 35 and 1.5x at 70; the CNN round 1.18x).
+SPLIT_MIN_WORK = 2048
+
+
+def round_parts(k: int, client_bytes: int, work: float = math.inf) -> int:
     """Parts a round of ``k`` clients runs in, side by side in threads (1: no threads).
 
-    Only on a single CPU device: a client's steps at batch 10 are too small for XLA to
-    keep two cores busy, while two independent programs do (the CNN round: 1.18x on 2
-    cores, ``docs/fl.md``). Each part but the first keeps its own stack of updates until
-    it is merged, so the split is skipped when those stacks would take more than a
-    quarter of the memory available now.
+    Only on a single CPU device and for at least :data:`SPLIT_MIN_WORK` of ``work``: a
+    client's steps at batch 10 are too small for XLA to keep two cores busy, while two
+    independent programs do (the CNN round: 1.18x on 2 cores, ``docs/fl.md``). Each part
+    but the first keeps its own stack of updates until it is merged, so the split is
+    skipped when those stacks would take more than a quarter of the memory available now.
     """
     raw = os.environ.get(THREADS_ENV, "").strip()
     if raw:
@@ -547,7 +555,7 @@ def round_parts(k: int, client_bytes: int) -> int:
         parts = int(raw)
     else:
         parts = available_cores()
-    if jax.default_backend() != "cpu" or jax.device_count() > 1:
+    if jax.default_backend() != "cpu" or jax.device_count() > 1 or work < SPLIT_MIN_WORK:
         return 1
     parts = max(1, min(parts, k))
     extra = (parts - 1) * -(-k // parts) * client_bytes
@@ -587,8 +595,10 @@ def _run_chunks(strategy, model, params, data, clients, keys, cfg, *, warm=False
         np.append(data.num_samples[clients], 0).astype(np.int32),
         np.concatenate([np.asarray(keys), np.zeros((1, *keys.shape[1:]), np.uint32)]),
     )
-    client_bytes = sum(p.size * p.dtype.itemsize for p in jax.tree_util.tree_leaves(params))
-    parts = _split(steps, round_parts(k, client_bytes) if strategy == "loop" else 1)
+    leaves = jax.tree_util.tree_leaves(params)
+    client_bytes = sum(p.size * p.dtype.itemsize for p in leaves)
+    work = float(steps.sum()) * cfg.local_epochs * (1 + sum(p.size for p in leaves) / 8192)
+    parts = _split(steps, round_parts(k, client_bytes, work) if strategy == "loop" else 1)
     rows = -(-k // len(parts))
     width = 1 if strategy == "loop" else _max_width(params)
 

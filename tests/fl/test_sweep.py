@@ -93,6 +93,31 @@ def test_small_models_run_parts_of_a_chunk_in_threads_with_the_same_result(data,
     np.testing.assert_array_equal(res.history.eval_loss, one.history.eval_loss)
 
 
+def test_large_models_on_one_cpu_run_experiment_by_experiment(data, monkeypatch):
+    """Above ONE_BY_ONE_MIN_PARAMS (patched down so a logistic model counts as large) a
+    sweep on one CPU device runs each experiment through run_fedavg: no vectorised group
+    program, and every experiment's params, history and early stop exactly run_fedavg's."""
+    from mcsl_core.fl import _sweep
+
+    tr, te = data
+    base = fl.FLConfig(rounds=3, clients_per_round=4, batch_size=10, strategy="loop", progress=False)
+    m = fl.logistic(20, 5)
+    axes = {k: v[:4] for k, v in AXES.items()}  # fedavg, fedavg, median, krum; an early stop
+    monkeypatch.setattr(_sweep, "run_group", lambda *a, **kw: pytest.fail("vectorised path taken"))
+    monkeypatch.setattr(_sweep, "ONE_BY_ONE_MIN_PARAMS", 20 * 5)  # 105 parameters: above
+    res = fl.run_sweep(m, tr, base, axes, test=te)
+    assert res.history.round.shape == (4, 3) and res.stopped_early[0]
+    for k in range(4):
+        ref = fl.run_fedavg(m, tr, res.configs[k], test=te)
+        np.testing.assert_array_equal(
+            flat(jax.tree_util.tree_map(lambda a, k=k: a[k], res.params)), flat(ref.params)
+        )
+        n = len(ref.history.round)
+        for name in ("round", "train_loss", "eval_loss", "eval_accuracy"):
+            np.testing.assert_array_equal(getattr(res.history, name)[k, :n], getattr(ref.history, name))
+        assert np.all(res.history.round[k, n:] == 0) and bool(res.stopped_early[k]) == ref.stopped_early
+
+
 @pytest.mark.slow
 def test_structural_axes_models_rounds_and_chunks(data):
     tr, te = data

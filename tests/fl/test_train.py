@@ -550,20 +550,26 @@ def test_loop_round_in_parts_equals_one_part_bit_for_bit(synth, monkeypatch):
     program does the same float operations whichever part it is in. Also with the
     deferred dense update (threshold lowered so the MLP's 20 x 16 kernel takes that path).
     ``vmap`` ignores the setting (its lockstep chunks would change with a split)."""
-    from mcsl_core.fl import _deferred
+    from mcsl_core.fl import _deferred, _train
 
     train, _ = synth
     model = fl.mlp(20, 5, hidden=(16,))
     params = fl.init_params(model, 20, 0)
     clients = np.array([11, 0, 5, 3, 8, 1, 9, 2, 7])  # not sorted: slots follow this order
+    monkeypatch.setattr(_train, "SPLIT_MIN_WORK", 0)  # this small round splits too
+    merged = []
+    real_merge = _train._merge
+    monkeypatch.setattr(_train, "_merge", lambda *a: merged.append(1) or real_merge(*a))
     cfg = fl.FLConfig(clients_per_round=9, local_epochs=2, batch_size=10, client_lr=0.05)
     for defer in (_deferred.DEFER_MIN_KERNEL, 64):
         monkeypatch.setattr(_deferred, "DEFER_MIN_KERNEL", defer)
         got = {}
         for parts in ("1", "2", "3"):
             monkeypatch.setenv(fl.THREADS_ENV, parts)
+            merged.clear()
             ru = fl.federated_round(model, params, train, clients, cfg, round_index=1, strategy="loop")
             got[parts] = (_flat(ru.updates), np.asarray(ru.loss))
+            assert len(merged) == int(parts) - 1  # the helper parts really ran
         for parts in ("2", "3"):
             assert np.array_equal(got[parts][0], got["1"][0]), (defer, parts)
             assert np.array_equal(got[parts][1], got["1"][1]), (defer, parts)
@@ -572,7 +578,8 @@ def test_loop_round_in_parts_equals_one_part_bit_for_bit(synth, monkeypatch):
 def test_round_parts_split_and_environment(monkeypatch):
     """Parts: a partition of the round, each at most ceil(k / p) clients, near-equal work
     (the snake deal: part totals within the largest client's steps); the part count
-    follows MCSL_FL_THREADS, one without memory to spare, and a bad value is refused."""
+    follows MCSL_FL_THREADS, one for a small round or without memory to spare, and a bad
+    value is refused."""
     from mcsl_core.fl import _train
 
     steps = np.random.default_rng(3).integers(0, 40, 35)
@@ -584,6 +591,8 @@ def test_round_parts_split_and_environment(monkeypatch):
         assert max(totals) - min(totals) <= steps.max()
     monkeypatch.setenv(fl.THREADS_ENV, "3")
     assert _train.round_parts(35, 1000) == 3 and _train.round_parts(2, 1000) == 2
+    assert _train.round_parts(35, 1000, _train.SPLIT_MIN_WORK - 1) == 1  # too little work
+    assert _train.round_parts(35, 1000, _train.SPLIT_MIN_WORK) == 3
     monkeypatch.setattr(_train, "available_memory", lambda: 4 * 2 * 12 * 1000 - 1)
     assert _train.round_parts(35, 1000) == 1  # two helper stacks of 12 clients do not fit
     for bad in ("0", "-1", "two", "1.5"):
