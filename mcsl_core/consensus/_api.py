@@ -199,13 +199,15 @@ def kernel_bytes(n: int, U: int, V: int) -> int:
     the pre-prepare digest, view changes received, best certificate view and digest, a
     sent flag) ``+ queue_bytes(n U + 2 n (n - 1) + 4 n + 64)`` (every message of two
     broadcast rounds in flight; about 56.3 bytes a slot: a 32-byte record, a 16-byte
-    bucket entry in chunks of 32, an 8-byte tie-heap key, plus 68 KB) ``+ 232 n`` (node
-    state, fault codes, outputs) ``+ 80 (n + 1 + U)`` (per entity: link and CPU clocks,
-    seconds per byte) ``+ 4096`` (counters, parameters, alignment). ``V = f + 2`` for PBFT
+    bucket entry in chunks of 32, an 8-byte tie-heap key, plus 733 KB of bucket chunks)
+    ``+ 232 n`` (node state, fault codes, outputs) ``+ 80 (n + 1 + U)`` (per entity: link
+    and CPU clocks, seconds per byte) ``+ 8 Z_NODE + 2048`` (counters, bucket heads,
+    parameters, alignment: 19.5 KB). ``V = f + 2`` for PBFT
     by default (``max_views``), 1 otherwise. The queue doubles if more events are
     pending at once (many views in flight); its pages are touched only as used.
     """
-    return 36 * n * V + _sim.queue_bytes(_sim.queue_slots(n, U)) + 232 * n + 80 * (n + 1 + U) + 4096
+    fixed = 8 * _sim.Z_NODE + 2048
+    return 36 * n * V + _sim.queue_bytes(_sim.queue_slots(n, U)) + 232 * n + 80 * (n + 1 + U) + fixed
 
 
 def _check_fits(n: int, U: int, V: int, where: str = "", have: int | None = None) -> int:

@@ -48,18 +48,20 @@ pure-Python ``heapq`` reference in ``tests/reference/consensus_ref.py`` reproduc
 time stamp exactly.
 
 Pending events (arrivals, handle events, timers alike) sit in one radix heap on the
-float64 time bits (a non-negative double's IEEE bits order like the double as uint64):
-with ``last`` the time of the last popped event, an event whose time bits first differ
-from ``last``'s at bit ``b - 1`` sits in bucket ``b`` (1..63, a bit mask marks the
-non-empty ones, each keeps its least time); events at time ``last`` sit in a small
-4-ary heap of keys ``sequence << 1 | handle``, which gives the exact tie-break. When
-that heap is empty, the first non-empty bucket's least time becomes ``last`` and its
-entries move to lower buckets or to the heap. This is valid because no event is
-scheduled before the current time. A bucket is a list of chunks of 32 contiguous
-16-byte entries (time bits, key << 31 | slot), its first chunk its own: an event moves
-about 6-9 times at n = 100..1,000, and each move reads and appends contiguous memory
-instead of chasing a link into the event's record (``docs/consensus.md``, "which queue
-wins").
+float64 time bits (a non-negative double's IEEE bits order like the double as uint64),
+with digits of ``RB = 6`` bits: with ``last`` the time of the last popped event, an
+event whose time bits first differ from ``last``'s in digit ``l`` (bits ``6 l .. 6 l +
+5``) sits in bucket ``(l, d)``, ``d`` its own digit there (larger than ``last``'s), and
+buckets order as ``l << 6 | d`` (a mask of 11 words marks the non-empty ones, each keeps
+its least time); events at time ``last`` sit in a small 4-ary heap of keys ``sequence
+<< 1 | handle``, which gives the exact tie-break. When that heap is empty, the first
+non-empty bucket is taken: a lone entry is the next event as it stands, otherwise the
+bucket's least time becomes ``last`` and its entries move to lower buckets or to the
+heap. This is valid because no event is scheduled before the current time. A bucket is
+a list of chunks of 32 contiguous 16-byte entries (time bits, key << 31 | slot), its
+first chunk its own. With one-bit digits an event was filed 6.3 times at n = 100 and
+8.7 at n = 1,000; with 6-bit digits 2.6 and 3.6, and 80 % of the buckets taken hold a
+lone entry (``docs/consensus.md``, "which queue wins").
 
 No-op handle events are not queued. Node state within a view only moves forward
 (prepared and committed stay set until a node enters a higher view, views only grow,
@@ -84,8 +86,9 @@ view-change count, the best certificate (view, digest) and a sent flag, 36 bytes
 ``W[v, i]`` (one view's rows are contiguous). The queue holds at most ``n U + 2 n (n -
 1) + 4 n + 64`` events before it grows (every message of two broadcast rounds in
 flight), about 56 bytes each (``queue_bytes``: a 32-byte record, a 16-byte bucket entry,
-an 8-byte tie-heap key). Total ``36 n V + queue_bytes(slots) + 232 n + 80 (n + 1 + U) +
-4096`` bytes (V views: f + 2 for PBFT by default, 1 otherwise); the queue's pages are
+an 8-byte tie-heap key, plus 733 KB of bucket chunks). Total ``36 n V + queue_bytes(slots)
++ 232 n + 80 (n + 1 + U) + 8 Z_NODE + 2048`` bytes (``8 Z_NODE``: 17.5 KB of counters
+and bucket heads; V views: f + 2 for PBFT by default, 1 otherwise); the queue's pages are
 touched only as used. The state is four flat arrays (``Z``, ``W``, ``F``, ``E`` below,
 offsets named by the constants), so a helper call passes four array structs (numba
 passes each by value, about 8 words) where tuples of 31 arrays were passed before.
@@ -162,9 +165,17 @@ NS = 24
 
 # The kernel's whole state is four flat arrays, so a helper call passes four array
 # structs (numba passes each array by value, about 8 words) instead of 31:
-# Z (int64): IP, per-phase message counts, queue counters, per bucket its least time, tail
-#   chunk and tail fill, then NS words per node (S_REPD: the node's reply the client holds);
-Z_CNT, Z_CTR, Z_BMIN, Z_BT, Z_BC, Z_NODE = 16, 32, 64, 128, 192, 256
+# Z (int64): IP, per-phase message counts, queue counters, the non-empty bucket mask, per
+#   bucket its least time, tail chunk and tail fill, then NS words per node (S_REPD: the
+#   node's reply the client holds);
+RB = 6  # radix bits: a bucket is a (level, digit) pair of RB-bit digits of the time bits
+NB = ((63 + RB - 1) // RB) << RB  # bucket ids level << RB | digit (digit 0 never used)
+NMW = (NB + 63) // 64  # words of the non-empty bucket mask
+Z_CNT, Z_CTR, Z_MW = 16, 32, 64
+Z_BMIN = Z_MW + NMW
+Z_BT = Z_BMIN + NB
+Z_BC = Z_BT + NB
+Z_NODE = Z_BC + NB
 # F (float64): P, the (size, cost) table, per-phase last handle time and bytes, the
 #   client (accepted digest, time), the Pareto scale and exponent, then FS words per entity
 #   (nodes, client, edge servers);
@@ -251,7 +262,7 @@ def _eb(e):
 # ----------------------------------------------------------------------------- radix heap
 # Every pending event (arrival, handle, timer) is one slot: its key is (time bits, KS) with
 # KS = sequence << 1 | handle flag. Slots whose time bits differ from ``last`` (the time of
-# the last popped event) first at bit b - 1 sit in bucket b (1..63, chunks of entries);
+# the last popped event) first in RB-bit digit l sit in bucket (l, their digit there);
 # slots at time ``last`` sit in a small heap ordered by KS. Inserted times are never
 # below ``last`` (no event is scheduled in the past), which is what a radix heap needs.
 @intrinsic
@@ -394,15 +405,23 @@ def _heap_add(Z, E, key):
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def _bucket(tb, x):
+    """Bucket of time bits ``tb`` with ``x = tb ^ last`` (non-zero): the level of the first
+    differing RB-bit digit and ``tb``'s digit there (larger than ``last``'s)."""
+    lv = (63 - _clz(x)) // RB
+    return (lv << RB) | ((tb >> (lv * RB)) & ((1 << RB) - 1))
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _rh_put(Z, E, tb, key):
     """File an entry (time bits ``tb``, ``key`` = KS << 31 | slot) relative to ``last``."""
     x = tb ^ Z[Z_CTR + C_LAST]
     if x == 0:
         _heap_add(Z, E, key)
         return
-    b = 64 - _clz(x)
+    b = _bucket(tb, x)
     _bucket_add(Z, E, Z[Z_CTR + C_PB], b, tb, key)
-    Z[Z_CTR + C_MASK] |= np.int64(1) << (b - 1)
+    Z[Z_MW + (b >> 6)] |= np.int64(1) << (b & 63)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -428,7 +447,7 @@ def _schedule(Z, E, t, mkind, src, dst, view, dig, aux):
 def _spill(Z, E, b):
     """Empty bucket ``b``: its least time becomes ``last``, its entries move to lower buckets
     or to the tie heap (chunk by chunk, in order; each chunk is freed once read)."""
-    Z[Z_CTR + C_MASK] &= ~(np.int64(1) << (b - 1))
+    Z[Z_MW + (b >> 6)] &= ~(np.int64(1) << (b & 63))
     Z[Z_CTR + C_LAST] = Z[Z_BMIN + b]
     Z[Z_BMIN + b] = np.int64(0x7FFFFFFFFFFFFFFF)
     c = b  # a bucket's first chunk is its own (chunk b), never freed
@@ -437,7 +456,6 @@ def _spill(Z, E, b):
     Z[Z_BT + b] = b
     Z[Z_BC + b] = 0
     cn, pb, last = Z[Z_CTR + C_CN], Z[Z_CTR + C_PB], Z[Z_CTR + C_LAST]
-    mask = np.int64(0)
     while c >= 0:  # entries go to lower buckets only: chunk b can be refilled after it is read
         o = pb + c * CW
         k = CH if c != tail else m
@@ -448,23 +466,35 @@ def _spill(Z, E, b):
             if x == 0:
                 _heap_add(Z, E, key)
             else:
-                bb = 64 - _clz(x)
+                bb = _bucket(tb, x)
                 _bucket_add(Z, E, pb, bb, tb, key)
-                mask |= np.int64(1) << (bb - 1)
+                Z[Z_MW + (bb >> 6)] |= np.int64(1) << (bb & 63)
         nx = E[cn + c]
         E[cn + c] = -1
-        if c >= 64:
+        if c >= NB:
             E[cn + c] = Z[Z_CTR + C_FCH]
             Z[Z_CTR + C_FCH] = c
         c = nx
-    Z[Z_CTR + C_MASK] |= mask
 
 
 @njit(cache=True, _nrt=False)
 def _next(Z, E):
     """Pop the earliest pending event: (time, slot, is a handle event)."""
     if Z[Z_CTR + C_GN] == 0:
-        _spill(Z, E, _ctz(Z[Z_CTR + C_MASK]) + 1)
+        w = Z_MW
+        while Z[w] == 0:
+            w += 1
+        b = ((w - Z_MW) << 6) + _ctz(Z[w])
+        if Z[Z_BT + b] == b and Z[Z_BC + b] == 1:  # one entry: it is the next event
+            Z[w] &= ~(np.int64(1) << (b & 63))
+            tb = Z[Z_BMIN + b]
+            Z[Z_CTR + C_LAST] = tb
+            Z[Z_BMIN + b] = np.int64(0x7FFFFFFFFFFFFFFF)
+            Z[Z_BC + b] = 0
+            key = E[Z[Z_CTR + C_PB] + b * CW + 1]
+            Z[Z_CTR + C_HN] -= 1
+            return _float(tb), key & SLOT_MASK, ((key >> 31) & 1) == 1
+        _spill(Z, E, b)
     g = Z[Z_CTR + C_GN] - 1
     Z[Z_CTR + C_GN] = g
     key = _sift_pop(E, Z[Z_CTR + C_GB], g)
@@ -978,7 +1008,7 @@ def _event_loop(Z, W, F, E):
 @njit(cache=True)
 def _layout(cap):
     """Word offsets in E for ``cap`` slots: (chunks, their pool's first word, links, tie heap, length)."""
-    nch = cap // CH + 130  # 64 buckets' own chunks, full chunks, partial tails, one being spilled
+    nch = cap // CH + 2 * NB + 2  # full chunks, the buckets' own and partial tails, one spilled
     pb = (QW * cap + 7) // 8 * 8  # chunks on 64-byte lines
     cn = pb + CW * nch
     gb = (cn + nch + 7) // 4 * 4 + 3  # = 3 (mod 4): a heap node's 4 children share a line
@@ -1001,7 +1031,7 @@ def _make_queue(Z, cap):
     Z[Z_CTR + C_CN] = cn
     Z[Z_CTR + C_GB] = gb
     E = buf[o:]
-    E[cn : cn + 64] = -1  # the buckets' own chunks link nothing yet
+    E[cn : cn + NB] = -1  # the buckets' own chunks link nothing yet
     return E
 
 
@@ -1031,10 +1061,10 @@ def _init_state(IP, P, SPB, fault):
     Z = np.zeros(Z_NODE + n * NS, np.int64)
     Z[:N_IPARAMS] = IP
     Z[Z_CTR + C_FREE] = -1
-    Z[Z_BMIN : Z_BMIN + 64] = 0x7FFFFFFFFFFFFFFF
-    Z[Z_BT : Z_BT + 64] = np.arange(64)  # bucket b's first chunk is chunk b
+    Z[Z_BMIN : Z_BMIN + NB] = 0x7FFFFFFFFFFFFFFF
+    Z[Z_BT : Z_BT + NB] = np.arange(NB)  # bucket b's first chunk is chunk b
     Z[Z_CTR + C_FCH] = -1
-    Z[Z_CTR + C_CHWM] = 64
+    Z[Z_CTR + C_CHWM] = NB
     for i in range(n):
         b = _nb(i)
         for k in (S_ACCD, S_PREPD, S_COMD, S_PCV, S_PCD, S_ALTD, S_NVD, S_REPD):
