@@ -579,9 +579,9 @@ def _merge(stack, losses, part_stack, part_losses, slots):
 
 def _run_chunks(strategy, model, params, data, clients, keys, cfg, *, warm=False, deadline=None):
     """Run a round as :func:`_plan` lays it out (``loop``: in :func:`round_parts` parts
-    side by side, in threads). ``warm``: every step count 0 (compiles every program of the round at almost
-    no run cost). ``deadline`` (a :data:`_clock` time): block after each dispatch and give
-    up (None) once past it.
+    side by side, in threads). ``warm``: every step count 0 (compiles every program of
+    the round at almost no run cost). ``deadline`` (a :data:`_clock` time): block after
+    each dispatch and give up (None) once past it.
 
     Part 0 writes into the round's stack; the others into stacks of ``ceil(k / parts)``
     clients, merged afterwards. Every program's shape depends on ``k`` and the part
