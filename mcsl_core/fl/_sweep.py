@@ -216,6 +216,22 @@ def _run_alone(model, train, config: FLConfig, test, bar) -> GroupResult:
     )
 
 
+def _group_runs(spec, idx, train, configs, models, test, memory_bytes, bar):
+    """Yield ``(experiment indices, GroupResult)`` for one group: experiment by experiment
+    (:func:`_one_by_one`), or in equal chunks, each in parts (:func:`_thread_parts`)."""
+    params = _num_params(spec.model, train)
+    if _one_by_one(params):
+        for i in idx:
+            yield [i], _run_alone(models[i], train, configs[i], test, bar)
+        return
+    size = _chunk_size(params, spec, train.dim, memory_bytes)
+    n_chunks = -(-len(idx) // size)
+    size = -(-len(idx) // n_chunks)  # equal chunks: one compiled shape, not a remainder too
+    for s in range(0, len(idx), size):
+        parts = _thread_parts(idx[s : s + size], params)
+        yield from zip(parts, _run_parts(spec, train, configs, parts, test, bar))
+
+
 def _run_parts(spec, train, configs, parts, test, bar) -> list:
     """``run_group`` on each part, the parts in threads when there are several."""
     if len(parts) == 1:
@@ -286,19 +302,9 @@ def run_sweep(
     results: list = [None] * k
     try:
         for spec, idx in groups.items():
-            params = _num_params(spec.model, train)
-            if _one_by_one(params):
-                for i in idx:
-                    results[i] = (None, _run_alone(models[i], train, configs[i], test, bar), 0)
-                continue
-            size = _chunk_size(params, spec, train.dim, memory_bytes)
-            n_chunks = -(-len(idx) // size)
-            size = -(-len(idx) // n_chunks)  # equal chunks: one compiled shape, not a remainder too
-            for s in range(0, len(idx), size):
-                parts = _thread_parts(idx[s : s + size], params)
-                for part, g in zip(parts, _run_parts(spec, train, configs, parts, test, bar)):
-                    for j, i in enumerate(part):
-                        results[i] = (jax.tree_util.tree_map(lambda a, j=j: a[j], g.params), g, j)
+            for part, g in _group_runs(spec, idx, train, configs, models, test, memory_bytes, bar):
+                for j, i in enumerate(part):
+                    results[i] = (jax.tree_util.tree_map(lambda a, j=j: a[j], g.params), g, j)
     finally:
         if bar is not None:
             bar.close()
@@ -320,7 +326,7 @@ def _assemble(results, configs, models, axes, rounds: int) -> FLSweepResult:
         field("eval_accuracy", np.nan, np.float32),
         field("round_time", np.nan, np.float64),
     )
-    trees = [t if t is not None else jax.tree_util.tree_map(lambda a: a[0], g.params) for t, g, _ in results]
+    trees = [r[0] for r in results]
     structs = {jax.tree_util.tree_structure(t) for t in trees}
     shapes = {tuple(a.shape for a in jax.tree_util.tree_leaves(t)) for t in trees}
     if len(structs) == 1 and len(shapes) == 1:
