@@ -160,8 +160,26 @@ class _ExpArrays(NamedTuple):
 
 
 def _keys(seed: int):
+    """One experiment's ``(init key, train key data, noise key data)``, as :func:`run_fedavg` splits them."""
     init_key, train_key, noise_key = jax.random.split(jax.random.key(int(seed)), 3)
     return init_key, jax.random.key_data(train_key), jax.random.key_data(noise_key)
+
+
+@jax.jit
+def _split3(seeds: jax.Array) -> jax.Array:
+    return jax.vmap(lambda s: jax.random.key_data(jax.random.split(jax.random.key(s), 3)))(seeds)
+
+
+def _keys_batch(seeds: list[int]):
+    """:func:`_keys` of every seed in one call: ``(init keys [K], train [K, 2], noise [K, 2])``.
+
+    ``jax.random.key`` of a Python int keeps its low 32 bits unless 64-bit types are
+    enabled; the seeds go in as uint32 low bits or int64 accordingly (the same key data).
+    """
+    wide = bool(jax.config.jax_enable_x64)
+    arr = np.array(seeds, np.int64) if wide else (np.array(seeds, np.uint64) & 0xFFFFFFFF).astype(np.uint32)
+    data = np.asarray(_split3(arr))  # [K, 3, 2]
+    return jax.random.wrap_key_data(data[:, 0]), data[:, 1], data[:, 2]
 
 
 def _stop_hits(target: float | None, total: int) -> int:
@@ -175,12 +193,12 @@ def _stop_hits(target: float | None, total: int) -> int:
 
 
 def _exp_arrays(configs: list[FLConfig], total_eval: int):
-    keys = [_keys(c.seed) for c in configs]
+    init_keys, train_keys, noise_keys = _keys_batch([c.seed for c in configs])
     k = configs[0].clients_per_round
     clip = [c.dp_clip_norm if c.dp_clip_norm is not None else 1.0 for c in configs]
-    return [kk[0] for kk in keys], _ExpArrays(
-        np.stack([np.asarray(kk[1]) for kk in keys]),
-        np.stack([np.asarray(kk[2]) for kk in keys]),
+    return init_keys, _ExpArrays(
+        train_keys,
+        noise_keys,
         np.array([c.client_lr for c in configs], np.float32),
         np.array([c.server_lr for c in configs], np.float32),
         np.array([int(c.trim_fraction * k) for c in configs], np.int32),
@@ -322,12 +340,12 @@ def _packed_segment(spec: GroupSpec, steps_max: int, data, state, e: _ExpArrays,
 
     def body(carry, xs):
         params, opt_state, stopped = carry
-        slots, n, (r, active, is_eval) = xs
+        slots, used, n, (r, active, is_eval) = xs
 
         def run(args):
             params, opt_state = args
             deltas, losses = _packed.train_round(
-                spec.model, params, x_all, y_all, e.client_lr, slots, n, steps_max, spec.local_epochs
+                spec.model, params, x_all, y_all, e.client_lr, slots, used, n, steps_max, spec.local_epochs
             )
             new_p, new_s = jax.vmap(server, in_axes=(0, 0, 0, 0, 0, None))(params, opt_state, deltas, n, e, r)
             return new_p, new_s, losses
@@ -353,7 +371,7 @@ def _packed_segment(spec: GroupSpec, steps_max: int, data, state, e: _ExpArrays,
         stopped = stopped | (active & is_eval & (jnp.sum(hits, axis=1) >= e.stop_hits))
         return (params, opt_state, stopped), (losses, ls, hits.astype(jnp.int32), was)
 
-    state, out = lax.scan(body, state, (sched[0], sched[1], shared))
+    state, out = lax.scan(body, state, (*sched, shared))
     return state, jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), out)  # [K, S, ...] as vmapped
 
 
@@ -489,7 +507,7 @@ def run_group(
     sched = _schedule(train, spec, [c.seed for c in configs])
     split = None if mesh is None else NamedSharding(mesh, PartitionSpec("exp"))
     if params is None:
-        state = _init_fn(model, train.dim, spec.server_optimizer)(jnp.stack(init_keys))
+        state = _init_fn(model, train.dim, spec.server_optimizer)(init_keys)
     else:
         p = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (len(configs), *a.shape)), params)
         opt = spec.server_optimizer if spec.server_optimizer is not None else FEDAVG_SERVER
@@ -515,7 +533,7 @@ def run_group(
         active = np.arange(s0, s0 + seg) < rounds
         is_eval = active & ((((idx + 1) % spec.eval_every) == 0) | (idx == rounds - 1))
         if mesh is None:
-            sl = _put((tuple(a[idx] for a in pk[:6]), pk.n[:, idx].transpose(1, 0, 2)), None)
+            sl = _put((tuple(a[idx] for a in pk[:6]), pk.used[idx], pk.n[:, idx].transpose(1, 0, 2)), None)
         else:
             sl = _put((sched.ranked[:, idx], sched.inverse[:, idx]), split)
         shared = _put((idx.astype(np.uint32), active, is_eval), repl)

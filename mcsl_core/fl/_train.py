@@ -52,7 +52,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mcsl_core._names import STRATEGIES
 from mcsl_core._validation import available_cores, available_memory
-from mcsl_core.fl import _deferred
+from mcsl_core.fl import _deferred, _dense
 from mcsl_core.fl._aggregate import AGGREGATORS, dp_fedavg, fedavg, krum, median, trimmed_mean
 from mcsl_core.fl._data import FederatedData, bucket_steps
 
@@ -248,7 +248,8 @@ def _jit_init(model, dim: int):
 
 
 def _masked_loss(model, params, xb, yb, mb):
-    logits = model.apply({"params": params}, xb)
+    with _dense.lanes_dense():  # small Dense kernels' gradients as outer products in lanes
+        logits = model.apply({"params": params}, xb)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
     return jnp.sum(jnp.where(mb, ce, 0.0)) / jnp.maximum(jnp.sum(mb), 1)
 

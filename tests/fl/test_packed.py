@@ -107,3 +107,6 @@ def test_pack_equals_the_per_client_python_packing():
         want = _pack_reference(tr, sampled, keys, batch, epochs, lanes)
         for name, got, ref in zip(("rows", "mask", "item", "step", "reset", "end"), pk[:6], want):
             np.testing.assert_array_equal(got, ref, err_msg=name)
+        busy = want[2] < k * c  # [R, S, L]
+        last = np.array([np.nonzero(b.any(axis=1))[0].max(initial=0) + 1 for b in busy])
+        np.testing.assert_array_equal(pk.used, last)  # a round's loop runs exactly its busy slots
