@@ -49,15 +49,17 @@ def _tolerance(x, w, c):
     return 2 * tx, 2 * tw
 
 
+@pytest.mark.parametrize("lanes", [2, 5])
 @pytest.mark.parametrize(
     ("rows", "i", "o"), [(10, 60, 64), (10, 64, 10), (3, 5, 7), (40, 6, 4), (8, 300, 300)]
 )
-def test_vmapped_gradients_equal_float64_products(rows, i, o):
-    """Per-lane kernels (the outer-product rule for at most OUTER_MAX_ROWS rows and
-    OUTER_MAX_ENTRIES entries, the batched product beyond) and one unbatched lane."""
-    x, w, c = _arrays(5, rows, i, o)
+def test_vmapped_gradients_equal_float64_products(rows, i, o, lanes):
+    """Per-lane kernels (the outer-product rule for at most OUTER_MAX_ROWS rows,
+    OUTER_MAX_ENTRIES entries and OUTER_MIN_LANES lanes, the batched product
+    otherwise) and one unbatched lane."""
+    x, w, c = _arrays(lanes, rows, i, o)
     dx, dw = jax.vmap(jax.grad(_loss, argnums=(0, 1)))(x, w, c)
-    for lane in range(5):
+    for lane in range(lanes):
         rx, rw = _reference(x[lane], w[lane], c[lane])
         tx, tw = _tolerance(x[lane], w[lane], c[lane])
         assert np.all(np.abs(np.asarray(dx[lane]) - rx) <= tx)
