@@ -30,7 +30,6 @@ float32 rounding of the batched kernels.
 from __future__ import annotations
 
 import functools
-import heapq
 from typing import Any, NamedTuple
 
 import jax
@@ -96,18 +95,43 @@ def _orders(data: FederatedData, sampled: np.ndarray, train_keys: np.ndarray, ep
     return local, seg_start
 
 
-def _lpt(steps: np.ndarray, lanes: int) -> tuple[list[list[int]], int]:
-    """Longest-first greedy packing of items (``steps`` each) onto ``lanes``:
-    each lane's items in run order, and the longest lane's load."""
-    heap = [(0, l) for l in range(lanes)]
-    out: list[list[int]] = [[] for _ in range(lanes)]
-    for it in np.argsort(-steps, kind="stable"):
-        if steps[it] == 0:
-            break
-        load, l = heapq.heappop(heap)
-        out[l].append(int(it))
-        heapq.heappush(heap, (load + int(steps[it]), l))
-    return out, max(load for load, _ in heap)
+@njit(cache=True)
+def _lpt(steps, lanes):
+    """Longest-first greedy packing of every round's items onto ``lanes`` (``steps``:
+    shape=[R, items]): items by decreasing steps (equal steps in index order), each to
+    the least loaded lane, the lowest-numbered on a tie; items without steps run
+    nowhere. Returns ``(order, ptr, load)``: lane ``l`` of round ``r`` runs
+    ``order[ptr[r * L + l]:ptr[r * L + l + 1]]`` in that order, and ``load[r]`` is
+    round ``r``'s longest lane."""
+    rr, items = steps.shape
+    seq = np.empty((rr, items), np.int64)  # items in assignment order
+    lane = np.empty((rr, items), np.int64)  # and their lanes
+    count = np.zeros(rr, np.int64)
+    ptr = np.zeros(rr * lanes + 1, np.int64)
+    load = np.zeros(rr, np.int64)
+    for r in range(rr):
+        lo = np.zeros(lanes, np.int64)
+        for it in np.argsort(-steps[r], kind="mergesort"):
+            if steps[r, it] == 0:
+                break
+            best = 0
+            for l in range(1, lanes):
+                if lo[l] < lo[best]:
+                    best = l
+            seq[r, count[r]], lane[r, count[r]] = it, best
+            count[r] += 1
+            lo[best] += steps[r, it]
+            ptr[r * lanes + best + 1] += 1
+        load[r] = lo.max()
+    ptr = np.cumsum(ptr)
+    order = np.empty(ptr[-1], np.int64)
+    at = ptr[:-1].copy()
+    for r in range(rr):
+        for q in range(count[r]):
+            w = r * lanes + lane[r, q]
+            order[at[w]] = seq[r, q]
+            at[w] += 1
+    return order, ptr, load
 
 
 def choose_lanes(steps: np.ndarray) -> int:
@@ -136,12 +160,9 @@ def pack(
     smax = max(int(spe.max(initial=0)), 1)
     item_steps = (spe * epochs).transpose(1, 0, 2).reshape(rr, kk * cc)  # [R, K*c]
     lanes = choose_lanes(item_steps) if lanes is None else int(lanes)
-    plans = [_lpt(item_steps[r], lanes) for r in range(rr)]
-    slots = max(1, max(p[1] for p in plans))
+    order, ptr, load = _lpt(np.ascontiguousarray(item_steps), lanes)
+    slots = max(1, int(load.max(initial=0)))
     local, seg_start = _orders(data, sampled, train_keys, epochs)
-    order = np.array([it for lane_items, _ in plans for its in lane_items for it in its], np.int64)
-    ptr = np.zeros(rr * lanes + 1, np.int64)
-    ptr[1:] = np.cumsum([len(its) for lane_items, _ in plans for its in lane_items])
     first = data.offsets[:-1].astype(np.int64)[sampled]  # [K, R, c] each client's first row
     rows = np.zeros((rr, slots, lanes, batch), np.int32)
     mask = np.zeros((rr, slots, lanes, batch), bool)
@@ -150,7 +171,7 @@ def pack(
     reset = np.zeros((rr, slots, lanes), bool)
     end = np.zeros((rr, slots, lanes), bool)
     _fill(order, ptr, n, spe, first, local, seg_start, epochs, smax, rows, mask, item, step, reset, end)
-    used = np.array([max(p[1], 1) for p in plans], np.int32)
+    used = np.maximum(load, 1).astype(np.int32)
     return Packed(rows, mask, item, step, reset, end, used, n.astype(np.int32), smax)
 
 

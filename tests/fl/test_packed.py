@@ -1,6 +1,8 @@
 """Packed lanes (mcsl_core.fl._packed): the host-side epoch orders are the
 in-program ones bit for bit, and the packing covers every real client-step once."""
 
+import heapq
+
 import jax
 import numpy as np
 
@@ -53,6 +55,31 @@ def test_pack_covers_each_real_step_once():
                 assert pk.reset[r][sel].sum() == 1 and pk.end[r][sel].sum() == 1
 
 
+def _lpt_reference(steps, lanes):
+    """Longest-first greedy packing with a heap of (load, lane): each lane's items, the longest load."""
+    heap = [(0, lane) for lane in range(lanes)]
+    out = [[] for _ in range(lanes)]
+    for it in np.argsort(-steps, kind="stable"):
+        if steps[it] == 0:
+            break
+        load, lane = heapq.heappop(heap)
+        out[lane].append(int(it))
+        heapq.heappush(heap, (load + int(steps[it]), lane))
+    return out, max(load for load, _ in heap)
+
+
+def test_lpt_equals_the_heap_packing():
+    r = np.random.default_rng(0)
+    for _ in range(100):
+        rounds, items, lanes = int(r.integers(1, 4)), int(r.integers(1, 40)), int(r.integers(1, 9))
+        steps = r.integers(0, 6, size=(rounds, items)).astype(np.int64)
+        order, ptr, load = _packed._lpt(steps, lanes)
+        for k in range(rounds):
+            want, longest = _lpt_reference(steps[k], lanes)
+            got = [list(order[ptr[k * lanes + j] : ptr[k * lanes + j + 1]]) for j in range(lanes)]
+            assert got == want and load[k] == longest
+
+
 def _pack_reference(data, sampled, train_keys, batch, epochs, lanes):
     """The packing written out in Python, one client and epoch at a time."""
     kk, rr, cc = sampled.shape
@@ -60,7 +87,7 @@ def _pack_reference(data, sampled, train_keys, batch, epochs, lanes):
     spe = -(-n // batch)
     smax = max(int(spe.max(initial=0)), 1)
     item_steps = (spe * epochs).transpose(1, 0, 2).reshape(rr, kk * cc)
-    plans = [_packed._lpt(item_steps[r], lanes) for r in range(rr)]
+    plans = [_lpt_reference(item_steps[r], lanes) for r in range(rr)]
     slots = max(1, max(p[1] for p in plans))
     local, seg_start = _packed._orders(data, sampled, train_keys, epochs)
     starts = data.offsets[:-1].astype(np.int64)
