@@ -55,7 +55,7 @@ from mcsl_core.fl._train import (
 __all__ = ["GroupSpec", "bytes_per_experiment", "run_compiled", "run_group"]
 
 PyTree = Any
-_EVAL_CHUNK = 1024  # rows per evaluation chunk, as in :func:`evaluate`
+_EVAL_CHUNK = 1024  # most rows per evaluation chunk (chunks are equal, as small as they can be)
 
 
 class GroupSpec(NamedTuple):
@@ -465,7 +465,8 @@ def _eval_data(evaluated: FederatedData):
     if total == 0:
         raise ValueError("the evaluation data holds no samples")
     nch = -(-total // _EVAL_CHUNK)
-    pos = np.arange(nch * _EVAL_CHUNK).reshape(nch, _EVAL_CHUNK)
+    size = -(-total // nch)  # equal chunks, no more padding than needed
+    pos = np.arange(nch * size).reshape(nch, size)
     return (evaluated.x, evaluated.y, np.minimum(pos, total - 1).astype(np.int32), pos < total), total
 
 

@@ -71,8 +71,6 @@ def _orders(data: FederatedData, sampled: np.ndarray, train_keys: np.ndarray, ep
     nseg = np.repeat(n.reshape(-1), epochs)  # [N]
     seg_start = np.concatenate([[0], np.cumsum(nseg)])
     total = int(seg_start[-1])
-    seg = np.repeat(np.arange(nseg.size, dtype=np.int64), nseg)
-    i = np.arange(total, dtype=np.int64) - seg_start[seg]
     kidx, ridx, jidx, eidx = np.unravel_index(np.arange(nseg.size), (kk, rr, cc, epochs))
     cl = sampled[kidx, ridx, jidx]
     ubits = np.empty(total, np.uint32)  # bits of 1 + u, in [1, 2): same order as u
@@ -84,15 +82,30 @@ def _orders(data: FederatedData, sampled: np.ndarray, train_keys: np.ndarray, ep
         seg_start.astype(np.int64),
         ubits,
     )
-    ubits = ubits.astype(np.uint64)
-    ib = max(1, int(i.max(initial=0)).bit_length())
+    ib = max(1, int(nseg.max(initial=1) - 1).bit_length())  # bits of a row position
     sb = max(1, int(nseg.size).bit_length())
-    if ib + sb + 32 <= 64:  # unique keys: one unstable sort is the stable argsort
-        key = (seg.astype(np.uint64) << np.uint64(32 + ib)) | (ubits << np.uint64(ib)) | i.astype(np.uint64)
-        local = (np.sort(key) & np.uint64((1 << ib) - 1)).astype(np.int64)
+    if ib + sb + 23 <= 64:  # unique keys (23 mantissa bits of the draw): one sort is the stable argsort
+        key = np.sort(_order_keys(ubits, seg_start.astype(np.int64), ib))
+        local = (key & np.uint64((1 << ib) - 1)).astype(np.int64)
     else:
+        seg = np.repeat(np.arange(nseg.size, dtype=np.int64), nseg)
+        i = np.arange(total, dtype=np.int64) - seg_start[seg]
         local = i[np.lexsort((i, ubits, seg))]
     return local, seg_start
+
+
+@njit(cache=True)
+def _order_keys(ubits, seg_start, ib):
+    """``seg << (23 + ib) | mantissa(draw) << ib | position`` for every row of every
+    segment (the draws' float32 bits share sign and exponent, so the 23 mantissa bits
+    order them)."""
+    key = np.empty(ubits.size, np.uint64)
+    for g in range(seg_start.size - 1):
+        hi = np.uint64(g) << np.uint64(23 + ib)
+        for i in range(seg_start[g + 1] - seg_start[g]):
+            m = np.uint64(ubits[seg_start[g] + i] & 0x7FFFFF)
+            key[seg_start[g] + i] = hi | (m << np.uint64(ib)) | np.uint64(i)
+    return key
 
 
 @njit(cache=True)
