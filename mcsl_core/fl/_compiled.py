@@ -476,22 +476,27 @@ def _segment_length(rounds: int, progress: bool, early: bool) -> int:
     return max(1, -(-rounds // 20)) if (progress or early) else rounds
 
 
-def run_group(
-    model,
-    train: FederatedData,
-    configs: list[FLConfig],
-    *,
-    test: FederatedData | None = None,
-    params: PyTree | None = None,
-    bar=None,
-) -> GroupResult:
-    """Run ``K = len(configs)`` experiments that share one :class:`GroupSpec` as one program.
+class PreparedGroup(NamedTuple):
+    """A group laid out for its program (:func:`prepare_group`), ready to run."""
 
-    ``params`` (optional, no experiment axis) replaces every seeded
-    initialisation. ``bar``: a tqdm bar advanced by experiment-rounds.
-    Experiment ``k`` equals ``run_fedavg(model, train, configs[k], test=test)``
-    up to float32 rounding.
-    """
+    spec: GroupSpec
+    k: int  # real experiments (the axis may be padded to the device count)
+    sharded: bool
+    data: tuple
+    state: tuple
+    exp: _ExpArrays
+    sched: _Schedule
+    num_samples: np.ndarray  # each training client's rows
+    total: int  # evaluation rows
+    early: bool  # some experiment may stop early
+    packed: _packed.Packed | None  # one device: the packed lanes
+    prog: Any
+
+
+def prepare_group(
+    model, train: FederatedData, configs: list[FLConfig], *, test=None, params: PyTree | None = None
+) -> PreparedGroup:
+    """The host-side work of :func:`run_group`: schedule, keys, initial state, packing."""
     spec = group_spec(model, configs[0])
     if any(group_spec(model, c) != spec for c in configs):
         raise ValueError("configs of one group must share their structural fields")
@@ -519,41 +524,71 @@ def run_group(
         (train.x, train.y, train.offsets[:-1].astype(np.int32), train.num_samples.astype(np.int32), *evald),
         repl,
     )
-    e = _put(e, split)
-    rounds = spec.rounds
     early = any(c.target_accuracy is not None for c in configs)
-    seg = _segment_length(rounds, bar is not None, early)
+    pk, prog = None, None
     if mesh is None:  # one device: packed lanes, no padded steps
         pk = _packed.pack(train, sched.sampled, e.train_key, spec.batch_size, spec.local_epochs)
         prog = _packed_program(spec, pk.steps_max)
     else:
         prog = _program(spec, sched.groups, True)
+    w = train.num_samples
+    return PreparedGroup(
+        spec, k_real, mesh is not None, data, state, _put(e, split), sched, w, total, early, pk, prog
+    )
+
+
+def execute_group(g: PreparedGroup, bar=None) -> GroupResult:
+    """Run a prepared group's program segment by segment (``bar``: advanced by experiment-rounds)."""
+    mesh = _mesh() if g.sharded else None
+    split = None if mesh is None else NamedSharding(mesh, PartitionSpec("exp"))
+    repl = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    rounds, state, pk = g.spec.rounds, g.state, g.packed
+    seg = _segment_length(rounds, bar is not None, g.early)
     outs, times = [], np.zeros(rounds)
     for s0 in range(0, rounds, seg):
         idx = np.minimum(np.arange(s0, s0 + seg), rounds - 1)
         active = np.arange(s0, s0 + seg) < rounds
-        is_eval = active & ((((idx + 1) % spec.eval_every) == 0) | (idx == rounds - 1))
-        if mesh is None:
+        is_eval = active & ((((idx + 1) % g.spec.eval_every) == 0) | (idx == rounds - 1))
+        if pk is not None:
             sl = _put((tuple(a[idx] for a in pk[:6]), pk.used[idx], pk.n[:, idx].transpose(1, 0, 2)), None)
         else:
-            sl = _put((sched.ranked[:, idx], sched.inverse[:, idx]), split)
+            sl = _put((g.sched.ranked[:, idx], g.sched.inverse[:, idx]), split)
         shared = _put((idx.astype(np.uint32), active, is_eval), repl)
         t0 = time.perf_counter()
-        state, out = prog(data, state, e, sl, shared)
+        state, out = g.prog(g.data, state, g.exp, sl, shared)
         out = jax.tree_util.tree_map(_gather, out)
         n_act = int(active.sum())
         times[s0 : s0 + n_act] = (time.perf_counter() - t0) / n_act
         outs.append((out, is_eval[:n_act], n_act))
         if bar is not None:
-            bar.update(n_act * k_real)
-        if early and bool(np.all(_gather(state[2]))):
+            bar.update(n_act * g.k)
+        if g.early and bool(np.all(_gather(state[2]))):
             break
-    hist, stopped = _history(outs, sched, train, total, times, rounds, k_real)
-    final = jax.tree_util.tree_map(lambda a: _gather(a)[:k_real], state[0])
+    hist, stopped = _history(outs, g.sched, g.num_samples, g.total, times, rounds, g.k)
+    final = jax.tree_util.tree_map(lambda a: _gather(a)[: g.k], state[0])
     return GroupResult(final, hist, stopped)
 
 
-def _history(outs, sched: _Schedule, train: FederatedData, total: int, times, rounds: int, k: int):
+def run_group(
+    model,
+    train: FederatedData,
+    configs: list[FLConfig],
+    *,
+    test: FederatedData | None = None,
+    params: PyTree | None = None,
+    bar=None,
+) -> GroupResult:
+    """Run ``K = len(configs)`` experiments that share one :class:`GroupSpec` as one program.
+
+    ``params`` (optional, no experiment axis) replaces every seeded
+    initialisation. ``bar``: a tqdm bar advanced by experiment-rounds.
+    Experiment ``k`` equals ``run_fedavg(model, train, configs[k], test=test)``
+    up to float32 rounding.
+    """
+    return execute_group(prepare_group(model, train, configs, test=test, params=params), bar)
+
+
+def _history(outs, sched: _Schedule, num_samples: np.ndarray, total: int, times, rounds: int, k: int):
     """Per-round records, combined on the host in float64 exactly as :func:`run_fedavg` does."""
     losses = np.concatenate([o[0][:, :n] for o, _, n in outs], axis=1)[:k]  # [K, R', c]
     ls = np.concatenate([o[1][:, :n] for o, _, n in outs], axis=1)[:k].astype(np.float64)
@@ -561,7 +596,7 @@ def _history(outs, sched: _Schedule, train: FederatedData, total: int, times, ro
     was = np.concatenate([o[3][:, :n] for o, _, n in outs], axis=1)[:k]
     is_eval = np.concatenate([ev for _, ev, _ in outs])
     ran = losses.shape[1]
-    w = np.maximum(train.num_samples[sched.sampled[:k, :ran]], 1)
+    w = np.maximum(num_samples[sched.sampled[:k, :ran]], 1)
     train_loss = np.sum(losses.astype(np.float64) * w, axis=-1) / np.sum(w, axis=-1)
     eval_loss = np.where(is_eval, np.cumsum(ls, axis=-1)[..., -1] / total, np.nan)
     eval_acc = np.where(is_eval, hits.sum(axis=-1) / total, np.nan)
