@@ -195,11 +195,12 @@ CH = 32
 CW = 2 * CH
 SLOT_MASK = (1 << 31) - 1
 # queue counters Z[Z_CTR + ...]: events pending, next sequence, messages sent, free-slot
-# head, entries of the heap at time ``last``, slots ever used, non-empty bucket mask, that
-# heap's first word in E, ``last`` (time bits), slots, handle events skipped as no-ops,
-# free-chunk head, chunks ever used, first word of the chunk links, first word of the chunks
-C_HN, C_SEQ, C_MSGID, C_FREE, C_GN, C_HWM, C_MASK, C_GB, C_LAST, C_CAP, C_SKIP = range(11)
-C_FCH, C_CHWM, C_CN, C_PB = range(11, 15)
+# head, entries of the heap at time ``last``, slots ever used, that heap's first word in
+# E, ``last`` (time bits), slots, handle events skipped as no-ops, free-chunk head, chunks
+# ever used, first word of the chunk links, first word of the chunks (the non-empty bucket
+# mask has its own words, Z_MW)
+C_HN, C_SEQ, C_MSGID, C_FREE, C_GN, C_HWM, C_GB, C_LAST, C_CAP, C_SKIP = range(10)
+C_FCH, C_CHWM, C_CN, C_PB = range(10, 14)
 MAX_SEQ = (1 << 31) - 4096  # scheduled events per run (about 10**9 messages)
 
 _TWO53 = 1.0 / 9007199254740992.0
@@ -413,15 +414,22 @@ def _bucket(tb, x):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _rh_put(Z, E, tb, key):
-    """File an entry (time bits ``tb``, ``key`` = KS << 31 | slot) relative to ``last``."""
-    x = tb ^ Z[Z_CTR + C_LAST]
+def _file(Z, E, pb, last, tb, key):
+    """File an entry (time bits ``tb``, ``key`` = KS << 31 | slot) relative to ``last``
+    (chunks from word ``pb`` of E): into the tie heap at ``last``, else into its bucket."""
+    x = tb ^ last
     if x == 0:
         _heap_add(Z, E, key)
         return
     b = _bucket(tb, x)
-    _bucket_add(Z, E, Z[Z_CTR + C_PB], b, tb, key)
+    _bucket_add(Z, E, pb, b, tb, key)
     Z[Z_MW + (b >> 6)] |= np.int64(1) << (b & 63)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _rh_put(Z, E, tb, key):
+    """:func:`_file` relative to the current ``last``."""
+    _file(Z, E, Z[Z_CTR + C_PB], Z[Z_CTR + C_LAST], tb, key)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -460,15 +468,7 @@ def _spill(Z, E, b):
         o = pb + c * CW
         k = CH if c != tail else m
         for j in range(k):
-            tb = E[np.uint64(o + 2 * j)]
-            key = E[np.uint64(o + 2 * j + 1)]
-            x = tb ^ last
-            if x == 0:
-                _heap_add(Z, E, key)
-            else:
-                bb = _bucket(tb, x)
-                _bucket_add(Z, E, pb, bb, tb, key)
-                Z[Z_MW + (bb >> 6)] |= np.int64(1) << (bb & 63)
+            _file(Z, E, pb, last, E[np.uint64(o + 2 * j)], E[np.uint64(o + 2 * j + 1)])
         nx = E[cn + c]
         E[cn + c] = -1
         if c >= NB:
