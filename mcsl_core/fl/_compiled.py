@@ -159,19 +159,14 @@ class _ExpArrays(NamedTuple):
     stop_hits: np.ndarray  # [K] int32: hits reaching target_accuracy (total + 1: never)
 
 
-def _keys(seed: int):
-    """One experiment's ``(init key, train key data, noise key data)``, as :func:`run_fedavg` splits them."""
-    init_key, train_key, noise_key = jax.random.split(jax.random.key(int(seed)), 3)
-    return init_key, jax.random.key_data(train_key), jax.random.key_data(noise_key)
-
-
 @jax.jit
 def _split3(seeds: jax.Array) -> jax.Array:
     return jax.vmap(lambda s: jax.random.key_data(jax.random.split(jax.random.key(s), 3)))(seeds)
 
 
 def _keys_batch(seeds: list[int]):
-    """:func:`_keys` of every seed in one call: ``(init keys [K], train [K, 2], noise [K, 2])``.
+    """Every seed's ``(init key, train key data, noise key data)``, split as :func:`run_fedavg`
+    splits ``jax.random.key(seed)``, in one call: ``(init keys [K], train [K, 2], noise [K, 2])``.
 
     ``jax.random.key`` of a Python int keeps its low 32 bits unless 64-bit types are
     enabled; the seeds go in as uint32 low bits or int64 accordingly (the same key data).
@@ -481,7 +476,8 @@ class PreparedGroup(NamedTuple):
 
     spec: GroupSpec
     k: int  # real experiments (the axis may be padded to the device count)
-    sharded: bool
+    split: NamedSharding | None  # several devices: the experiment axis over them
+    repl: NamedSharding | None  # and what every device holds whole
     data: tuple
     state: tuple
     exp: _ExpArrays
@@ -525,23 +521,19 @@ def prepare_group(
         repl,
     )
     early = any(c.target_accuracy is not None for c in configs)
-    pk, prog = None, None
     if mesh is None:  # one device: packed lanes, no padded steps
         pk = _packed.pack(train, sched.sampled, e.train_key, spec.batch_size, spec.local_epochs)
         prog = _packed_program(spec, pk.steps_max)
     else:
-        prog = _program(spec, sched.groups, True)
-    w = train.num_samples
+        pk, prog = None, _program(spec, sched.groups, True)
+    e = _put(e, split)
     return PreparedGroup(
-        spec, k_real, mesh is not None, data, state, _put(e, split), sched, w, total, early, pk, prog
+        spec, k_real, split, repl, data, state, e, sched, train.num_samples, total, early, pk, prog
     )
 
 
 def execute_group(g: PreparedGroup, bar=None) -> GroupResult:
     """Run a prepared group's program segment by segment (``bar``: advanced by experiment-rounds)."""
-    mesh = _mesh() if g.sharded else None
-    split = None if mesh is None else NamedSharding(mesh, PartitionSpec("exp"))
-    repl = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     rounds, state, pk = g.spec.rounds, g.state, g.packed
     seg = _segment_length(rounds, bar is not None, g.early)
     outs, times = [], np.zeros(rounds)
@@ -552,8 +544,8 @@ def execute_group(g: PreparedGroup, bar=None) -> GroupResult:
         if pk is not None:
             sl = _put((tuple(a[idx] for a in pk[:6]), pk.used[idx], pk.n[:, idx].transpose(1, 0, 2)), None)
         else:
-            sl = _put((g.sched.ranked[:, idx], g.sched.inverse[:, idx]), split)
-        shared = _put((idx.astype(np.uint32), active, is_eval), repl)
+            sl = _put((g.sched.ranked[:, idx], g.sched.inverse[:, idx]), g.split)
+        shared = _put((idx.astype(np.uint32), active, is_eval), g.repl)
         t0 = time.perf_counter()
         state, out = g.prog(g.data, state, g.exp, sl, shared)
         out = jax.tree_util.tree_map(_gather, out)

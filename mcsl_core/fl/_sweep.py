@@ -26,7 +26,7 @@ from mcsl_core._validation import available_cores as _cpu_cores  # a module name
 from mcsl_core.fl._compiled import GroupResult, bytes_per_experiment, group_spec, memory_budget, run_group
 from mcsl_core.fl._data import FederatedData
 from mcsl_core.fl._models import num_params
-from mcsl_core.fl._train import FLConfig, FLHistory, run_fedavg
+from mcsl_core.fl._train import FLConfig, FLHistory, run_fedavg, single_cpu_device
 
 __all__ = ["NUMERIC_FIELDS", "STRUCTURAL_FIELDS", "FLSweepResult", "run_sweep"]
 
@@ -194,7 +194,7 @@ def _thread_parts(part: list[int], params: int) -> list[list[int]]:
     """``part`` in one piece, or in pieces of :data:`THREAD_PART` experiments (a single CPU
     device, a model of at most :data:`THREAD_PARTS_MAX_PARAMS` parameters)."""
     small = params <= THREAD_PARTS_MAX_PARAMS and len(part) > THREAD_PART
-    if not small or jax.device_count() > 1 or jax.default_backend() != "cpu":
+    if not small or not single_cpu_device():
         return [part]
     n = -(-len(part) // THREAD_PART)
     size = -(-len(part) // n)  # equal pieces: one compiled shape
@@ -202,7 +202,7 @@ def _thread_parts(part: list[int], params: int) -> list[list[int]]:
 
 
 def _one_by_one(params: int) -> bool:
-    return params > ONE_BY_ONE_MIN_PARAMS and jax.device_count() == 1 and jax.default_backend() == "cpu"
+    return params > ONE_BY_ONE_MIN_PARAMS and single_cpu_device()
 
 
 def _run_alone(model, train, config: FLConfig, test, bar) -> GroupResult:

@@ -540,6 +540,11 @@ THREADS_ENV = "MCSL_FL_THREADS"
 SPLIT_MIN_WORK = 2048
 
 
+def single_cpu_device() -> bool:
+    """Whether JAX runs on exactly one device, a CPU (where threads of programs help)."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
 def round_parts(k: int, client_bytes: int, work: float = math.inf) -> int:
     """Parts a round of ``k`` clients runs in, side by side in threads (1: no threads).
 
@@ -556,7 +561,7 @@ def round_parts(k: int, client_bytes: int, work: float = math.inf) -> int:
         parts = int(raw)
     else:
         parts = available_cores()
-    if jax.default_backend() != "cpu" or jax.device_count() > 1 or work < SPLIT_MIN_WORK:
+    if not single_cpu_device() or work < SPLIT_MIN_WORK:
         return 1
     parts = max(1, min(parts, k))
     extra = (parts - 1) * -(-k // parts) * client_bytes

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import itertools
 
+import jax
 import numpy as np
 import pytest
 
 from mcsl_core import fl
-from mcsl_core.fl._compiled import _rank_groups, _stop_hits
+from mcsl_core.fl._compiled import _keys_batch, _rank_groups, _stop_hits
 from tests.fl.conftest import ATOL, LOSS_RTOL, flat
 
 
@@ -122,3 +123,21 @@ def test_stop_hits_is_the_least_count_reaching_the_target(target, total):
         return
     ok = [k for k in range(total + 1) if k / total >= target]  # run_fedavg's float64 comparison
     assert h == min(ok)
+
+
+def _keys(seed: int):
+    """One experiment's keys as :func:`run_fedavg` splits them, seed by seed."""
+    init_key, train_key, noise_key = jax.random.split(jax.random.key(int(seed)), 3)
+    return init_key, jax.random.key_data(train_key), jax.random.key_data(noise_key)
+
+
+def test_keys_batch_equals_keys_seed_by_seed():
+    seeds = [0, 1, 11, 2**31 - 1, 2**31 + 5, 2**32 - 1, 2**32, 2**40 + 7, 2**63 - 1]
+    init, train, noise = _keys_batch(seeds)
+    for i, s in enumerate(seeds):
+        ki, kt, kn = _keys(s)
+        np.testing.assert_array_equal(
+            np.asarray(jax.random.key_data(init[i])), np.asarray(jax.random.key_data(ki))
+        )
+        np.testing.assert_array_equal(train[i], np.asarray(kt))
+        np.testing.assert_array_equal(noise[i], np.asarray(kn))

@@ -9,7 +9,6 @@ import pytest
 
 from mcsl_core import fl
 from mcsl_core.fl import _dense
-from mcsl_core.fl._compiled import _keys, _keys_batch
 
 
 def _loss(x, w, c):
@@ -128,15 +127,3 @@ def test_training_models_keep_their_forward_pass():
         with _dense.lanes_dense():
             routed = model.apply(params, x)
         np.testing.assert_array_equal(np.asarray(routed), np.asarray(model.apply(params, x)))
-
-
-def test_keys_batch_equals_keys_seed_by_seed():
-    seeds = [0, 1, 11, 2**31 - 1, 2**31 + 5, 2**32 - 1, 2**32, 2**40 + 7, 2**63 - 1]
-    init, train, noise = _keys_batch(seeds)
-    for i, s in enumerate(seeds):
-        ki, kt, kn = _keys(s)
-        np.testing.assert_array_equal(
-            np.asarray(jax.random.key_data(init[i])), np.asarray(jax.random.key_data(ki))
-        )
-        np.testing.assert_array_equal(train[i], np.asarray(kt))
-        np.testing.assert_array_equal(noise[i], np.asarray(kn))
