@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mcsl_core.fl import _dense
+
 PyTree = Any
 
 DEFER_MIN_KERNEL = 2**20  # kernels of at least this many entries are deferred (measured: docs/fl.md)
@@ -43,12 +45,7 @@ class Deferred(NamedTuple):
 
 
 def _eligible(ctx, args, kwargs, min_size: int) -> bool:
-    mod = ctx.module
-    if ctx.method_name != "__call__" or type(mod) is not nn.Dense or kwargs or len(args) != 1:
-        return False
-    x = args[0]
-    plain = mod.dot_general is None and mod.dot_general_cls is None and mod.dtype in (None, jnp.float32)
-    return plain and mod.param_dtype == jnp.float32 and x.ndim == 2 and x.shape[-1] * mod.features >= min_size
+    return _dense.plain_dense(ctx, args, kwargs) and args[0].shape[-1] * ctx.module.features >= min_size
 
 
 @functools.lru_cache(maxsize=64)

@@ -86,18 +86,29 @@ dense_product.defvjp(_dense_fwd, _dense_bwd)
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(nn.Dense)}
 
 
-def _plain(ctx, args, kwargs) -> bool:
-    """A plain float32 ``nn.Dense`` (default dtype handling, precision and product),
-    called on one 2-d float32 input, holding its kernel of the matching shape."""
+def plain_dense(ctx, args, kwargs) -> bool:
+    """A call of a plain float32 ``nn.Dense`` (default dtype handling, precision and
+    product, float32 parameters) on one 2-d input: what a rewrite of its product as
+    ``x @ kernel + bias`` leaves unchanged (here and in the deferred update)."""
     mod = ctx.module
     if ctx.method_name != "__call__" or type(mod) is not nn.Dense or kwargs or len(args) != 1:
         return False
-    x, kernel = args[0], mod.variables.get("params", {}).get("kernel")
     defaults = all(getattr(mod, f) is _DEFAULTS[f] for f in ("precision", "promote_dtype", "dot_general"))
     plain = defaults and mod.dot_general_cls is None and mod.dtype in (None, jnp.float32)
-    shaped = getattr(x, "ndim", 0) == 2 and getattr(x, "dtype", None) == jnp.float32
-    held = kernel is not None and kernel.dtype == jnp.float32 and kernel.shape == (x.shape[1], mod.features)
-    return plain and shaped and held
+    return plain and mod.param_dtype == jnp.float32 and getattr(args[0], "ndim", 0) == 2
+
+
+def _plain(ctx, args, kwargs) -> bool:
+    """:func:`plain_dense` on a float32 input, the module holding its kernel of the matching shape."""
+    if not plain_dense(ctx, args, kwargs):
+        return False
+    x, kernel = args[0], ctx.module.variables.get("params", {}).get("kernel")
+    held = (
+        kernel is not None
+        and kernel.dtype == jnp.float32
+        and kernel.shape == (x.shape[1], ctx.module.features)
+    )
+    return x.dtype == jnp.float32 and held
 
 
 def _route(nxt, args, kwargs, ctx):

@@ -21,6 +21,7 @@ max-pool ties that a rounding flips on some writers (writers 1, 6, 9, 13, 16 and
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +91,21 @@ def test_plan_defers_only_the_big_dense_kernel():
     assert d.paths == (("dense1",),) and d.dims == ((3136, 2048),) and d.rows == (10,)
     assert _deferred.plan(fl.logistic(784, 62), 784, 10).paths == ()  # 48,608 entries: below 2^20
     assert _deferred.plan(fl.mlp(60, 10, hidden=(64,)), 60, 10).paths == ()
+
+
+class _Wide(nn.Module):
+    precision: object = None
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(1024, name="wide", precision=self.precision)(x)
+
+
+def test_plan_leaves_a_dense_with_its_own_precision_alone():
+    """The deferred step computes ``x @ W_0`` at the default precision, so a layer that
+    asks for another is not deferred (the same rule routes the lanes' Dense layers)."""
+    assert _deferred.plan(_Wide(), 1024, 10).paths == (("wide",),)
+    assert _deferred.plan(_Wide(jax.lax.Precision.HIGHEST), 1024, 10).paths == ()
 
 
 @pytest.mark.parametrize("strategy", list(CASES))
