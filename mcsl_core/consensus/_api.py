@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,8 +193,28 @@ def _entity_spb(n: int, U: int, network: NetworkModel) -> np.ndarray:
     return spb
 
 
-def kernel_bytes(n: int, U: int, V: int) -> int:
-    """Bytes one ``run_block`` allocates for ``n`` nodes, ``U`` updates and ``V`` views.
+LATENCY_TABLE_MAX = 1 << 21  # latency draws a second thread makes ahead (16 MiB)
+
+
+@functools.cache
+def _threadsafe_layer() -> bool:
+    numba.get_num_threads()  # starts the threading layer
+    return numba.threading_layer() != "workqueue"  # it aborts on launches from two threads
+
+
+def latency_table(n: int, U: int) -> int:
+    """Messages whose latency a second thread draws ahead of the event loop: one PBFT
+    block's ``n U + 2 n^2 - n`` (or fewer: at most ``LATENCY_TABLE_MAX``), 0 with one numba
+    thread or the ``workqueue`` layer. Any count gives the same run (a draw depends on
+    the message number alone); the thread stops when the events are done."""
+    if numba.get_num_threads() < 2 or not _threadsafe_layer():
+        return 0
+    return min(n * U + 2 * n * n - n, LATENCY_TABLE_MAX)
+
+
+def kernel_bytes(n: int, U: int, V: int, table: int = 0) -> int:
+    """Bytes one ``run_block`` allocates for ``n`` nodes, ``U`` updates and ``V`` views
+    (and ``8 table`` for a latency table, ``latency_table``).
 
     ``36 n V`` (per view and node, int32: prepare and commit counters for two digests,
     the pre-prepare digest, view changes received, best certificate view and digest, a
@@ -207,11 +228,12 @@ def kernel_bytes(n: int, U: int, V: int) -> int:
     pending at once (many views in flight); its pages are touched only as used.
     """
     fixed = 8 * _sim.Z_NODE + 2048
-    return 36 * n * V + _sim.queue_bytes(_sim.queue_slots(n, U)) + 232 * n + 80 * (n + 1 + U) + fixed
+    queue = _sim.queue_bytes(_sim.queue_slots(n, U))
+    return 36 * n * V + queue + 232 * n + 80 * (n + 1 + U) + fixed + 8 * table
 
 
-def _check_fits(n: int, U: int, V: int, where: str = "", have: int | None = None) -> int:
-    need = kernel_bytes(n, U, V)
+def _check_fits(n: int, U: int, V: int, where: str = "", have: int | None = None, table: int = 0) -> int:
+    need = kernel_bytes(n, U, V, table)
     have = available_bytes() if have is None else have
     if need > have:
         raise ValueError(
@@ -279,7 +301,8 @@ def simulate_pbft(
     IP, P, fcode = build_inputs(
         n, U, update_bytes, network, mask * code, protocol, block_carries, seed, max_views
     )
-    _check_fits(n, U, int(IP[_sim.I_V]))
+    table = latency_table(n, U)
+    _check_fits(n, U, int(IP[_sim.I_V]), table=table)
     spb = _entity_spb(n, U, network)
     cnt = np.zeros(_sim.N_PHASES, np.int64)
     byt = np.zeros(_sim.N_PHASES)
@@ -288,7 +311,12 @@ def simulate_pbft(
     node_t = np.zeros(n)
     node_i = np.zeros((n, 2), np.int64)
     client = np.zeros(2)
-    if _sim.run_block(IP, P, spb, fcode, cnt, byt, ptime, node_d, node_t, node_i, client) < 0:
+    out = (cnt, byt, ptime, node_d, node_t, node_i, client)
+    if table:
+        sent = _sim.run_block_threads(IP, P, spb, fcode, *out, table)
+    else:
+        sent = _sim.run_block(IP, P, spb, fcode, *out)
+    if sent < 0:
         raise ValueError(f"n_nodes = {n}: more than {_sim.MAX_SEQ} events in one run (lower max_views)")
     return make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, client)
 

@@ -87,11 +87,22 @@ view-change count, the best certificate (view, digest) and a sent flag, 36 bytes
 1) + 4 n + 64`` events before it grows (every message of two broadcast rounds in
 flight), about 56 bytes each (``queue_bytes``: a 32-byte record, a 16-byte bucket entry,
 an 8-byte tie-heap key, plus 733 KB of bucket chunks). Total ``36 n V + queue_bytes(slots)
-+ 232 n + 80 (n + 1 + U) + 8 Z_NODE + 2048`` bytes (``8 Z_NODE``: 17.5 KB of counters
-and bucket heads; V views: f + 2 for PBFT by default, 1 otherwise); the queue's pages are
-touched only as used. The state is four flat arrays (``Z``, ``W``, ``F``, ``E`` below,
++ 232 n + 80 (n + 1 + U) + 8 Z_NODE + 2048`` bytes, plus ``8 nlat`` for a latency table
+(``8 Z_NODE``: 17.5 KB of counters and bucket heads; V views: f + 2 for PBFT by default, 1
+otherwise); the queue's pages are touched only as used. The state is four flat arrays (``Z``, ``W``, ``F``, ``E`` below,
 offsets named by the constants), so a helper call passes four array structs (numba
 passes each by value, about 8 words) where tuples of 31 arrays were passed before.
+
+Latency draws on a second thread: a message's latency depends on the run's seed and the
+message number alone, so ``run_block_threads`` lets a second thread draw the first ``nlat``
+of them (``uniform01`` and ``pow``, about a sixth of the serial kernel's time at n = 100)
+into a table at the end of F while the events run; ``_send`` takes the table's value, or
+draws it itself where the table has none yet (0), and the other thread stops once the
+events are done. Both give the same bits, so the run does not depend on the thread
+timing, the table's length or the number of threads. Table and flag are read and written
+as relaxed atomics. The wrapper uses it with two or more numba threads and a thread-safe
+threading layer (``_api.latency_table``); ``sweep`` runs configurations in parallel
+instead and uses ``run_block``.
 
 The wrapper (``_api.simulate_pbft``) validates, checks the memory and allocates the
 outputs; the event loop and its helpers are compiled with ``_nrt=False``: they create
@@ -179,7 +190,7 @@ Z_NODE = Z_BC + NB
 # F (float64): P, the (size, cost) table, per-phase last handle time and bytes, the
 #   client (accepted digest, time), the Pareto scale and exponent, then FS words per entity
 #   (nodes, client, edge servers);
-F_T, F_PT, F_BY, F_CL, F_XM, F_ENT = 16, 40, 56, 72, 74, 80
+F_T, F_PT, F_BY, F_CL, F_XM, F_STOP, F_ENT = 16, 40, 56, 72, 74, 76, 80
 FS = 8
 R_UP, R_DOWN, R_CPU, R_SUP, R_SDOWN, R_NT = range(6)  # link / CPU free at, seconds per byte, commit time
 # W (int32, (V, n, NW)): per view and node, prepares and commits per digest slot, the
@@ -200,7 +211,7 @@ SLOT_MASK = (1 << 31) - 1
 # ever used, first word of the chunk links, first word of the chunks (the non-empty bucket
 # mask has its own words, Z_MW)
 C_HN, C_SEQ, C_MSGID, C_FREE, C_GN, C_HWM, C_GB, C_LAST, C_CAP, C_SKIP = range(10)
-C_FCH, C_CHWM, C_CN, C_PB = range(10, 14)
+C_FCH, C_CHWM, C_CN, C_PB, C_LAT, C_NLAT = range(10, 16)
 MAX_SEQ = (1 << 31) - 4096  # scheduled events per run (about 10**9 messages)
 
 _TWO53 = 1.0 / 9007199254740992.0
@@ -236,11 +247,6 @@ def link_latency(latkind, mean, shape, u):
         return -mean * math.log(u)
     xm = mean * (shape - 1.0) / shape
     return xm * math.pow(u, -1.0 / shape)
-
-
-@njit(cache=True, _nrt=False, inline="always")
-def _fmax(a, b):
-    return a if a > b else b
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -300,6 +306,30 @@ def _float(typingctx, x):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _load_relaxed(typingctx, arr, i):
+    """``arr[i]`` (float64, no wraparound) as a relaxed atomic load: the latency table is
+    written by another thread while it is read (a plain ``mov`` on x86-64)."""
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.load_atomic(builder.gep(a.data, [args[1]]), "monotonic", 8)
+
+    return types.float64(arr, types.int64), codegen
+
+
+@intrinsic
+def _store_relaxed(typingctx, arr, i, v):
+    """``arr[i] = v`` (float64, no wraparound) as a relaxed atomic store."""
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        builder.store_atomic(args[2], builder.gep(a.data, [args[1]]), "monotonic", 8)
+        return context.get_dummy_value()
+
+    return types.none(arr, types.int64, types.float64), codegen
 
 
 @njit(cache=True, _nrt=False)
@@ -477,7 +507,7 @@ def _spill(Z, E, b):
         c = nx
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _next(Z, E):
     """Pop the earliest pending event: (time, slot, is a handle event)."""
     if Z[Z_CTR + C_GN] == 0:
@@ -543,6 +573,28 @@ def _row(mkind, aux):
 
 # ----------------------------------------------------------------------------- sending
 @njit(cache=True, _nrt=False, inline="always")
+def _latency(Z, F, k):
+    """Latency of message ``k`` (``link_latency`` of ``uniform01(seed, k)``; the Pareto
+    scale and exponent computed once per run, by the same operations: the same bits)."""
+    u = uniform01(Z[I_SEED], k)
+    if Z[I_LAT] == LAT_PARETO:
+        return F[F_XM] * math.pow(u, F[F_XM + 1])
+    return link_latency(Z[I_LAT], F[P_LAT_MEAN], F[P_LAT_SHAPE], u)
+
+
+@njit(cache=True, _nrt=False)
+def _draw_latencies(Z, F):
+    """Fill the latency table (``C_NLAT`` words of F from ``C_LAT``) in message order, in
+    blocks of 1,024, until it is full or the event loop is done (``F[F_STOP]`` set)."""
+    o, m = Z[Z_CTR + C_LAT], Z[Z_CTR + C_NLAT]
+    for k0 in range(0, m, 1024):
+        if _load_relaxed(F, F_STOP) != 0.0:
+            return
+        for k in range(k0, min(k0 + 1024, m)):
+            _store_relaxed(F, o + k, _latency(Z, F, k))
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _send(Z, F, E, src, dst, mkind, view, dig, aux, t0):
     size = F[F_T + 2 * _row(mkind, aux)]
     e = _eb(src)
@@ -550,13 +602,13 @@ def _send(Z, F, E, src, dst, mkind, view, dig, aux, t0):
     F[e + R_UP] = done
     k = Z[Z_CTR + C_MSGID]
     Z[Z_CTR + C_MSGID] = k + 1
-    u = uniform01(Z[I_SEED], k)
     Z[Z_CNT + mkind] += 1
     F[F_BY + mkind] += size
-    if Z[I_LAT] == LAT_PARETO:  # link_latency with its scale and exponent computed once per run
-        lat = F[F_XM] * math.pow(u, F[F_XM + 1])
-    else:
-        lat = link_latency(Z[I_LAT], F[P_LAT_MEAN], F[P_LAT_SHAPE], u)
+    lat = 0.0
+    if k < Z[Z_CTR + C_NLAT]:
+        lat = _load_relaxed(F, Z[Z_CTR + C_LAT] + k)  # 0: not drawn yet by the other thread
+    if not lat > 0.0:
+        lat = _latency(Z, F, k)
     _schedule(Z, E, done + lat, mkind, src, dst, view, dig, aux)
 
 
@@ -790,7 +842,7 @@ def _send_vc(Z, W, F, E, i, w, now):
 
 
 # ----------------------------------------------------------------------------- handlers
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _on_pbft(Z, W, F, E, i, mk, src, w, d, aux, t):
     b = _nb(i)
     if mk == M_PREPREPARE:
@@ -938,7 +990,7 @@ def _is_noop(Z, F, mk, dst, w, aux):
     return False
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _arrive(Z, F, E, t, slot, mk, dst, aux):
     """An arrival: take the receiver's downlink and CPU, then queue its handle event
     (or, for a provable no-op, only record its handle time and keep its sequence number)."""
@@ -1055,7 +1107,7 @@ def queue_slots(n: int, U: int) -> int:
 
 
 @njit(cache=True)
-def _init_state(IP, P, SPB, fault):
+def _init_state(IP, P, SPB, fault, nlat):
     """The flat state (Z, W, F): parameters, counters, node state, per-view counters, clocks."""
     n, V, U = IP[I_N], IP[I_V], IP[I_U]
     Z = np.zeros(Z_NODE + n * NS, np.int64)
@@ -1076,7 +1128,9 @@ def _init_state(IP, P, SPB, fault):
     W[:, :, W_BPV] = -1
     W[:, :, W_BPD] = -1
     E = n + 1 + U
-    F = np.zeros(F_ENT + FS * E, np.float64)
+    Z[Z_CTR + C_LAT] = F_ENT + FS * E
+    Z[Z_CTR + C_NLAT] = nlat
+    F = np.zeros(F_ENT + FS * E + nlat, np.float64)
     F[:N_PARAMS] = P
     _size_cost_table(IP, P, F)
     F[F_PT : F_PT + N_PHASES] = np.nan
@@ -1115,24 +1169,51 @@ def run_block_cap(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, cl
     """``run_block`` with a queue of ``cap`` slots to start with (at least ``n (U + 2) + 64``:
     the submissions, timers and a first proposal are scheduled before the loop checks room);
     the results do not depend on ``cap`` (tests grow the queue from a small one)."""
+    Z, W, F = _init_state(IP, P, SPB, fault, 0)
+    return _simulate(Z, W, F, _make_queue(Z, cap), cnt, byt, ptime, node_d, node_t, node_i, client)
 
+
+@njit(cache=True, parallel=True)
+def run_block_threads(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client, nlat):
+    """``run_block`` with the latencies of the first ``nlat`` messages drawn by a second
+    thread while the events run: each draw is a function of the message number alone, so
+    the event loop takes a drawn one or, if the table has no value there yet, draws it
+    itself (the same bits either way; with one thread the table is filled first)."""
     n, U = IP[I_N], IP[I_U]
-    Z, W, F = _init_state(IP, P, SPB, fault)
-    E = _make_queue(Z, cap)
+    Z, W, F = _init_state(IP, P, SPB, fault, nlat)
+    E = _make_queue(Z, n * U + 2 * n * (n - 1) + 4 * n + 64)
+    sent = np.zeros(1, np.int64)
+    for task in prange(2):
+        if task == 0:
+            _draw_latencies(Z, F)
+        else:
+            sent[0] = _simulate(Z, W, F, E, cnt, byt, ptime, node_d, node_t, node_i, client)
+            _store_relaxed(F, F_STOP, 1.0)
+    return sent[0]
 
-    # edge servers sign their update and send it to every node, primary first
+
+@njit(cache=True, _nrt=False)
+def _setup(Z, W, F, E):
+    """Time 0: the edge servers sign their update and send it to every node, primary first;
+    PBFT nodes arm their view-0 timer; with no updates the primary proposes at once."""
+    n, U = Z[I_N], Z[I_U]
     for e in range(U):
         src = n + 1 + e
         s = _sign(F, src, 0.0, 0.0)
         for j in range(n):
             _send(Z, F, E, src, j, M_SUBMIT, 0, 0, 0, s)
-    if IP[I_PROTO] == PROTO_PBFT:
+    if Z[I_PROTO] == PROTO_PBFT:
         for i in range(n):
-            if fault[i] != SILENT:
+            if Z[_nb(i) + S_FAULT] != SILENT:
                 _arm_timer(Z, F, E, i, 0, 0.0)
-    if U == 0 and fault[0] != SILENT:
+    if U == 0 and Z[_nb(0) + S_FAULT] != SILENT:
         _try_propose(Z, W, F, E, 0, 0.0)
 
+
+@njit(cache=True)
+def _simulate(Z, W, F, E, cnt, byt, ptime, node_d, node_t, node_i, client):
+    """Set up, run the events (growing the queue when it nears full), fill the outputs."""
+    _setup(Z, W, F, E)
     while True:
         _event_loop(Z, W, F, E)
         if Z[Z_CTR + C_HN] == 0:
@@ -1140,7 +1221,7 @@ def run_block_cap(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, cl
         if Z[Z_CTR + C_SEQ] >= MAX_SEQ:
             return -1  # the wrapper raises: too many events for one run
         E = _grow(Z, E)
-
+    n = Z[I_N]
     for k in range(N_PHASES):
         cnt[k] = Z[Z_CNT + k]
         byt[k] = F[F_BY + k]

@@ -153,6 +153,22 @@ def test_skipped_noop_handle_events_change_nothing(n, U, kw):
     _same(simulate_pbft(n, U, **kw), simulate_ref(n, U, **kw))
 
 
+def _block_inputs(n, U, kw):
+    from mcsl_core.consensus._api import _entity_spb, build_inputs, fault_mask
+
+    net = kw.get("network", DEFAULT_NET)
+    mask = fault_mask(n, kw.get("faulty", 0), kw.get("leader_faulty", False))
+    code = _sim.EQUIVOCATE if kw.get("fault", "silent") == "equivocate" else _sim.SILENT
+    proto = kw.get("protocol", "pbft")
+    IP, P, fcode = build_inputs(n, U, 300_000, net, mask * code, proto, "updates", kw.get("seed", 0), None)
+    return IP, P, _entity_spb(n, U, net), fcode
+
+
+def _outputs(n):
+    out = [np.zeros(9, np.int64), np.zeros(9), np.zeros(9), np.zeros(n, np.int64), np.zeros(n)]
+    return [*out, np.zeros((n, 2), np.int64), np.zeros(2)]
+
+
 @pytest.mark.parametrize(
     "n, U, kw",
     [
@@ -165,19 +181,10 @@ def test_queue_growth_changes_nothing(n, U, kw):
     # starting from n (U + 2) + 64 slots the queue doubles several times (a broadcast
     # round alone is n (n - 1) events); slots, bucket chunks, their links and the tie
     # heap must all move over intact, so every output equals the default-size run's
-    from mcsl_core.consensus._api import _entity_spb, build_inputs, fault_mask
-
-    net = kw.pop("network", DEFAULT_NET)
-    mask = fault_mask(n, kw.pop("faulty", 0), kw.pop("leader_faulty", False))
-    code = _sim.EQUIVOCATE if kw.pop("fault", "silent") == "equivocate" else _sim.SILENT
-    proto = kw.pop("protocol", "pbft")
-    IP, P, fcode = build_inputs(n, U, 300_000, net, mask * code, proto, "updates", kw.pop("seed", 0), None)
-    spb = _entity_spb(n, U, net)
-
+    IP, P, spb, fcode = _block_inputs(n, U, kw)
     runs = []
     for cap in (None, n * (U + 2) + 64):
-        out = [np.zeros(9, np.int64), np.zeros(9), np.zeros(9), np.zeros(n, np.int64), np.zeros(n)]
-        out += [np.zeros((n, 2), np.int64), np.zeros(2)]
+        out = _outputs(n)
         if cap is None:
             sent = _sim.run_block(IP, P, spb, fcode, *out)
         else:
@@ -186,6 +193,51 @@ def test_queue_growth_changes_nothing(n, U, kw):
     assert runs[0][0] == runs[1][0] > 2 * (n * (U + 2) + 64)
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "n, U, kw",
+    [
+        (13, 3, dict(faulty=[0, 5], leader_faulty=True, seed=4)),  # view changes: more messages
+        (10, 2, dict(network=NetworkModel(latency="exponential"), seed=3)),
+        (7, 2, dict(protocol="hotstuff", network=NetworkModel(latency="constant"))),
+        (40, 4, dict(seed=2**63 - 1)),
+    ],
+)
+def test_latency_table_changes_nothing(threads, n, U, kw):
+    # the second thread's latency table holds draw k at word k; the event loop takes a
+    # drawn value or draws itself. With one thread the table is full before the events
+    # run (every latency read from it); a table shorter or longer than the run, or none,
+    # must give the run without a table, output for output
+    import numba
+
+    IP, P, spb, fcode = _block_inputs(n, U, kw)
+    base = _outputs(n)
+    sent = _sim.run_block(IP, P, spb, fcode, *base)
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, old))
+    try:
+        for table in (1, sent // 2, sent, 4 * sent + 1000):
+            out = _outputs(n)
+            assert _sim.run_block_threads(IP, P, spb, fcode, *out, table) == sent
+            for a, b in zip(base, out):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        numba.set_num_threads(old)
+
+
+def test_latency_table_size(monkeypatch):
+    import numba
+
+    from mcsl_core.consensus import _api
+
+    if numba.get_num_threads() >= 2 and _api._threadsafe_layer():
+        assert _api.latency_table(100, 10) == pbft_message_counts(100, n_updates=10).messages.total
+        assert _api.latency_table(3000, 10) == _api.LATENCY_TABLE_MAX
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 1)
+    assert _api.latency_table(100, 10) == 0
+    assert _api.kernel_bytes(100, 10, 35, 1000) == _api.kernel_bytes(100, 10, 35) + 8000
 
 
 def test_byte_totals_by_hand_n4():
