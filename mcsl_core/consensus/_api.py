@@ -194,6 +194,7 @@ def _entity_spb(n: int, U: int, network: NetworkModel) -> np.ndarray:
 
 
 LATENCY_TABLE_MAX = 1 << 21  # latency draws a second thread makes ahead (16 MiB)
+LATENCY_TABLE_MIN = 1024  # below this, starting the thread costs what it saves (about 500)
 
 
 @functools.cache
@@ -204,12 +205,14 @@ def _threadsafe_layer() -> bool:
 
 def latency_table(n: int, U: int) -> int:
     """Messages whose latency a second thread draws ahead of the event loop: one PBFT
-    block's ``n U + 2 n^2 - n`` (or fewer: at most ``LATENCY_TABLE_MAX``), 0 with one numba
-    thread or the ``workqueue`` layer. Any count gives the same run (a draw depends on
-    the message number alone); the thread stops when the events are done."""
-    if numba.get_num_threads() < 2 or not _threadsafe_layer():
+    block's ``n U + 2 n^2 - n`` (at most ``LATENCY_TABLE_MAX``); 0 for fewer than
+    ``LATENCY_TABLE_MIN``, with one numba thread or with the ``workqueue`` layer. Any
+    count gives the same run (a draw depends on the message number alone); the thread
+    stops when the events are done."""
+    m = n * U + 2 * n * n - n
+    if m < LATENCY_TABLE_MIN or numba.get_num_threads() < 2 or not _threadsafe_layer():
         return 0
-    return min(n * U + 2 * n * n - n, LATENCY_TABLE_MAX)
+    return min(m, LATENCY_TABLE_MAX)
 
 
 def kernel_bytes(n: int, U: int, V: int, table: int = 0) -> int:
@@ -326,17 +329,19 @@ def make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, clie
     honest = ~mask
     hd = node_d[honest]
     committed_d = hd[hd >= 0]
-    agreement = bool(np.unique(committed_d).size <= 1 and not node_i[honest, 0].any())
+    one_block = committed_d.size == 0 or committed_d.min() == committed_d.max()
+    agreement = bool(one_block and not node_i[honest, 0].any())
     all_t = float(node_t[honest].max()) if honest.any() and (hd >= 0).all() else float("nan")
+    counts, byts = cnt.tolist(), byt.tolist()
     return ConsensusResult(
         time_s=float(client[1]),
-        messages=int(cnt.sum()),
-        bytes=math.fsum(float(b) for b in byt),  # correctly rounded: independent of order
+        messages=sum(counts),
+        bytes=math.fsum(byts),  # correctly rounded: independent of order
         committed=bool(client[0] >= 0),
         view_changes=int(node_i[honest, 1].max()) if honest.any() else 0,
-        phase_messages=MessageCounts(*(int(c) for c in cnt)),
-        phase_bytes=MessageCounts(*(float(b) for b in byt)),
-        phase_time_s=MessageCounts(*(float(t) for t in ptime)),
+        phase_messages=MessageCounts(*counts),
+        phase_bytes=MessageCounts(*byts),
+        phase_time_s=MessageCounts(*ptime.tolist()),
         node_commit_s=node_t.copy(),
         node_digest=node_d.copy(),
         node_conflict=node_i[:, 0].astype(bool),

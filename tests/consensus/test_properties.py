@@ -235,6 +235,7 @@ def test_latency_table_size(monkeypatch):
     if numba.get_num_threads() >= 2 and _api._threadsafe_layer():
         assert _api.latency_table(100, 10) == pbft_message_counts(100, n_updates=10).messages.total
         assert _api.latency_table(3000, 10) == _api.LATENCY_TABLE_MAX
+    assert _api.latency_table(13, 10) == 0  # 455 messages: not worth a thread
     monkeypatch.setattr(numba, "get_num_threads", lambda: 1)
     assert _api.latency_table(100, 10) == 0
     assert _api.kernel_bytes(100, 10, 35, 1000) == _api.kernel_bytes(100, 10, 35) + 8000
