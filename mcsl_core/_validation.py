@@ -6,6 +6,8 @@ offending index (DESIGN.md, "Bad input"). Nothing is clipped.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -38,6 +40,8 @@ def as_float64(name: str, x) -> np.ndarray:
         raise ValueError(f"{name} must be real, got a complex value")
     try:
         arr = np.asarray(x, dtype=np.float64, order="C")  # keeps 0-d inputs 0-d
+    except OverflowError as exc:  # a Python int beyond float64
+        raise ValueError(f"{name} must fit a float64, got an integer of {x.bit_length()} bits") from exc
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numeric, got {x!r}") from exc
     return arr
@@ -190,6 +194,14 @@ def check_scalar(
     hi_open: bool = False,
 ) -> float:
     """A finite real scalar (not bool, str or an array) in the interval, as a float."""
+    if type(x) is float or (type(x) is int and -(2**53) <= x <= 2**53):  # the common case, fast
+        v = float(x)
+        if (
+            math.isfinite(v)
+            and (lo is None or (v > lo if lo_open else v >= lo))
+            and (hi is None or (v < hi if hi_open else v <= hi))
+        ):
+            return v
     if isinstance(x, (bool, np.bool_, str, bytes)) or np.ndim(x) != 0:
         raise ValueError(f"{name} must be a real scalar, got {x!r}")
     return float(check_range(name, x, lo, hi, lo_open=lo_open, hi_open=hi_open).reshape(()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import subprocess
 import sys
 
@@ -102,3 +104,30 @@ def test_shared_scalar_checks():
             V.check_int_scalar("k", bad, 0)
     with pytest.raises(ValueError, match="z must be real"):
         V.as_float64("z", [1 + 2j])
+    with pytest.raises(ValueError, match="^y must fit a float64, got an integer of 1329 bits"):
+        V.check_scalar("y", 10**400)  # was an OverflowError from NumPy
+
+
+def test_check_scalar_fast_path_agrees():
+    # plain Python floats and ints take a short path; it must accept and refuse exactly
+    # what the general (NumPy) path does, at and around every kind of bound
+    cases = [0.0, -0.0, 1.0, 0.5, 1e-300, -1e-300, 2, -3, 2**53, 2**53 + 1, 1e308, -1e308]
+    bounds = [
+        (None, None, False, False),
+        (0.0, None, False, False),
+        (0.0, None, True, False),
+        (0.0, 1.0, False, True),
+        (-1.0, 1.0, True, True),
+        (2.0, None, False, False),
+    ]
+    for x in cases:
+        for lo, hi, lo_open, hi_open in bounds:
+            kw = dict(lo_open=lo_open, hi_open=hi_open)
+            try:
+                want = float(V.check_range("x", np.float64(x), lo, hi, **kw).reshape(()))
+            except ValueError as e:
+                with pytest.raises(ValueError, match=re.escape(str(e))):
+                    V.check_scalar("x", x, lo, hi, **kw)
+            else:
+                got = V.check_scalar("x", x, lo, hi, **kw)
+                assert got == want and type(got) is float and math.copysign(1, got) == math.copysign(1, want)
