@@ -41,7 +41,8 @@ def as_float64(name: str, x) -> np.ndarray:
     try:
         arr = np.asarray(x, dtype=np.float64, order="C")  # keeps 0-d inputs 0-d
     except OverflowError as exc:  # a Python int beyond float64
-        raise ValueError(f"{name} must fit a float64, got an integer of {x.bit_length()} bits") from exc
+        what = f"an integer of {x.bit_length()} bits" if isinstance(x, int) else "an integer too large"
+        raise ValueError(f"{name} must fit a float64, got {what}") from exc
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numeric, got {x!r}") from exc
     return arr

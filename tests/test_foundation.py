@@ -106,6 +106,8 @@ def test_shared_scalar_checks():
         V.as_float64("z", [1 + 2j])
     with pytest.raises(ValueError, match="^y must fit a float64, got an integer of 1329 bits"):
         V.check_scalar("y", 10**400)  # was an OverflowError from NumPy
+    with pytest.raises(ValueError, match="^y must fit a float64, got an integer too large"):
+        V.check_range("y", [1, 10**400], 0.0)
 
 
 def test_check_scalar_fast_path_agrees():
