@@ -96,13 +96,14 @@ passes each by value, about 8 words) where tuples of 31 arrays were passed befor
 Latency draws on a second thread: a message's latency depends on the run's seed and the
 message number alone, so ``run_block_threads`` lets a second thread draw the first ``nlat``
 of them (``uniform01`` and ``pow``, about a sixth of the serial kernel's time at n = 100)
-into a table at the end of F while the events run; ``_send`` takes the table's value, or
-draws it itself where the table has none yet (0), and the other thread stops once the
-events are done. Both give the same bits, so the run does not depend on the thread
-timing, the table's length or the number of threads. Table and flag are read and written
-as relaxed atomics. The wrapper uses it with two or more numba threads and a thread-safe
-threading layer (``_api.latency_table``); ``sweep`` runs configurations in parallel
-instead and uses ``run_block``.
+into a table at the end of F while the events run, publishing after each block of 1,024
+how many it has drawn (a release store; the event loop reads it with an acquire load
+when a message number reaches the count it last saw). ``_send`` takes a drawn value or
+draws the latency itself, and the other thread stops once the events are done. Both
+give the same bits, so the run does not depend on the thread timing, the table's length
+or the number of threads. The wrapper uses it with two or more numba threads and a
+thread-safe threading layer (``_api.latency_table``); ``sweep`` runs configurations in
+parallel instead and uses ``run_block``.
 
 The wrapper (``_api.simulate_pbft``) validates, checks the memory and allocates the
 outputs; the event loop and its helpers are compiled with ``_nrt=False``: they create
@@ -190,7 +191,7 @@ Z_NODE = Z_BC + NB
 # F (float64): P, the (size, cost) table, per-phase last handle time and bytes, the
 #   client (accepted digest, time), the Pareto scale and exponent, then FS words per entity
 #   (nodes, client, edge servers);
-F_T, F_PT, F_BY, F_CL, F_XM, F_STOP, F_ENT = 16, 40, 56, 72, 74, 76, 80
+F_T, F_PT, F_BY, F_CL, F_XM, F_STOP, F_DRAWN, F_ENT = 16, 40, 56, 72, 74, 76, 77, 80
 FS = 8
 R_UP, R_DOWN, R_CPU, R_SUP, R_SDOWN, R_NT = range(6)  # link / CPU free at, seconds per byte, commit time
 # W (int32, (V, n, NW)): per view and node, prepares and commits per digest slot, the
@@ -211,7 +212,7 @@ SLOT_MASK = (1 << 31) - 1
 # ever used, first word of the chunk links, first word of the chunks (the non-empty bucket
 # mask has its own words, Z_MW)
 C_HN, C_SEQ, C_MSGID, C_FREE, C_GN, C_HWM, C_GB, C_LAST, C_CAP, C_SKIP = range(10)
-C_FCH, C_CHWM, C_CN, C_PB, C_LAT, C_NLAT = range(10, 16)
+C_FCH, C_CHWM, C_CN, C_PB, C_LAT, C_NLAT, C_SEEN = range(10, 17)
 MAX_SEQ = (1 << 31) - 4096  # scheduled events per run (about 10**9 messages)
 
 _TWO53 = 1.0 / 9007199254740992.0
@@ -309,24 +310,25 @@ def _float(typingctx, x):
 
 
 @intrinsic
-def _load_relaxed(typingctx, arr, i):
-    """``arr[i]`` (float64, no wraparound) as a relaxed atomic load: the latency table is
-    written by another thread while it is read (a plain ``mov`` on x86-64)."""
+def _load_acquire(typingctx, arr, i):
+    """``arr[i]`` (float64, no wraparound) as an atomic load with acquire order: a word the
+    other thread of ``run_block_threads`` writes (a plain ``mov`` on x86-64)."""
 
     def codegen(context, builder, sig, args):
         a = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.load_atomic(builder.gep(a.data, [args[1]]), "monotonic", 8)
+        return builder.load_atomic(builder.gep(a.data, [args[1]]), "acquire", 8)
 
     return types.float64(arr, types.int64), codegen
 
 
 @intrinsic
-def _store_relaxed(typingctx, arr, i, v):
-    """``arr[i] = v`` (float64, no wraparound) as a relaxed atomic store."""
+def _store_release(typingctx, arr, i, v):
+    """``arr[i] = v`` (float64, no wraparound) as an atomic store with release order: what
+    was written before it is seen by a thread whose acquire load sees ``v``."""
 
     def codegen(context, builder, sig, args):
         a = context.make_array(sig.args[0])(context, builder, args[0])
-        builder.store_atomic(args[2], builder.gep(a.data, [args[1]]), "monotonic", 8)
+        builder.store_atomic(args[2], builder.gep(a.data, [args[1]]), "release", 8)
         return context.get_dummy_value()
 
     return types.none(arr, types.int64, types.float64), codegen
@@ -585,13 +587,27 @@ def _latency(Z, F, k):
 @njit(cache=True, _nrt=False)
 def _draw_latencies(Z, F):
     """Fill the latency table (``C_NLAT`` words of F from ``C_LAT``) in message order, in
-    blocks of 1,024, until it is full or the event loop is done (``F[F_STOP]`` set)."""
+    blocks of 1,024, each published by ``F[F_DRAWN]`` (the count drawn), until it is full
+    or the event loop is done (``F[F_STOP]`` set)."""
     o, m = Z[Z_CTR + C_LAT], Z[Z_CTR + C_NLAT]
     for k0 in range(0, m, 1024):
-        if _load_relaxed(F, F_STOP) != 0.0:
+        if _load_acquire(F, F_STOP) != 0.0:
             return
-        for k in range(k0, min(k0 + 1024, m)):
-            _store_relaxed(F, o + k, _latency(Z, F, k))
+        k1 = min(k0 + 1024, m)
+        for k in range(k0, k1):
+            F[o + k] = _latency(Z, F, k)
+        _store_release(F, F_DRAWN, float(k1))
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _message_latency(Z, F, k):
+    """Message ``k``'s latency: from the table if the other thread has drawn it (the count
+    it published is read again only when ``k`` reaches the count last seen), else drawn."""
+    if k >= Z[Z_CTR + C_SEEN] and k < Z[Z_CTR + C_NLAT]:
+        Z[Z_CTR + C_SEEN] = np.int64(_load_acquire(F, F_DRAWN))
+    if k < Z[Z_CTR + C_SEEN]:
+        return F[Z[Z_CTR + C_LAT] + k]
+    return _latency(Z, F, k)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -604,12 +620,7 @@ def _send(Z, F, E, src, dst, mkind, view, dig, aux, t0):
     Z[Z_CTR + C_MSGID] = k + 1
     Z[Z_CNT + mkind] += 1
     F[F_BY + mkind] += size
-    lat = 0.0
-    if k < Z[Z_CTR + C_NLAT]:
-        lat = _load_relaxed(F, Z[Z_CTR + C_LAT] + k)  # 0: not drawn yet by the other thread
-    if not lat > 0.0:
-        lat = _latency(Z, F, k)
-    _schedule(Z, E, done + lat, mkind, src, dst, view, dig, aux)
+    _schedule(Z, E, done + _message_latency(Z, F, k), mkind, src, dst, view, dig, aux)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -1130,7 +1141,8 @@ def _init_state(IP, P, SPB, fault, nlat):
     E = n + 1 + U
     Z[Z_CTR + C_LAT] = F_ENT + FS * E
     Z[Z_CTR + C_NLAT] = nlat
-    F = np.zeros(F_ENT + FS * E + nlat, np.float64)
+    F = np.empty(F_ENT + FS * E + nlat, np.float64)  # the table is read only where drawn
+    F[: F_ENT + FS * E] = 0.0
     F[:N_PARAMS] = P
     _size_cost_table(IP, P, F)
     F[F_PT : F_PT + N_PHASES] = np.nan
@@ -1188,7 +1200,7 @@ def run_block_threads(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i
             _draw_latencies(Z, F)
         else:
             sent[0] = _simulate(Z, W, F, E, cnt, byt, ptime, node_d, node_t, node_i, client)
-            _store_relaxed(F, F_STOP, 1.0)
+            _store_release(F, F_STOP, 1.0)
     return sent[0]
 
 
