@@ -219,9 +219,10 @@ def kernel_bytes(n: int, U: int, V: int, table: int = 0) -> int:
     """Bytes one ``run_block`` allocates for ``n`` nodes, ``U`` updates and ``V`` views
     (and ``8 table`` for a latency table, ``latency_table``).
 
-    ``36 n V`` (per view and node, int32: prepare and commit counters for two digests,
-    the pre-prepare digest, view changes received, best certificate view and digest, a
-    sent flag) ``+ queue_bytes(n U + 2 n (n - 1) + 4 n + 64)`` (every message of two
+    ``(36 n + 8) V`` (per view and node, int32: prepare and commit counters for two
+    digests, the pre-prepare digest, view changes received, best certificate view and
+    digest, a sent flag; per view a flag: its rows are set, and their pages touched, only
+    when the view is first used) ``+ queue_bytes(n U + 2 n (n - 1) + 4 n + 64)`` (every message of two
     broadcast rounds in flight; about 56.3 bytes a slot: a 32-byte record, a 16-byte
     bucket entry in chunks of 32, an 8-byte tie-heap key, plus 733 KB of bucket chunks)
     ``+ 232 n`` (node state, fault codes, outputs) ``+ 80 (n + 1 + U)`` (per entity: link
@@ -232,7 +233,7 @@ def kernel_bytes(n: int, U: int, V: int, table: int = 0) -> int:
     """
     fixed = 8 * _sim.Z_NODE + 2048
     queue = _sim.queue_bytes(_sim.queue_slots(n, U))
-    return 36 * n * V + queue + 232 * n + 80 * (n + 1 + U) + fixed + 8 * table
+    return (36 * n + 8) * V + queue + 232 * n + 80 * (n + 1 + U) + fixed + 8 * table
 
 
 def _check_fits(n: int, U: int, V: int, where: str = "", have: int | None = None, table: int = 0) -> int:

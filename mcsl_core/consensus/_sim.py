@@ -83,10 +83,10 @@ digest; and in view ``v`` the only digests are the primary's proposal and the fo
 proposal of view ``v`` is 0 or a digest prepared in an earlier view, so ``<= v``), two
 counters per kind. Per view and node: 2 x 2 int32 counters, the pre-prepare digest, the
 view-change count, the best certificate (view, digest) and a sent flag, 36 bytes in
-``W[v, i]`` (one view's rows are contiguous). The queue holds at most ``n U + 2 n (n -
+``W[v, i]`` (one view's rows are contiguous, set when the view is first used). The queue holds at most ``n U + 2 n (n -
 1) + 4 n + 64`` events before it grows (every message of two broadcast rounds in
 flight), about 56 bytes each (``queue_bytes``: a 32-byte record, a 16-byte bucket entry,
-an 8-byte tie-heap key, plus 733 KB of bucket chunks). Total ``36 n V + queue_bytes(slots)
+an 8-byte tie-heap key, plus 733 KB of bucket chunks). Total ``(36 n + 8) V + queue_bytes(slots)
 + 232 n + 80 (n + 1 + U) + 8 Z_NODE + 2048`` bytes, plus ``8 nlat`` for a latency table
 (``8 Z_NODE``: 17.5 KB of counters and bucket heads; V views: f + 2 for PBFT by default, 1
 otherwise); the queue's pages are touched only as used. The state is four flat arrays (``Z``, ``W``, ``F``, ``E`` below,
@@ -670,6 +670,25 @@ def _dslot(v, d):
     return 0 if d == v + 1 else 1
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _open_view(Z, W, w):
+    """Set view ``w``'s rows of W (counters 0, digests and certificates -1) on its first use,
+    so a run touches only the views it reaches (f + 2 are reserved). View 0 is opened at
+    the start; a later view by the first node that asks for it (``_send_vc``), before any
+    message of that view exists: every other message of view w is sent by a node that
+    asked for w or received one of its messages."""
+    o = _nb(Z[I_N]) + w
+    if Z[o]:
+        return
+    Z[o] = 1
+    for i in range(Z[I_N]):
+        for k in range(NW):
+            W[w, i, k] = 0
+        W[w, i, W_PPD] = -1
+        W[w, i, W_BPV] = -1
+        W[w, i, W_BPD] = -1
+
+
 @njit(cache=True, _nrt=False)
 def _record_commit(Z, F, i, d, now):
     b = _nb(i)
@@ -840,7 +859,10 @@ def _check_new_view(Z, W, F, E, i, w, now):
 @njit(cache=True, _nrt=False)
 def _send_vc(Z, W, F, E, i, w, now):
     b = _nb(i)
-    if w >= Z[I_V] or w <= Z[b + S_VIEW] or W[w, i, W_SVC]:
+    if w >= Z[I_V] or w <= Z[b + S_VIEW]:
+        return
+    _open_view(Z, W, w)
+    if W[w, i, W_SVC]:
         return
     W[w, i, W_SVC] = 1
     _reset_view(Z, i, w)
@@ -1121,7 +1143,7 @@ def queue_slots(n: int, U: int) -> int:
 def _init_state(IP, P, SPB, fault, nlat):
     """The flat state (Z, W, F): parameters, counters, node state, per-view counters, clocks."""
     n, V, U = IP[I_N], IP[I_V], IP[I_U]
-    Z = np.zeros(Z_NODE + n * NS, np.int64)
+    Z = np.zeros(Z_NODE + n * NS + V, np.int64)  # then one "view opened" flag per view
     Z[:N_IPARAMS] = IP
     Z[Z_CTR + C_FREE] = -1
     Z[Z_BMIN : Z_BMIN + NB] = 0x7FFFFFFFFFFFFFFF
@@ -1134,10 +1156,8 @@ def _init_state(IP, P, SPB, fault, nlat):
             Z[b + k] = -1
         Z[b + S_ACTIVE] = 1
         Z[b + S_FAULT] = fault[i]
-    W = np.zeros((V, n, NW), np.int32)
-    W[:, :, W_PPD] = -1
-    W[:, :, W_BPV] = -1
-    W[:, :, W_BPD] = -1
+    W = np.empty((V, n, NW), np.int32)  # a view's rows are set when it is first used
+    _open_view(Z, W, 0)
     E = n + 1 + U
     Z[Z_CTR + C_LAT] = F_ENT + FS * E
     Z[Z_CTR + C_NLAT] = nlat

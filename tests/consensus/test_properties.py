@@ -571,9 +571,10 @@ def test_kernel_bytes_grows_as_n_squared_times_views():
     for cap in (108, 1000, 12345, 18_027_064):
         exact = 40 * cap + 520 * (cap // 32 + 1410)
         assert exact <= _sim.queue_bytes(cap) <= exact + 320
-    # 36 bytes per node and view, 2 n (n - 1) + n U + 4 n + 64 queue slots; Z's fixed words:
-    # IP and counts (32), counters (32), 11 mask words and 3 per bucket
+    # 36 bytes per node and view and a flag per view, 2 n (n - 1) + n U + 4 n + 64 queue
+    # slots; Z's fixed words: IP and counts (32), counters (32), 11 mask words and 3 per bucket
     fixed = 8 * (64 + 11 + 3 * 704) + 2048
-    assert kernel_bytes(4, 1, 3) == 36 * 4 * 3 + _sim.queue_bytes(4 + 24 + 16 + 64) + 232 * 4 + 80 * 6 + fixed
+    want = (36 * 4 + 8) * 3 + _sim.queue_bytes(4 + 24 + 16 + 64) + 232 * 4 + 80 * 6 + fixed
+    assert kernel_bytes(4, 1, 3) == want
     big = kernel_bytes(3000, 10, fault_tolerance(3000) + 2)
     assert 1.0 * 2**30 < big < 1.25 * 2**30  # the old (f + 2, n, n) tables alone needed 81 GB
