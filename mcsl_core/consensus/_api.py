@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import math
+import os
+import queue
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -193,24 +195,53 @@ def _entity_spb(n: int, U: int, network: NetworkModel) -> np.ndarray:
     return spb
 
 
-LATENCY_TABLE_MAX = 1 << 21  # latency draws a second thread makes ahead (16 MiB)
+LATENCY_TABLE_MAX = 1 << 21  # latency draws the latency thread makes ahead (16 MiB)
 LATENCY_TABLE_MIN = 1024  # below this, starting the thread costs what it saves (about 500)
 
 
-@functools.cache
-def _threadsafe_layer() -> bool:
-    numba.get_num_threads()  # starts the threading layer
-    return numba.threading_layer() != "workqueue"  # it aborts on launches from two threads
+class _LatencyThread:
+    """A daemon thread that draws the latency tables of ``simulate_pbft`` calls, one job at a
+    time, started on first use. The caller never waits for it: the event loop draws any
+    latency the table does not hold yet, so the result does not depend on this thread
+    (nor on whether it runs at all). A job holds its arrays, so they outlive the call."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a child has no such thread
+
+    def _reset(self) -> None:
+        self._jobs: queue.SimpleQueue | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, Z: np.ndarray, F: np.ndarray) -> None:
+        if self._jobs is None:
+            with self._lock:
+                if self._jobs is None:
+                    jobs: queue.SimpleQueue = queue.SimpleQueue()
+                    threading.Thread(
+                        target=_draw_jobs, args=(jobs,), name="mcsl-latency", daemon=True
+                    ).start()
+                    self._jobs = jobs
+        self._jobs.put((Z, F))
+
+
+def _draw_jobs(jobs: queue.SimpleQueue) -> None:
+    while True:
+        Z, F = jobs.get()
+        _sim.draw_latencies(Z, F)  # stops at once when the events are done
+        del Z, F
+
+
+_LATENCY = _LatencyThread()
 
 
 def latency_table(n: int, U: int) -> int:
-    """Messages whose latency a second thread draws ahead of the event loop: one PBFT
-    block's ``n U + 2 n^2 - n`` (at most ``LATENCY_TABLE_MAX``); 0 for fewer than
-    ``LATENCY_TABLE_MIN``, with one numba thread or with the ``workqueue`` layer. Any
-    count gives the same run (a draw depends on the message number alone); the thread
-    stops when the events are done."""
+    """Messages whose latency the latency thread draws ahead of the event loop: one PBFT
+    block's ``n U + 2 n^2 - n`` (at most ``LATENCY_TABLE_MAX``); 0 (no thread) for fewer
+    than ``LATENCY_TABLE_MIN`` or when numba may use one thread only (as in task-sweep
+    workers). Any count gives the same run (a draw depends on the message number alone)."""
     m = n * U + 2 * n * n - n
-    if m < LATENCY_TABLE_MIN or numba.get_num_threads() < 2 or not _threadsafe_layer():
+    if m < LATENCY_TABLE_MIN or numba.get_num_threads() < 2:
         return 0
     return min(m, LATENCY_TABLE_MAX)
 
@@ -317,7 +348,9 @@ def simulate_pbft(
     client = np.zeros(2)
     out = (cnt, byt, ptime, node_d, node_t, node_i, client)
     if table:
-        sent = _sim.run_block_threads(IP, P, spb, fcode, *out, table)
+        Z, W, F, E = _sim.start_block(IP, P, spb, fcode, table)
+        _LATENCY.submit(Z, F)
+        sent = _sim.run_started(Z, W, F, E, *out)
     else:
         sent = _sim.run_block(IP, P, spb, fcode, *out)
     if sent < 0:

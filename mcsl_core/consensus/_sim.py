@@ -94,16 +94,16 @@ offsets named by the constants), so a helper call passes four array structs (num
 passes each by value, about 8 words) where tuples of 31 arrays were passed before.
 
 Latency draws on a second thread: a message's latency depends on the run's seed and the
-message number alone, so ``run_block_threads`` lets a second thread draw the first ``nlat``
-of them (``uniform01`` and ``pow``, about a sixth of the serial kernel's time at n = 100)
-into a table at the end of F while the events run, publishing after each block of 1,024
-how many it has drawn (a release store; the event loop reads it with an acquire load
-when a message number reaches the count it last saw). ``_send`` takes a drawn value or
-draws the latency itself, and the other thread stops once the events are done. Both
-give the same bits, so the run does not depend on the thread timing, the table's length
-or the number of threads. The wrapper uses it with two or more numba threads and a
-thread-safe threading layer (``_api.latency_table``); ``sweep`` runs configurations in
-parallel instead and uses ``run_block``.
+message number alone, so another thread (``_api``'s latency thread, calling
+``draw_latencies`` without the GIL) can draw the first ``nlat`` of them (``uniform01`` and
+``pow``, about a sixth of the serial kernel's time at n = 100) into a table at the end of
+F while ``run_started`` runs the events on the calling thread. It publishes after each
+block of 1,024 how many it has drawn (a release store; the event loop reads it with an
+acquire load when a message number reaches the count it last saw). ``_send`` takes a
+drawn value or draws the latency itself, so the event loop never waits, and the other
+thread stops once the events are done. Both give the same bits: the run does not depend
+on the thread's timing, the table's length or whether the thread runs at all. ``sweep``
+runs configurations in parallel instead and uses ``run_block``.
 
 The wrapper (``_api.simulate_pbft``) validates, checks the memory and allocates the
 outputs; the event loop and its helpers are compiled with ``_nrt=False``: they create
@@ -312,7 +312,7 @@ def _float(typingctx, x):
 @intrinsic
 def _load_acquire(typingctx, arr, i):
     """``arr[i]`` (float64, no wraparound) as an atomic load with acquire order: a word the
-    other thread of ``run_block_threads`` writes (a plain ``mov`` on x86-64)."""
+    latency thread writes (a plain ``mov`` on x86-64)."""
 
     def codegen(context, builder, sig, args):
         a = context.make_array(sig.args[0])(context, builder, args[0])
@@ -1205,23 +1205,30 @@ def run_block_cap(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, cl
     return _simulate(Z, W, F, _make_queue(Z, cap), cnt, byt, ptime, node_d, node_t, node_i, client)
 
 
-@njit(cache=True, parallel=True)
-def run_block_threads(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client, nlat):
-    """``run_block`` with the latencies of the first ``nlat`` messages drawn by a second
-    thread while the events run: each draw is a function of the message number alone, so
-    the event loop takes a drawn one or, if the table has no value there yet, draws it
-    itself (the same bits either way; with one thread the table is filled first)."""
+@njit(cache=True)
+def start_block(IP, P, SPB, fault, nlat):
+    """The state ``(Z, W, F, E)`` of one block with room for a latency table of ``nlat``
+    draws: hand ``(Z, F)`` to ``draw_latencies`` on another thread, then ``run_started``."""
     n, U = IP[I_N], IP[I_U]
     Z, W, F = _init_state(IP, P, SPB, fault, nlat)
-    E = _make_queue(Z, n * U + 2 * n * (n - 1) + 4 * n + 64)
-    sent = np.zeros(1, np.int64)
-    for task in prange(2):
-        if task == 0:
-            _draw_latencies(Z, F)
-        else:
-            sent[0] = _simulate(Z, W, F, E, cnt, byt, ptime, node_d, node_t, node_i, client)
-            _store_release(F, F_STOP, 1.0)
-    return sent[0]
+    return Z, W, F, _make_queue(Z, n * U + 2 * n * (n - 1) + 4 * n + 64)
+
+
+@njit(cache=True, nogil=True)
+def draw_latencies(Z, F):
+    """``_draw_latencies`` without the GIL (the latency thread's call)."""
+    _draw_latencies(Z, F)
+
+
+@njit(cache=True, nogil=True)
+def run_started(Z, W, F, E, cnt, byt, ptime, node_d, node_t, node_i, client):
+    """Run a block from ``start_block`` without the GIL (``run_block``'s outputs and return);
+    then tell the latency thread to stop. A draw is a function of the message number
+    alone: the event loop takes a drawn one or draws it itself, the same bits either way,
+    so the run does not depend on when (or whether) the other thread draws."""
+    sent = _simulate(Z, W, F, E, cnt, byt, ptime, node_d, node_t, node_i, client)
+    _store_release(F, F_STOP, 1.0)
+    return sent
 
 
 @njit(cache=True, _nrt=False)

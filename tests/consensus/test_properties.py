@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -195,7 +198,7 @@ def test_queue_growth_changes_nothing(n, U, kw):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode", ["drawn first", "thread"])
 @pytest.mark.parametrize(
     "n, U, kw",
     [
@@ -205,26 +208,46 @@ def test_queue_growth_changes_nothing(n, U, kw):
         (40, 4, dict(seed=2**63 - 1)),
     ],
 )
-def test_latency_table_changes_nothing(threads, n, U, kw):
-    # the second thread's latency table holds draw k at word k; the event loop takes a
-    # drawn value or draws itself. With one thread the table is full before the events
-    # run (every latency read from it); a table shorter or longer than the run, or none,
-    # must give the run without a table, output for output
-    import numba
+def test_latency_table_changes_nothing(mode, n, U, kw):
+    # the latency table holds draw k at word k. Drawn in full before the events run,
+    # every latency of its length comes from it; drawn by the latency thread, from it
+    # or from the event loop as timing has it. A table shorter or longer than the run,
+    # or none, must give the run without a table, output for output
+    from mcsl_core.consensus._api import _LATENCY
 
     IP, P, spb, fcode = _block_inputs(n, U, kw)
     base = _outputs(n)
     sent = _sim.run_block(IP, P, spb, fcode, *base)
-    old = numba.get_num_threads()
-    numba.set_num_threads(min(threads, old))
-    try:
-        for table in (1, sent // 2, sent, 4 * sent + 1000):
-            out = _outputs(n)
-            assert _sim.run_block_threads(IP, P, spb, fcode, *out, table) == sent
-            for a, b in zip(base, out):
-                np.testing.assert_array_equal(a, b)
-    finally:
-        numba.set_num_threads(old)
+    for table in (1, sent // 2, sent, 4 * sent + 1000):
+        Z, W, F, E = _sim.start_block(IP, P, spb, fcode, table)
+        if mode == "drawn first":
+            _sim.draw_latencies(Z, F)
+        else:
+            _LATENCY.submit(Z, F)
+        out = _outputs(n)
+        assert _sim.run_started(Z, W, F, E, *out) == sent
+        for a, b in zip(base, out):
+            np.testing.assert_array_equal(a, b)
+
+
+_FORK = """
+import os, sys, threading
+from mcsl_core.consensus import simulate_pbft
+want = simulate_pbft(40, 4, seed=5)  # starts the latency thread
+pid = os.fork()
+if pid == 0:  # the child has no latency thread: a fresh one must start, nothing may hang
+    r = simulate_pbft(40, 4, seed=5)
+    started = any(t.name == "mcsl-latency" for t in threading.enumerate())
+    os._exit(0 if (r.messages, r.time_s) == (want.messages, want.time_s) and started else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_latency_thread_after_fork():
+    out = subprocess.run([sys.executable, "-c", _FORK], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
 
 
 def test_latency_table_size(monkeypatch):
@@ -232,7 +255,7 @@ def test_latency_table_size(monkeypatch):
 
     from mcsl_core.consensus import _api
 
-    if numba.get_num_threads() >= 2 and _api._threadsafe_layer():
+    if numba.get_num_threads() >= 2:
         assert _api.latency_table(100, 10) == pbft_message_counts(100, n_updates=10).messages.total
         assert _api.latency_table(3000, 10) == _api.LATENCY_TABLE_MAX
     assert _api.latency_table(13, 10) == 0  # 455 messages: not worth a thread
