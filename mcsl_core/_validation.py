@@ -7,6 +7,7 @@ offending index (DESIGN.md, "Bad input"). Nothing is clipped.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -125,6 +126,8 @@ def check_not_subnormal(name: str, arr: np.ndarray) -> None:
 
 def check_int_scalar(name: str, x, lo: int | None = None, hi: int | None = None) -> int:
     """A Python int from an integer or an integral float (not bool, NaN, inf or 2.7) in [lo, hi]."""
+    if type(x) is int and (lo is None or x >= lo) and (hi is None or x <= hi):
+        return x  # the common case, fast
     if isinstance(x, (bool, np.bool_, str, bytes)) or np.ndim(x) != 0:
         raise ValueError(f"{name} must be an integer scalar, got {x!r}")
     if isinstance(x, (int, np.integer)):
@@ -144,9 +147,25 @@ def check_int_scalar(name: str, x, lo: int | None = None, hi: int | None = None)
     return v
 
 
+_MEMORY_READ = [-1e9, 0]  # (time.monotonic() of the last reading, bytes)
+MEMORY_READ_EVERY_S = 0.25
+
+
 def available_memory() -> int:
     """Bytes of memory available to a new allocation now (Linux ``MemAvailable``; else
-    physical pages free). Kernels compare their documented need with this upfront."""
+    physical pages free). Kernels compare their documented need with this upfront.
+
+    Read at most every ``MEMORY_READ_EVERY_S`` seconds: a reading that recent serves an
+    upfront check as well as a fresh one, and a loop of small calls (a millisecond
+    simulation each) would otherwise spend more on reading ``/proc/meminfo`` than on work."""
+    now = time.monotonic()
+    if now - _MEMORY_READ[0] >= MEMORY_READ_EVERY_S:
+        _MEMORY_READ[1] = _read_available_memory()
+        _MEMORY_READ[0] = now
+    return _MEMORY_READ[1]
+
+
+def _read_available_memory() -> int:
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:

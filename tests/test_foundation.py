@@ -110,6 +110,31 @@ def test_shared_scalar_checks():
         V.check_range("y", [1, 10**400], 0.0)
 
 
+def test_check_int_scalar_fast_path_agrees():
+    # a plain int takes a short path; the general path (NumPy integers) decides the same
+    for x in (-3, 0, 1, 7, 2**62, 2**80):
+        for lo, hi in ((None, None), (0, None), (1, 7), (7, 7), (8, None)):
+            try:
+                want = V.check_int_scalar("k", np.int64(x) if abs(x) < 2**63 else float(x), lo, hi)
+            except ValueError as e:
+                with pytest.raises(ValueError, match=re.escape(str(e)).replace(r"\.0", r"(\.0)?")):
+                    V.check_int_scalar("k", x, lo, hi)
+            else:
+                assert V.check_int_scalar("k", x, lo, hi) == want == x
+
+
+def test_available_memory_is_read_at_most_every_interval(monkeypatch):
+    reads, now = [], [1000.0]
+    monkeypatch.setattr(V, "_read_available_memory", lambda: reads.append(now[0]) or 10 * len(reads))
+    monkeypatch.setattr(V.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(V, "_MEMORY_READ", [-1e9, 0])
+    assert V.available_memory() == 10
+    now[0] += V.MEMORY_READ_EVERY_S / 2
+    assert V.available_memory() == 10 and len(reads) == 1  # recent enough: not read again
+    now[0] += V.MEMORY_READ_EVERY_S / 2
+    assert V.available_memory() == 20 and len(reads) == 2
+
+
 def test_check_scalar_fast_path_agrees():
     # plain Python floats and ints take a short path; it must accept and refuse exactly
     # what the general (NumPy) path does, at and around every kind of bound

@@ -140,6 +140,22 @@ def _auto_timeout(n: int, U: int, upd: float, payload: float, net: NetworkModel)
     return 2.0 * est + 1.0
 
 
+_IP_ORDER = ("I_N", "I_U", "I_V", "I_PROTO", "I_DIGESTS", "I_LAT", "I_SEED", "I_F", "I_Q")
+_P_ORDER = (
+    "P_PROC",
+    "P_SIGN",
+    "P_VERIFY",
+    "P_HASH_PB",
+    "P_LAT_MEAN",
+    "P_LAT_SHAPE",
+    "P_TBASE",
+    "P_HEADER",
+    "P_UPD",
+)
+if [getattr(_sim, k) for k in _IP_ORDER + _P_ORDER] != [*range(_sim.N_IPARAMS), *range(_sim.N_PARAMS)]:
+    raise ImportError("build_inputs lists the kernel parameters in another order than _sim")
+
+
 def build_inputs(n, U, update_bytes, network, mask_kind, protocol, block_carries, seed, max_views):
     """Validated kernel inputs ``(IP, P, fault)`` for one configuration."""
     n = check_int_scalar("n_nodes", n, 4)
@@ -164,25 +180,13 @@ def build_inputs(n, U, update_bytes, network, mask_kind, protocol, block_carries
     tbase = network.view_timeout_s
     if tbase is None:
         tbase = _auto_timeout(n, U, upd, payload, network)
-    IP = np.zeros(_sim.N_IPARAMS, np.int64)
-    IP[_sim.I_N], IP[_sim.I_U], IP[_sim.I_V] = n, U, V
-    IP[_sim.I_PROTO] = PROTOCOLS.index(protocol)
-    IP[_sim.I_DIGESTS] = int(digests)
-    IP[_sim.I_LAT] = network.latency_code
-    IP[_sim.I_SEED] = seed
-    IP[_sim.I_F] = f
-    IP[_sim.I_Q] = quorum(n, f)
-    P = np.zeros(_sim.N_PARAMS, np.float64)
-    P[_sim.P_PROC] = network.processing_s
-    P[_sim.P_SIGN] = network.sign_s
-    P[_sim.P_VERIFY] = network.verify_s
-    P[_sim.P_HASH_PB] = network.hash_s_per_byte
-    P[_sim.P_LAT_MEAN] = network.latency_mean_s
-    P[_sim.P_LAT_SHAPE] = network.latency_shape
-    P[_sim.P_TBASE] = tbase
-    P[_sim.P_HEADER] = network.header_bytes
-    P[_sim.P_UPD] = upd
-    fault = mask_kind.astype(np.int64)
+    # in the order of _sim's I_* and P_* offsets (0, 1, ...; checked at import)
+    proto, lat = PROTOCOLS.index(protocol), network.latency_code
+    IP = np.array([n, U, V, proto, int(digests), lat, seed, f, quorum(n, f)], np.int64)
+    net = network
+    costs = (net.processing_s, net.sign_s, net.verify_s, net.hash_s_per_byte)
+    P = np.array([*costs, net.latency_mean_s, net.latency_shape, tbase, net.header_bytes, upd], np.float64)
+    fault = np.asarray(mask_kind, dtype=np.int64)
     return IP, P, fault
 
 
@@ -359,29 +363,25 @@ def simulate_pbft(
 
 
 def make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, client) -> ConsensusResult:
-    """Assemble a ``ConsensusResult`` from the kernel's (or the reference's) outputs."""
-    honest = ~mask
-    hd = node_d[honest]
-    committed_d = hd[hd >= 0]
-    one_block = committed_d.size == 0 or committed_d.min() == committed_d.max()
-    agreement = bool(one_block and not node_i[honest, 0].any())
-    all_t = float(node_t[honest].max()) if honest.any() and (hd >= 0).all() else float("nan")
+    """Assemble a ``ConsensusResult`` from the kernel's outputs (it keeps the arrays: pass
+    ones nothing else holds)."""
+    agreement, all_t, views = _sim.summarize(mask, node_d, node_t, node_i)  # over honest nodes
     counts, byts = cnt.tolist(), byt.tolist()
     return ConsensusResult(
         time_s=float(client[1]),
         messages=sum(counts),
         bytes=math.fsum(byts),  # correctly rounded: independent of order
         committed=bool(client[0] >= 0),
-        view_changes=int(node_i[honest, 1].max()) if honest.any() else 0,
+        view_changes=int(views),
         phase_messages=MessageCounts(*counts),
         phase_bytes=MessageCounts(*byts),
         phase_time_s=MessageCounts(*ptime.tolist()),
-        node_commit_s=node_t.copy(),
-        node_digest=node_d.copy(),
+        node_commit_s=node_t,
+        node_digest=node_d,
         node_conflict=node_i[:, 0].astype(bool),
-        faulty=mask.copy(),
-        agreement=agreement,
-        all_honest_committed_s=all_t,
+        faulty=mask,
+        agreement=bool(agreement),
+        all_honest_committed_s=float(all_t),
         client_digest=int(client[0]),
         protocol=protocol,
         n_nodes=n,

@@ -1276,6 +1276,32 @@ def _simulate(Z, W, F, E, cnt, byt, ptime, node_d, node_t, node_i, client):
     return Z[Z_CTR + C_MSGID]
 
 
+@njit(cache=True)
+def summarize(mask, node_d, node_t, node_i):
+    """Over the honest nodes (``~mask``): (agreement: no two committed different digests and
+    none later committed another, the last commit time if all committed else NaN, the
+    highest view installed, 0 if none is honest); NaN times propagate as in ``np.max``."""
+    lo, hi, conflict, all_in = np.int64(-1), np.int64(-1), False, True
+    last, views, any_honest = -np.inf, np.int64(0), False
+    for i in range(mask.size):
+        if mask[i]:
+            continue
+        d = node_d[i]
+        if d >= 0:
+            lo = d if lo < 0 or d < lo else lo
+            hi = d if d > hi else hi
+        else:
+            all_in = False
+        conflict = conflict or node_i[i, 0] != 0
+        t = node_t[i]
+        if not t <= last:  # a later time, or NaN (kept)
+            last = t if last == last else last
+        views = node_i[i, 1] if not any_honest or node_i[i, 1] > views else views
+        any_honest = True
+    all_t = last if any_honest and all_in else np.nan
+    return lo == hi and not conflict, all_t, views
+
+
 @njit(cache=True, parallel=True)
 def sweep_parallel(IPs, Ps, SPB, faults, out_t, out_msgs, out_bytes, out_committed, out_views):
     """``run_block`` for every row of ``IPs`` / ``Ps`` / ``faults`` (padded to max n), in parallel."""

@@ -250,6 +250,30 @@ def test_latency_thread_after_fork():
     assert out.returncode == 0, out.stderr
 
 
+def _summary_numpy(mask, node_d, node_t, node_i):
+    honest = ~mask
+    hd = node_d[honest]
+    agreement = np.unique(hd[hd >= 0]).size <= 1 and not node_i[honest, 0].any()
+    all_t = float(node_t[honest].max()) if honest.any() and (hd >= 0).all() else float("nan")
+    return agreement, all_t, int(node_i[honest, 1].max()) if honest.any() else 0
+
+
+def test_summarize_equals_numpy():
+    # make_result's per-node summary, against the NumPy expressions it replaced: random
+    # masks (none honest included), digests with -1 (not committed), NaN commit times
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        n = int(rng.integers(1, 9))
+        mask = rng.random(n) < rng.choice([0.0, 0.3, 1.0])
+        node_d = rng.integers(-1, 3, n)
+        node_t = np.where(rng.random(n) < 0.2, np.nan, rng.random(n))
+        node_i = np.stack([rng.random(n) < 0.1, rng.integers(0, 4, n)], axis=1).astype(np.int64)
+        got = _sim.summarize(mask, node_d, node_t, node_i)
+        want = _summary_numpy(mask, node_d, node_t, node_i)
+        assert (bool(got[0]), int(got[2])) == (want[0], want[2])
+        assert got[1] == want[1] or (np.isnan(got[1]) and np.isnan(want[1]))
+
+
 def test_latency_table_size(monkeypatch):
     import numba
 
