@@ -120,7 +120,7 @@ def _auto_timeout(n: int, U: int, upd: float, payload: float, net: NetworkModel)
     of a node's links and an edge server's uplink (8 / bits per second), ``H`` the
     header bytes and ``payload`` the block's (``U upd``, or ``32 U`` for digests).
     """
-    spb = net.seconds_per_byte()
+    spb = (8.0 / net.upload_bps, 8.0 / net.download_bps, 8.0 / net.edge_upload_bps)  # as seconds_per_byte
     H = net.header_bytes
     lat_hi = net.latency_mean_s * (1.0 if net.latency == "constant" else 10.0)
     vote = net.processing_s + net.verify_s
@@ -188,15 +188,6 @@ def build_inputs(n, U, update_bytes, network, mask_kind, protocol, block_carries
     P = np.array([*costs, net.latency_mean_s, net.latency_shape, tbase, net.header_bytes, upd], np.float64)
     fault = np.asarray(mask_kind, dtype=np.int64)
     return IP, P, fault
-
-
-def _entity_spb(n: int, U: int, network: NetworkModel) -> np.ndarray:
-    s = network.seconds_per_byte()
-    spb = np.empty((n + 1 + U, 2))
-    spb[:n] = s[0], s[1]
-    spb[n] = s[0], s[3]
-    spb[n + 1 :] = s[2], s[1]
-    return spb
 
 
 LATENCY_TABLE_MAX = 1 << 21  # latency draws the latency thread makes ahead (16 MiB)
@@ -342,7 +333,6 @@ def simulate_pbft(
     )
     table = latency_table(n, U)
     _check_fits(n, U, int(IP[_sim.I_V]), table=table)
-    spb = _entity_spb(n, U, network)
     cnt = np.zeros(_sim.N_PHASES, np.int64)
     byt = np.zeros(_sim.N_PHASES)
     ptime = np.zeros(_sim.N_PHASES)
@@ -351,12 +341,10 @@ def simulate_pbft(
     node_i = np.zeros((n, 2), np.int64)
     client = np.zeros(2)
     out = (cnt, byt, ptime, node_d, node_t, node_i, client)
+    Z, W, F, E = _sim.start_block(IP, P, network.seconds_per_byte(), fcode, table)
     if table:
-        Z, W, F, E = _sim.start_block(IP, P, spb, fcode, table)
         _LATENCY.submit(Z, F)
-        sent = _sim.run_started(Z, W, F, E, *out)
-    else:
-        sent = _sim.run_block(IP, P, spb, fcode, *out)
+    sent = _sim.run_started(Z, W, F, E, *out)
     if sent < 0:
         raise ValueError(f"n_nodes = {n}: more than {_sim.MAX_SEQ} events in one run (lower max_views)")
     return make_result(protocol, n, mask, cnt, byt, ptime, node_d, node_t, node_i, client)

@@ -1206,11 +1206,28 @@ def run_block_cap(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, cl
 
 
 @njit(cache=True)
-def start_block(IP, P, SPB, fault, nlat):
-    """The state ``(Z, W, F, E)`` of one block with room for a latency table of ``nlat``
-    draws: hand ``(Z, F)`` to ``draw_latencies`` on another thread, then ``run_started``."""
+def entity_links(s, n, U):
+    """Seconds per byte ``[n + 1 + U, 2]`` (uplink, downlink) of the nodes, the client and the
+    edge servers from ``s`` = (consortium up, consortium down, edge up, client down)."""
+    spb = np.empty((n + 1 + U, 2), np.float64)
+    for k in range(n):
+        spb[k, 0] = s[0]
+        spb[k, 1] = s[1]
+    spb[n, 0] = s[0]
+    spb[n, 1] = s[3]
+    for k in range(n + 1, n + 1 + U):
+        spb[k, 0] = s[2]
+        spb[k, 1] = s[1]
+    return spb
+
+
+@njit(cache=True)
+def start_block(IP, P, links, fault, nlat):
+    """The state ``(Z, W, F, E)`` of one block (``links``: the four seconds per byte of
+    ``entity_links``) with room for a latency table of ``nlat`` draws: hand ``(Z, F)`` to
+    ``draw_latencies`` on another thread (if ``nlat``), then call ``run_started``."""
     n, U = IP[I_N], IP[I_U]
-    Z, W, F = _init_state(IP, P, SPB, fault, nlat)
+    Z, W, F = _init_state(IP, P, entity_links(links, n, U), fault, nlat)
     return Z, W, F, _make_queue(Z, n * U + 2 * n * (n - 1) + 4 * n + 64)
 
 
@@ -1320,18 +1337,7 @@ def sweep_serial(IPs, Ps, SPB, faults, out_t, out_msgs, out_bytes, out_committed
 def _sweep_one(IPs, Ps, SPB, faults, out_t, out_msgs, out_bytes, out_committed, out_views, c):
     IP = IPs[c]
     n = IP[I_N]
-    U = IP[I_U]
-    E = n + 1 + U
-    spb = np.empty((E, 2), np.float64)
-    # SPB[c] holds (consortium up, consortium down, edge up, client down)
-    for k in range(n):
-        spb[k, 0] = SPB[c, 0]
-        spb[k, 1] = SPB[c, 1]
-    spb[n, 0] = SPB[c, 0]
-    spb[n, 1] = SPB[c, 3]
-    for k in range(n + 1, E):
-        spb[k, 0] = SPB[c, 2]
-        spb[k, 1] = SPB[c, 1]
+    spb = entity_links(SPB[c], n, IP[I_U])
     cnt = np.zeros(N_PHASES, np.int64)
     byt = np.zeros(N_PHASES, np.float64)
     ptime = np.zeros(N_PHASES, np.float64)

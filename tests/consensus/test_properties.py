@@ -157,14 +157,14 @@ def test_skipped_noop_handle_events_change_nothing(n, U, kw):
 
 
 def _block_inputs(n, U, kw):
-    from mcsl_core.consensus._api import _entity_spb, build_inputs, fault_mask
+    from mcsl_core.consensus._api import build_inputs, fault_mask
 
     net = kw.get("network", DEFAULT_NET)
     mask = fault_mask(n, kw.get("faulty", 0), kw.get("leader_faulty", False))
     code = _sim.EQUIVOCATE if kw.get("fault", "silent") == "equivocate" else _sim.SILENT
     proto = kw.get("protocol", "pbft")
     IP, P, fcode = build_inputs(n, U, 300_000, net, mask * code, proto, "updates", kw.get("seed", 0), None)
-    return IP, P, _entity_spb(n, U, net), fcode
+    return IP, P, _sim.entity_links(net.seconds_per_byte(), n, U), fcode
 
 
 def _outputs(n):
@@ -219,7 +219,8 @@ def test_latency_table_changes_nothing(mode, n, U, kw):
     base = _outputs(n)
     sent = _sim.run_block(IP, P, spb, fcode, *base)
     for table in (1, sent // 2, sent, 4 * sent + 1000):
-        Z, W, F, E = _sim.start_block(IP, P, spb, fcode, table)
+        links = kw.get("network", DEFAULT_NET).seconds_per_byte()
+        Z, W, F, E = _sim.start_block(IP, P, links, fcode, table)
         if mode == "drawn first":
             _sim.draw_latencies(Z, F)
         else:
