@@ -198,7 +198,11 @@ class _LatencyThread:
     """A daemon thread that draws the latency tables of ``simulate_pbft`` calls, one job at a
     time, started on first use. The caller never waits for it: the event loop draws any
     latency the table does not hold yet, so the result does not depend on this thread
-    (nor on whether it runs at all). A job holds its arrays, so they outlive the call."""
+    (nor on whether it runs at all). A job holds its arrays, so they outlive the call; at
+    most ``BACKLOG`` jobs wait (a job whose events are done ends at once), beyond that a
+    call draws its latencies itself, so a starved thread cannot pile up tables."""
+
+    BACKLOG = 4
 
     def __init__(self) -> None:
         self._reset()
@@ -217,7 +221,8 @@ class _LatencyThread:
                         target=_draw_jobs, args=(jobs,), name="mcsl-latency", daemon=True
                     ).start()
                     self._jobs = jobs
-        self._jobs.put((Z, F))
+        if self._jobs.qsize() < self.BACKLOG:
+            self._jobs.put((Z, F))
 
 
 def _draw_jobs(jobs: queue.SimpleQueue) -> None:

@@ -275,6 +275,28 @@ def test_summarize_equals_numpy():
         assert got[1] == want[1] or (np.isnan(got[1]) and np.isnan(want[1]))
 
 
+def test_latency_backlog_is_bounded():
+    # a thread that never takes a job (starved): at most BACKLOG tables wait, the rest of
+    # the calls draw their own latencies and get the same run
+    import queue
+
+    from mcsl_core.consensus._api import _LatencyThread
+
+    lt = _LatencyThread()
+    lt._jobs = queue.SimpleQueue()  # as if started, but nobody consumes
+    n, U = 40, 4
+    IP, P, spb, fcode = _block_inputs(n, U, {})
+    base = _outputs(n)
+    sent = _sim.run_block(IP, P, spb, fcode, *base)
+    for _ in range(3 * lt.BACKLOG):
+        Z, W, F, E = _sim.start_block(IP, P, DEFAULT_NET.seconds_per_byte(), fcode, sent)
+        lt.submit(Z, F)
+        out = _outputs(n)
+        assert _sim.run_started(Z, W, F, E, *out) == sent
+        np.testing.assert_array_equal(out[4], base[4])
+    assert lt._jobs.qsize() == lt.BACKLOG
+
+
 def test_latency_table_size(monkeypatch):
     import numba
 
