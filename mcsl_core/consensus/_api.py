@@ -206,7 +206,8 @@ class _LatencyThread:
 
     def __init__(self) -> None:
         self._reset()
-        os.register_at_fork(after_in_child=self._reset)  # a child has no such thread
+        if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+            os.register_at_fork(after_in_child=self._reset)  # a child has no such thread
 
     def _reset(self) -> None:
         self._jobs: queue.SimpleQueue | None = None
