@@ -117,7 +117,7 @@ def test_check_int_scalar_fast_path_agrees():
             try:
                 want = V.check_int_scalar("k", np.int64(x) if abs(x) < 2**63 else float(x), lo, hi)
             except ValueError as e:
-                with pytest.raises(ValueError, match=re.escape(str(e)).replace(r"\.0", r"(\.0)?")):
+                with pytest.raises(ValueError, match=re.escape(str(e))):
                     V.check_int_scalar("k", x, lo, hi)
             else:
                 assert V.check_int_scalar("k", x, lo, hi) == want == x

@@ -120,7 +120,7 @@ def _auto_timeout(n: int, U: int, upd: float, payload: float, net: NetworkModel)
     of a node's links and an edge server's uplink (8 / bits per second), ``H`` the
     header bytes and ``payload`` the block's (``U upd``, or ``32 U`` for digests).
     """
-    spb = (8.0 / net.upload_bps, 8.0 / net.download_bps, 8.0 / net.edge_upload_bps)  # as seconds_per_byte
+    spb = net.seconds_per_byte_tuple()
     H = net.header_bytes
     lat_hi = net.latency_mean_s * (1.0 if net.latency == "constant" else 10.0)
     vote = net.processing_s + net.verify_s

@@ -78,11 +78,9 @@ class NetworkModel:
 
     def seconds_per_byte(self) -> np.ndarray:
         """``[consortium up, consortium down, edge up, client down]`` seconds per byte."""
-        return np.array(
-            [
-                8.0 / self.upload_bps,
-                8.0 / self.download_bps,
-                8.0 / self.edge_upload_bps,
-                8.0 / self.client_download_bps,
-            ]
-        )
+        return np.array(self.seconds_per_byte_tuple())
+
+    def seconds_per_byte_tuple(self) -> tuple[float, float, float, float]:
+        """:meth:`seconds_per_byte` as Python floats (no NumPy on a per-call path)."""
+        bps = (self.upload_bps, self.download_bps, self.edge_upload_bps, self.client_download_bps)
+        return tuple(8.0 / b for b in bps)

@@ -1134,6 +1134,7 @@ def _grow(Z, E):
     return R
 
 
+@njit(cache=True)
 def queue_slots(n: int, U: int) -> int:
     """Initial queue slots: every message of two broadcast rounds in flight, plus timers."""
     return n * U + 2 * n * (n - 1) + 4 * n + 64
@@ -1191,8 +1192,7 @@ def run_block(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client
     node_i : int64[n, 2] (conflicting later commit flag, highest view installed);
     client : float64[2] (accepted digest or -1, acceptance time or NaN).
     """
-    n, U = IP[I_N], IP[I_U]
-    cap = n * U + 2 * n * (n - 1) + 4 * n + 64  # = queue_slots(n, U)
+    cap = queue_slots(IP[I_N], IP[I_U])
     return run_block_cap(IP, P, SPB, fault, cnt, byt, ptime, node_d, node_t, node_i, client, cap)
 
 
@@ -1228,7 +1228,7 @@ def start_block(IP, P, links, fault, nlat):
     ``draw_latencies`` on another thread (if ``nlat``), then call ``run_started``."""
     n, U = IP[I_N], IP[I_U]
     Z, W, F = _init_state(IP, P, entity_links(links, n, U), fault, nlat)
-    return Z, W, F, _make_queue(Z, n * U + 2 * n * (n - 1) + 4 * n + 64)
+    return Z, W, F, _make_queue(Z, queue_slots(n, U))
 
 
 @njit(cache=True, nogil=True)

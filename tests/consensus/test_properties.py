@@ -218,8 +218,8 @@ def test_latency_table_changes_nothing(mode, n, U, kw):
     IP, P, spb, fcode = _block_inputs(n, U, kw)
     base = _outputs(n)
     sent = _sim.run_block(IP, P, spb, fcode, *base)
+    links = kw.get("network", DEFAULT_NET).seconds_per_byte()
     for table in (1, sent // 2, sent, 4 * sent + 1000):
-        links = kw.get("network", DEFAULT_NET).seconds_per_byte()
         Z, W, F, E = _sim.start_block(IP, P, links, fcode, table)
         if mode == "drawn first":
             _sim.draw_latencies(Z, F)
