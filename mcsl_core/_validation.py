@@ -191,11 +191,11 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_memory(name: str, nbytes: int, detail: str = "") -> None:
+def check_memory(name: str, nbytes: int, detail: str = "", avail: int | None = None) -> None:
     """Raise ``ValueError`` naming the argument ``name`` when a kernel's estimated need
-    of ``nbytes`` exceeds :func:`available_memory` (before anything is allocated, so a
-    parallel worker never meets a failed allocation)."""
-    avail = available_memory()
+    of ``nbytes`` exceeds ``avail`` (default :func:`available_memory`), before anything is
+    allocated, so a parallel worker never meets a failed allocation."""
+    avail = available_memory() if avail is None else avail
     if nbytes > avail:
         extra = f" ({detail})" if detail else ""
         raise ValueError(

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from mcsl_core._validation import available_memory as available_bytes  # the one memory probe
-from mcsl_core._validation import check_int_scalar, check_nonneg_int, check_scalar
+from mcsl_core._validation import check_int_scalar, check_memory, check_nonneg_int, check_scalar
 
 from . import _sim
 from ._closed_form import BLOCK_CARRIES, PROTOCOLS, MessageCounts, fault_tolerance, quorum
@@ -156,10 +156,24 @@ if [getattr(_sim, k) for k in _IP_ORDER + _P_ORDER] != [*range(_sim.N_IPARAMS), 
     raise ImportError("build_inputs lists the kernel parameters in another order than _sim")
 
 
+ENTITIES_MAX = 2**30  # nodes and updates each: entity ids are 32-bit in the event records
+
+
+def _size(n, U) -> tuple[int, int]:
+    """``n_nodes`` and ``n_updates`` checked: integers in [4, ENTITIES_MAX], [0, ENTITIES_MAX]."""
+    return check_int_scalar("n_nodes", n, 4, ENTITIES_MAX), check_int_scalar("n_updates", U, 0, ENTITIES_MAX)
+
+
+def _views(n: int, protocol: str, max_views) -> int:
+    """Views the kernel reserves: ``max_views`` (default f + 2) for PBFT, else 1."""
+    if protocol != "pbft":
+        return 1
+    return fault_tolerance(n) + 2 if max_views is None else check_int_scalar("max_views", max_views, 1)
+
+
 def build_inputs(n, U, update_bytes, network, mask_kind, protocol, block_carries, seed, max_views):
     """Validated kernel inputs ``(IP, P, fault)`` for one configuration."""
-    n = check_int_scalar("n_nodes", n, 4)
-    U = check_int_scalar("n_updates", U, 0)
+    n, U = _size(n, U)
     upd = check_scalar("update_bytes", update_bytes, 0.0)
     seed = check_int_scalar("seed", seed, 0)
     if seed >= 2**63:
@@ -171,10 +185,7 @@ def build_inputs(n, U, update_bytes, network, mask_kind, protocol, block_carries
     if block_carries not in BLOCK_CARRIES:
         raise ValueError(f"block_carries must be one of {BLOCK_CARRIES}, got {block_carries!r}")
     f = fault_tolerance(n)
-    if protocol == "pbft":
-        V = f + 2 if max_views is None else check_int_scalar("max_views", max_views, 1)
-    else:
-        V = 1
+    V = _views(n, protocol, max_views)
     digests = block_carries == "digests"
     payload = U * (32.0 if digests else upd)
     tbase = network.view_timeout_s
@@ -330,15 +341,14 @@ def simulate_pbft(
         ``time_s``, ``messages``, ``bytes``, ``committed``, ``view_changes``, per-phase
         counts, bytes and times, per-node commit times and digests, ``agreement``.
     """
-    n = check_int_scalar("n_nodes", n_nodes, 4)
-    U = check_int_scalar("n_updates", n_updates, 0)
+    n, U = _size(n_nodes, n_updates)
+    table = latency_table(n, U)
+    _check_fits(n, U, _views(n, protocol, max_views), table=table)  # before anything of size n
     code = _fault_code(fault)
     mask = fault_mask(n, faulty, bool(leader_faulty))
     IP, P, fcode = build_inputs(
         n, U, update_bytes, network, mask * code, protocol, block_carries, seed, max_views
     )
-    table = latency_table(n, U)
-    _check_fits(n, U, int(IP[_sim.I_V]), table=table)
     cnt = np.zeros(_sim.N_PHASES, np.int64)
     byt = np.zeros(_sim.N_PHASES)
     ptime = np.zeros(_sim.N_PHASES)
@@ -429,7 +439,24 @@ def sweep(
     if C and ns.min() < 4:
         bad = int(np.flatnonzero(ns < 4)[0])
         raise ValueError(f"n_nodes must be >= 4; got {ns[bad]} at index {bad}")
+    if C and ns.max() > ENTITIES_MAX:
+        bad = int(np.flatnonzero(ns > ENTITIES_MAX)[0])
+        raise ValueError(f"n_nodes must be <= {ENTITIES_MAX}; got {ns[bad]} at index {bad}")
+    have = available_bytes()
+    need = np.array(  # checked before anything of size n is allocated
+        [
+            _check_fits(
+                *_size(ns[c], full["n_updates"][c]),
+                _views(int(ns[c]), protocol, None),
+                f" at index {c}",
+                have,
+            )
+            for c in range(C)
+        ],
+        dtype=np.int64,
+    )
     nmax = int(ns.max()) if C else 4
+    check_memory("n_nodes", 8 * C * nmax, "the configurations' fault codes, padded to the largest n", have)
     IPs = np.zeros((C, _sim.N_IPARAMS), np.int64)
     Ps = np.zeros((C, _sim.N_PARAMS))
     faults = np.zeros((C, nmax), np.int64)
@@ -447,14 +474,6 @@ def sweep(
             full["seeds"][c],
             None,
         )
-    have = available_bytes()
-    need = np.array(
-        [
-            _check_fits(int(ip[_sim.I_N]), int(ip[_sim.I_U]), int(ip[_sim.I_V]), f" at index {c}", have)
-            for c, ip in enumerate(IPs)
-        ],
-        dtype=np.int64,
-    )
     SPB = np.tile(network.seconds_per_byte(), (C, 1))
     out = SweepResult(
         np.zeros(C), np.zeros(C, np.int64), np.zeros(C), np.zeros(C, bool), np.zeros(C, np.int64)

@@ -1101,8 +1101,9 @@ def _layout(cap):
 
 
 def queue_bytes(cap: int) -> int:
-    """Bytes of the queue array for ``cap`` slots (56 per slot plus 520 per chunk of 32)."""
-    return 8 * (_layout(cap)[4] + 8)
+    """Bytes of the queue array for ``cap`` slots (56 per slot plus 520 per chunk of 32), in
+    Python integers (the compiled layout's int64 would wrap for a size that cannot fit)."""
+    return 8 * (_layout.py_func(int(cap))[4] + 8)
 
 
 @njit(cache=True)

@@ -631,6 +631,28 @@ def test_memory_refused_upfront_on_both_paths(monkeypatch):
     assert r.committed.all() and r.messages.tolist() == closed
 
 
+def test_sizes_that_cannot_fit_are_refused_before_any_allocation():
+    # these used to end in NumPy's MemoryError (a sweep's padded fault table, or the fault
+    # mask, allocated before the check) or pass the check (the queue's size wrapped in
+    # int64 and came out negative)
+    from mcsl_core.consensus import _api
+
+    assert _api.kernel_bytes(10**9, 1, 10**9 // 3 + 2) > 2**63  # exact, not wrapped
+    with pytest.raises(
+        ValueError, match=r"^n_nodes = 1000000000 \(with n_updates = 1, 333333335 views\) needs"
+    ):
+        simulate_pbft(10**9, 1)
+    with pytest.raises(ValueError, match="^n_nodes = 1000000000 at index 1 .* needs"):
+        sweep([4, 10**9], 1, [0, 1])
+    for n in (10**12, 10**400):
+        with pytest.raises(ValueError, match="^n_nodes must be <= 1073741824"):
+            simulate_pbft(n, 1)
+    with pytest.raises(ValueError, match="^n_nodes must be <= 1073741824; got 1000000000000 at index 1"):
+        sweep([4, 10**12], 1, [0, 1])
+    with pytest.raises(ValueError, match="^n_updates must be <= 1073741824"):
+        simulate_pbft(10, 2**31)
+
+
 def test_kernel_bytes_grows_as_n_squared_times_views():
     from mcsl_core.consensus._api import kernel_bytes
 
